@@ -1,0 +1,1 @@
+"""Model formats on disk: Hugging Face folders, Meta-format conversion, tokenizers, atomic writes."""

@@ -1,0 +1,90 @@
+"""Read the files of a local Hugging Face checkpoint folder: config.json and the weights.
+
+Weights, in order of preference:
+  * `model.safetensors` (one file), or `model.safetensors.index.json` + the shards it names
+    (`{"weight_map": {tensor_name: shard_file}}`). Tensors are memory-mapped by the safetensors library:
+    nothing is read until a tensor is used, so building a model from them costs about one copy of the weights.
+  * `pytorch_model.bin` (or its `.index.json` + shards), read only through `torch.load(weights_only=True,
+    mmap=True)`: no arbitrary unpickling.
+Every problem a user can fix (missing file, truncated or corrupt file, shard missing from the index) is raised
+as `UserError` naming the file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..errors import UserError
+
+SAFE_SINGLE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Parse a JSON object file; a missing or malformed file is a `UserError` naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} is missing.", "Copy it from the original model folder.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is not valid JSON ({exc}).",
+                        "Replace it with the original file from the model's release.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} {path} does not hold a JSON object.",
+                        "Replace it with the original file from the model's release.")
+    return data
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The weight files of a Hugging Face folder, safetensors first; [] when there are none."""
+    for index_name, single in ((SAFE_INDEX, SAFE_SINGLE), (BIN_INDEX, BIN_SINGLE)):
+        index = model_dir / index_name
+        if index.exists():
+            weight_map = read_json(index, "Weight index").get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise UserError(f"Weight index {index} has no 'weight_map'.",
+                                "Replace it with the original index file of the checkpoint.")
+            shards = sorted(set(weight_map.values()))
+            missing = [s for s in shards if not (model_dir / s).exists()]
+            if missing:
+                raise UserError(f"Shard(s) {', '.join(missing)} listed in {index} are missing from {model_dir}.",
+                                "Download or copy every shard of the checkpoint into that folder.")
+            return [model_dir / s for s in shards]
+        if (model_dir / single).exists():
+            return [model_dir / single]
+    return []
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"Weight file {path} is corrupt or truncated ({exc}).",
+                        "Re-download or re-copy this file; compare its size and sha256 with the original.") from None
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises many types for bad archives; all mean "this file is unusable"
+        raise UserError(f"Weight file {path} could not be read as a weights-only PyTorch archive ({exc}).",
+                        "Re-download the file, or convert the checkpoint to safetensors.") from None
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise UserError(f"Weight file {path} does not hold a flat dict of tensors.",
+                        "Use a checkpoint saved with save_pretrained (safetensors preferred).")
+    return data
+
+
+def load_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    """All tensors of the given weight files by name (memory-mapped; values are read lazily)."""
+    out: dict[str, torch.Tensor] = {}
+    for path in files:
+        part = _load_safetensors(path) if path.suffix == ".safetensors" else _load_bin(path)
+        out.update(part)
+    return out

@@ -1,0 +1,71 @@
+"""Load the tokenizer of a local model folder, offline.
+
+Hugging Face folders: whatever `AutoTokenizer` reads (tokenizer.json, tokenizer_config.json, tokenizer.model,
+vocab/merges), with `local_files_only=True`. Meta-format folders: `tokenizer.model`, either a SentencePiece
+model (Llama 2) or a tiktoken rank file (Llama 3: lines "<base64 token> <rank>"; needs the `tiktoken` package).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+
+# Llama 3's pre-tokenizer split pattern and special tokens (from Meta's reference tokenizer).
+_LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                   "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
+                   "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+
+
+def _is_sentencepiece(path: Path) -> bool:
+    head = path.read_bytes()[:64]
+    try:
+        head.decode("ascii")
+    except UnicodeDecodeError:
+        return True  # a protobuf, not base64 text lines
+    return False
+
+
+def load_tokenizer(model_dir: Path, meta_format: bool = False):
+    """Return a transformers fast tokenizer for the folder, padding on the left."""
+    from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerFast
+
+    if not any((model_dir / name).exists() for name in TOKENIZER_FILES):
+        raise UserError(f"No tokenizer files in {model_dir} (looked for {', '.join(TOKENIZER_FILES)}).",
+                        "Copy the tokenizer files from the original model release into that folder.")
+    try:
+        if not meta_format:
+            tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        elif _is_sentencepiece(model_dir / "tokenizer.model"):
+            tok = LlamaTokenizer.from_pretrained(str(model_dir), local_files_only=True, legacy=True,
+                                                 add_prefix_space=True)
+        else:
+            tok = _tiktoken_tokenizer(model_dir / "tokenizer.model", PreTrainedTokenizerFast)
+    except UserError:
+        raise
+    except Exception as exc:  # transformers raises many types for unreadable tokenizer files
+        raise UserError(f"The tokenizer in {model_dir} could not be loaded ({type(exc).__name__}: {exc}).",
+                        "Check that the tokenizer files are complete and match the model.") from None
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _tiktoken_tokenizer(path: Path, fast_cls):
+    try:
+        import tiktoken  # noqa: F401  (transformers' converter imports it)
+    except ImportError:
+        raise UserError(f"{path} is a tiktoken (Llama 3) tokenizer and the `tiktoken` package is not installed.",
+                        "Install it with `pip install tiktoken` and run again.") from None
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    special = _LLAMA3_SPECIAL + [f"<|reserved_special_token_{i}|>" for i in range(2, 256 - len(_LLAMA3_SPECIAL) + 2)]
+    converter = TikTokenConverter(vocab_file=str(path), pattern=_LLAMA3_PATTERN, additional_special_tokens=special)
+    backend = converter.converted()
+    tok = fast_cls(tokenizer_object=backend, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    tok.model_max_length = 131072
+    return tok

@@ -1,0 +1,42 @@
+"""Swap a loaded model's attention and MLP modules for the grouped ones (`--flash_attention`).
+
+Module names come from the family table; after fusion each decoder layer has `<attn>.qkv_proj`,
+`<attn>.o_proj`, `<mlp>.gate_up_proj`, `<mlp>.down_proj`.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..kernels.fused_modules import FusedGateUpMLP, GroupedQKVAttention
+from .families import Family
+from .model_loader import get_module
+
+
+def layer_windows(config) -> list[int | None]:
+    """Sliding-window length per layer (None = full attention), from `layer_types` or Mistral's sliding_window."""
+    n = config.num_hidden_layers
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if types:
+        return [window if t == "sliding_attention" else None for t in types[:n]]
+    if getattr(config, "model_type", "") == "mistral" and window:
+        return [window] * n
+    return [None] * n
+
+
+def head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def fuse_model(model: nn.Module, config, family: Family) -> None:
+    """In place: every layer's q/k/v -> qkv_proj and gate/up -> gate_up_proj, attention over a static cache."""
+    windows = layer_windows(config)
+    for i, layer in enumerate(get_module(model, family.layers)):
+        attn = getattr(layer, family.attn)
+        if isinstance(attn, GroupedQKVAttention):
+            continue
+        setattr(layer, family.attn, GroupedQKVAttention.from_unfused(
+            attn, family.q, family.k, family.v, family.o, config.num_attention_heads,
+            config.num_key_value_heads, head_dim(config), i, windows[i]))
+        setattr(layer, family.mlp, FusedGateUpMLP.from_unfused(
+            getattr(layer, family.mlp), family.gate, family.up, family.down))

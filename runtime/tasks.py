@@ -1,0 +1,63 @@
+"""The tasks behind `run_awq --task ...`: each takes plain values, does the work, prints results."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..checkpoints.atomic import write_text_atomic
+from ..errors import UserError
+from .backends import require
+from .generate import generate_text
+from .model_loader import load_model
+from .prompts import read_prompts_file
+from .sampling import SamplingConfig
+
+DEFAULT_CONTEXT = 2048
+
+
+def resolve_max_seq_len(requested: int | None, model_context: int) -> int:
+    if requested is None:
+        return min(model_context, DEFAULT_CONTEXT)
+    if requested > model_context:
+        raise UserError(f"--max_seq_len {requested} exceeds the model's context of {model_context} tokens "
+                        "(max_position_embeddings).", f"Use --max_seq_len {model_context} or less.")
+    return requested
+
+
+def decode_task(model_path: str | None, target: str, dtype: str, flash_attention: bool, max_seq_len: int | None,
+                prompts: list[str], prompts_file: str | None, max_new_tokens: int, temperature: float,
+                top_p: float, top_k: int, seed: int, stop_at_eos: bool, instruct: bool, output: str | None) -> None:
+    if prompts and prompts_file:
+        raise UserError("Both --prompt and --prompts were given.", "Use one of them.")
+    texts = read_prompts_file(prompts_file) if prompts_file else list(prompts)
+    if not texts:
+        raise UserError("No prompt was given.", "Pass --prompt TEXT (repeatable) or --prompts FILE.")
+    sampling = SamplingConfig(temperature, top_p, top_k, seed).validate()
+    backend = require(target)
+    loaded = load_model(model_path, dtype)
+    seq_len = resolve_max_seq_len(max_seq_len, loaded.max_context)
+    engine = backend.make_engine(loaded, flash_attention)
+    stream = None
+    if len(texts) == 1:
+        sys.stdout.write(texts[0])
+        sys.stdout.flush()
+
+        def stream(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    results = generate_text(engine, loaded.tokenizer, loaded.config, texts, max_new_tokens, seq_len, sampling,
+                            stop_at_eos, instruct, stream)
+    if stream is not None:
+        sys.stdout.write("\n")
+    else:
+        for i, r in enumerate(results):
+            print(f"[{i}] {r.prompt}{r.text}\n")
+    r0 = results[0]
+    mean_ms = sum(r0.token_ms) / len(r0.token_ms) if r0.token_ms else float("nan")
+    print(f"[{loaded.source.name} | target {target} | engine {engine.name} | {dtype} | batch {len(texts)}] "
+          f"prefill {r0.prefill_ms:.1f} ms, {mean_ms:.2f} ms/token", file=sys.stderr)
+    if output:
+        write_text_atomic(output, json.dumps({
+            "model": str(loaded.source), "target": target, "engine": engine.name, "dtype": dtype,
+            "sampling": vars(sampling), "results": [r.as_json() for r in results]}, indent=2) + "\n")

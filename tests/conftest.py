@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random-weight checkpoints of every supported family, written as real HF folders."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from edgeawq.default_models import DEFAULT_MODELS
+
+TOKENIZER_SOURCE = DEFAULT_MODELS["default-llama"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+# name -> (config class, config kwargs). Small, but every feature of the family is on.
+TINY = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            head_dim=16, max_position_embeddings=256, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+FAMILY_CONFIGS = {
+    # Llama 3.2-like: GQA, tied embeddings, llama3 RoPE scaling
+    "llama3": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=True, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 4.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64})),
+    # Llama 2-like: multi-head attention, untied, plain RoPE
+    "llama2": ("LlamaConfig", dict(num_key_value_heads=4, tie_word_embeddings=False)),
+    # Qwen2/2.5-like: q/k/v bias, GQA
+    "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=False,
+                                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    # Mistral-like: GQA and a sliding window shorter than the test sequences
+    "mistral": ("MistralConfig", dict(num_key_value_heads=2, sliding_window=8, tie_word_embeddings=False)),
+}
+
+
+def make_config(name: str, **overrides):
+    cls_name, extra = FAMILY_CONFIGS[name]
+    return getattr(transformers, cls_name)(**{**TINY, **extra, **overrides})
+
+
+def write_checkpoint(path: Path, name: str, seed: int = 0, **save_kwargs) -> Path:
+    """A random-weight HF folder for family config `name`, with the default model's tokenizer files."""
+    config = make_config(name)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # larger-than-init weights so that differences in the math show in the logits
+        for p in model.parameters():
+            p.normal_(0.0, 0.2 if p.dim() > 1 else 0.5).add_(1.0 if p.dim() == 1 else 0.0)
+    model.save_pretrained(path, **save_kwargs)
+    for f in TOKENIZER_FILES:
+        if (TOKENIZER_SOURCE / f).exists():
+            shutil.copy(TOKENIZER_SOURCE / f, path / f)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpt")
+    return {name: write_checkpoint(root / name, name) for name in FAMILY_CONFIGS}
