@@ -5,6 +5,7 @@ errors too); `--debug` shows the traceback instead.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -61,6 +62,10 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Everything loads from local paths: never reach for a model hub, and keep library chatter off stderr.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:

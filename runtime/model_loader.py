@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import default_models
 from ..checkpoints import hf_files, meta_format
-from ..checkpoints.tokenizer_files import load_tokenizer
+from ..checkpoints.tokenizer_files import load_tokenizer, meta_eos_ids
 from ..errors import UserError
 from .families import FAMILIES, Family, supported_types
 
@@ -79,7 +79,7 @@ def load_model(path: str | Path | None = None, dtype: str = "fp32") -> LoadedMod
     is_meta = meta_format.is_meta_folder(folder)
     if is_meta:
         tokenizer = load_tokenizer(folder, meta_format=True)
-        raw, state = meta_format.convert(folder, tokenizer.bos_token_id, tokenizer.eos_token_id)
+        raw, state = meta_format.convert(folder, tokenizer.bos_token_id, meta_eos_ids(tokenizer))
         config, family = transformers.AutoConfig.for_model(**raw), FAMILIES["llama"]
     else:
         if not (folder / "config.json").exists():

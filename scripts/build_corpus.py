@@ -49,6 +49,20 @@ def _paragraphs(lines: list[str]) -> list[str]:
     return [re.sub(r"\s+", " ", p) for p in out]
 
 
+def _documents(lines: list[str], starts_document) -> list[str]:
+    """Cut lines into documents at every line for which `starts_document(line)` holds; paragraphs joined."""
+    docs: list[str] = []
+    cur: list[str] = []
+    for line in lines:
+        if starts_document(line) and cur:
+            docs.append("\n".join(_paragraphs(cur)))
+            cur = []
+        cur.append(line)
+    if cur:
+        docs.append("\n".join(_paragraphs(cur)))
+    return [d for d in docs if d.strip()]
+
+
 def jargon_documents(text: str) -> list[str]:
     """Introduction chapters plus every lexicon entry (the headword index in between is skipped)."""
     lines = text.splitlines()
@@ -57,26 +71,9 @@ def jargon_documents(text: str) -> list[str]:
     glossary = [i for i, l in enumerate(lines) if l.strip() == "Glossary"]
     intro_end = glossary[1]
     first_entry = next(i for i, l in enumerate(lines) if l.startswith("   :") and i > intro_end)
-    docs: list[str] = []
-    # Intro: a document per chapter.
-    chapter: list[str] = []
-    for line in lines[intro_start:intro_end]:
-        if line.startswith("Chapter ") and chapter:
-            docs.append("\n".join(_paragraphs(chapter)))
-            chapter = []
-        chapter.append(line)
-    if chapter:
-        docs.append("\n".join(_paragraphs(chapter)))
-    # Lexicon: a document per entry (an entry starts with ":headword:").
-    entry: list[str] = []
-    for line in lines[first_entry:]:
-        if line.startswith("   :") and entry:
-            docs.append("\n".join(_paragraphs(entry)))
-            entry = []
-        entry.append(line)
-    if entry:
-        docs.append("\n".join(_paragraphs(entry)))
-    return [d for d in docs if d.strip()]
+    # Intro: a document per chapter; lexicon: a document per entry (an entry starts with ":headword:").
+    intro = _documents(lines[intro_start:intro_end], lambda l: l.startswith("Chapter "))
+    return intro + _documents(lines[first_entry:], lambda l: l.startswith("   :"))
 
 
 def devil_documents(text: str) -> list[str]:
@@ -85,16 +82,7 @@ def devil_documents(text: str) -> list[str]:
     end = text.rindex(" abcdefghijklmnopqrstuvwxyz")
     lines = text[start:end].splitlines()
     head = re.compile(r"^[A-Z][A-Z' \-]+[,.]")
-    docs: list[str] = []
-    cur: list[str] = []
-    for line in lines:
-        if head.match(line) and cur:
-            docs.append("\n".join(_paragraphs(cur)))
-            cur = []
-        cur.append(line)
-    if cur:
-        docs.append("\n".join(_paragraphs(cur)))
-    return [d for d in docs if d.strip()]
+    return _documents(lines, lambda l: head.match(l) is not None)
 
 
 def split_blocks(docs: list[str]) -> dict[str, list[str]]:

@@ -1,0 +1,141 @@
+"""`run_awq` end to end: decode output and JSON, and one test per user error (one paragraph, exit code 2)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edgeawq.cli import main
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def assert_user_error(code, err, *needles):
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.startswith("Error: ") and err.strip().count("\n") == 0, err  # one paragraph
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_decode_streams_and_writes_json(checkpoints, tmp_path, capsys):
+    out_file = tmp_path / "out.json"
+    code, out, err = run(["--task", "decode", "--model", str(checkpoints["llama3"]), "--prompt", "The hacker",
+                          "--max_new_tokens", "6", "--ignore_eos", "--flash_attention", "--output", str(out_file)],
+                         capsys)
+    assert code == 0 and out.startswith("The hacker")
+    data = json.loads(out_file.read_text())
+    r = data["results"][0]
+    assert r["prompt"] == "The hacker" and r["new_tokens"] == 6 and len(r["token_ms"]) == 5
+    assert out.strip() == ("The hacker" + r["completion"]).strip()
+    assert data["engine"] == "static-cache" and r["prefill_ms"] > 0
+
+
+def test_decode_batch_from_jsonl_with_instruct(checkpoints, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Hello"}\n"A plain string prompt"\n\n{"prompt": "Third"}\n')
+    out_file = tmp_path / "o.json"
+    code, out, _ = run(["--task", "decode", "--model", str(checkpoints["qwen2"]), "--prompts", str(prompts),
+                        "--instruct", "--max_new_tokens", "4", "--temperature", "0.8", "--top_p", "0.9",
+                        "--top_k", "20", "--seed", "3", "--output", str(out_file)], capsys)
+    assert code == 0
+    results = json.loads(out_file.read_text())["results"]
+    assert [r["prompt"] for r in results] == ["Hello", "A plain string prompt", "Third"]
+    assert all(r["prompt_tokens"] > 5 for r in results)  # the chat template wrapped each prompt
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--model", "/nonexistent/model"], ["does not exist", "omit --model"]),
+    (["--temperature", "-1"], ["--temperature -1.0 is invalid"]),
+    (["--top_p", "0"], ["--top_p 0.0 is invalid"]),
+    (["--top_p", "1.5"], ["--top_p 1.5 is invalid"]),
+    (["--top_k", "-3"], ["--top_k -3 is invalid"]),
+])
+def test_bad_values(args, needles, capsys):
+    code, _, err = run(["--task", "decode", "--prompt", "x"] + args, capsys)
+    assert_user_error(code, err, *needles)
+
+
+def test_folder_that_is_not_a_model(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    code, _, err = run(["--task", "decode", "--model", str(tmp_path), "--prompt", "x"], capsys)
+    assert_user_error(code, err, "is not a model folder", "config.json")
+
+
+def test_unsupported_model_type_lists_supported(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    code, _, err = run(["--task", "decode", "--model", str(tmp_path), "--prompt", "x"], capsys)
+    assert_user_error(code, err, "'gpt2'", "llama (", "qwen2 (", "mistral (")
+
+
+def test_corrupt_safetensors(checkpoints, tmp_path, capsys):
+    dst = tmp_path / "m"
+    shutil.copytree(checkpoints["llama3"], dst)
+    data = (dst / "model.safetensors").read_bytes()
+    (dst / "model.safetensors").write_bytes(data[:1000])
+    code, _, err = run(["--task", "decode", "--model", str(dst), "--prompt", "x"], capsys)
+    assert_user_error(code, err, "model.safetensors", "corrupt or truncated")
+
+
+def test_prompt_longer_than_context(checkpoints, capsys):
+    code, _, err = run(["--task", "decode", "--model", str(checkpoints["llama3"]), "--max_seq_len", "16",
+                        "--prompt", "word " * 40], capsys)
+    assert_user_error(code, err, "more than the context of 16 tokens", "Shorten the prompt")
+
+
+def test_max_seq_len_beyond_model_context(checkpoints, capsys):
+    code, _, err = run(["--task", "decode", "--model", str(checkpoints["llama3"]), "--max_seq_len", "100000",
+                        "--prompt", "x"], capsys)
+    assert_user_error(code, err, "exceeds the model's context of 256")
+
+
+def test_batch_over_32(checkpoints, tmp_path, capsys):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps([f"prompt {i}" for i in range(33)]))
+    code, _, err = run(["--task", "decode", "--model", str(checkpoints["llama3"]), "--prompts", str(prompts)], capsys)
+    assert_user_error(code, err, "33 prompts", "limit is 32")
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("[1, 2", "not valid JSON"),
+    ('[{"text": "no prompt key"}]', 'neither a string nor an object with a "prompt"'),
+    ("", "is empty"),
+    ("[]", "holds no prompts"),
+    ('{"prompt": "ok"}\nnot json\n', "line 2, is not valid JSON"),
+])
+def test_bad_prompts_file(checkpoints, tmp_path, capsys, content, needle):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(content)
+    code, _, err = run(["--task", "decode", "--model", str(checkpoints["llama3"]), "--prompts", str(prompts)], capsys)
+    assert_user_error(code, err, needle)
+
+
+def test_missing_prompts_file(capsys):
+    code, _, err = run(["--task", "decode", "--prompts", "/nonexistent/prompts.json"], capsys)
+    assert_user_error(code, err, "does not exist")
+
+
+def test_bad_flag_value_exits_2(capsys):
+    code, _, err = run(["--task", "decode", "--dtype", "fp16", "--prompt", "x"], capsys)
+    assert code == 2 and "fp16" in err and "Traceback" not in err
+
+
+def test_debug_shows_traceback():
+    proc = subprocess.run([sys.executable, "-m", "edgeawq.cli", "--task", "decode", "--model", "/nonexistent",
+                           "--prompt", "x", "--debug"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr
+
+
+def test_console_script_error_has_no_traceback():
+    proc = subprocess.run(["run_awq", "--task", "decode", "--model", "/nonexistent", "--prompt", "x"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
