@@ -1,0 +1,82 @@
+"""QLinearPerGrp: a Linear layer with per-group quantized weights, as a registered torch custom op + module.
+
+The op `edgeawq::qlinear_pergrp(x, packed, scales, zeros, bias, bits, act_dtype)` computes
+`F.linear(x_a, W_a, bias_a).to(x.dtype)` where `_a` means cast to the activation dtype (bf16 for w4abf16, or
+fp32) and W = (codes - zeros) * scales per group (kernels/quantizer.py), codes unpacked from the native
+format of `bits` (kernels/formats.py). This default implementation is the pure-PyTorch reference kernel;
+fast kernels register elsewhere and are tested against it. A fake (meta) implementation gives shapes only.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .formats import native_format, pack, unpack
+from .quantizer import QuantizedWeight, QuantSpec, dequantize, quantize
+
+ACT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@torch.library.custom_op("edgeawq::qlinear_pergrp", mutates_args=())
+def qlinear_pergrp(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                   bias: torch.Tensor | None, bits: int, act_dtype: torch.dtype) -> torch.Tensor:
+    codes = unpack(packed, native_format(bits))                  # (N, K) uint8
+    w = dequantize(codes, scales, zeros, act_dtype)              # (N, K)
+    b = None if bias is None else bias.to(act_dtype)
+    return F.linear(x.to(act_dtype), w, b).to(x.dtype)           # (..., N)
+
+
+@qlinear_pergrp.register_fake
+def _qlinear_pergrp_fake(x, packed, scales, zeros, bias, bits, act_dtype):
+    return x.new_empty(*x.shape[:-1], packed.shape[0])
+
+
+class QLinearPerGrp(nn.Module):
+    """Per-group quantized Linear. Buffers: `packed` (native format of `bits`), `scales` (N, K/g) fp16,
+    `zeros` (N, K/g) uint8, optional `bias` (N,)."""
+
+    def __init__(self, in_features: int, out_features: int, spec: QuantSpec, bias: bool,
+                 act_dtype: torch.dtype = torch.bfloat16, scale_dtype: torch.dtype = torch.float16) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.spec = spec
+        self.act_dtype = act_dtype
+        g = spec.group(in_features)
+        fmt = native_format(spec.bits)
+        per_byte = {"u8": 1, "u4k": 2, "u2k": 4}[fmt]
+        self.register_buffer("packed", torch.zeros(out_features, in_features // per_byte, dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(out_features, in_features // g, dtype=scale_dtype))
+        self.register_buffer("zeros", torch.zeros(out_features, in_features // g, dtype=torch.uint8))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None,
+                       act_dtype: torch.dtype = torch.bfloat16) -> "QLinearPerGrp":
+        N, K = qw.shape
+        m = cls(K, N, qw.spec, bias is not None, act_dtype, qw.scales.dtype)
+        m.packed = pack(qw.codes, native_format(qw.spec.bits))
+        m.scales, m.zeros = qw.scales.clone(), qw.zeros.clone()
+        if bias is not None:
+            m.bias = bias.detach().float().clone()
+        return m
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, spec: QuantSpec, act_dtype: torch.dtype = torch.bfloat16,
+                   name: str = "") -> "QLinearPerGrp":
+        """Round-to-nearest quantization of a float Linear."""
+        return cls.from_quantized(quantize(linear.weight, spec, name), linear.bias, act_dtype)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        codes = unpack(self.packed, native_format(self.spec.bits))
+        return dequantize(codes, self.scales, self.zeros, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.edgeawq.qlinear_pergrp(x, self.packed, self.scales, self.zeros, self.bias, self.spec.bits,
+                                                self.act_dtype)
+
+    def extra_repr(self) -> str:
+        act = {v: k for k, v in ACT_DTYPES.items()}.get(self.act_dtype, str(self.act_dtype))
+        sym = "" if self.spec.zero_point else ", symmetric"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.spec.bits}, "
+                f"group_size={self.spec.group_size}{sym}, act={act}, bias={self.bias is not None}")
