@@ -12,7 +12,7 @@ import click
 
 from .errors import UserError
 
-TASKS = ("decode",)
+TASKS = ("quantize", "decode", "perplexity")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -41,24 +41,87 @@ TASKS = ("decode",)
 @click.option("--instruct", is_flag=True, help="Wrap each prompt in the tokenizer's chat template.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Write results as JSON (prompt, completion, token counts, prefill and per-token ms).")
+@click.option("--out", default=None, help="quantize: folder for the quantized checkpoint (written atomically).")
+@click.option("--w_bit", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True,
+              help="quantize: weight bits (3-bit codes are stored in a 4-bit container).")
+@click.option("--group_size", type=click.Choice(["32", "64", "128", "256", "-1"]), default="128",
+              show_default=True, help="quantize: input channels per group (-1 = one group per output channel).")
+@click.option("--symmetric", is_flag=True, help="quantize: symmetric groups (no zero point).")
+@click.option("--algorithm", type=click.Choice(["awq", "pergrp"]), default="awq", show_default=True,
+              help="quantize: awq = activation-aware scales and clipping; pergrp = plain round-to-nearest.")
+@click.option("--awq", "awq_mode", type=click.Choice(["run", "load", "none"]), default="run", show_default=True,
+              help="quantize: run the AWQ search, load llm-awq results (--awq_cache), or none (RTN).")
+@click.option("--awq_cache", type=click.Path(dir_okay=False), default=None,
+              help="quantize: llm-awq search-result file for --awq load.")
+@click.option("--dump_awq", type=click.Path(dir_okay=False), default=None,
+              help="quantize: also save the AWQ search results as an llm-awq cache file.")
+@click.option("--export", "export", type=click.Choice(["native", "awq"]), default="native", show_default=True,
+              help="quantize: checkpoint layout: the project's native format, or AutoAWQ GEMM (4-bit; loads in "
+                   "transformers, vLLM and the onnxruntime-genai builder).")
+@click.option("--lm_head", is_flag=True, help="quantize: quantize lm_head too (RTN, --lm_head_group_size).")
+@click.option("--lm_head_group_size", type=click.Choice(["32", "64", "128", "256", "-1"]), default="32",
+              show_default=True)
+@click.option("--calib_dataset", default=None,
+              help="quantize: calibration text: a local .txt/.jsonl/.parquet file or a locally cached Hugging Face "
+                   "dataset name. Default: the shipped corpus' train split.")
+@click.option("--n_samples", type=click.IntRange(min=1), default=128, show_default=True,
+              help="quantize: calibration blocks.")
+@click.option("--seqlen", type=click.IntRange(min=2), default=None,
+              help="Tokens per calibration block (quantize, default 512) or per evaluation window (perplexity, "
+                   "default 2048).")
+@click.option("--duo_scaling", is_flag=True, help="quantize: scale search with weight magnitudes as well.")
+@click.option("--dataset", default="corpus-test", show_default=True,
+              help="perplexity: corpus-test, corpus-valid (shipped splits), wikitext2 (local datasets cache) or a "
+                   "text file.")
+@click.option("--nsamples", type=click.IntRange(min=1), default=None,
+              help="perplexity: evaluate only the first N windows (default: all).")
+@click.option("--compare", is_flag=True,
+              help="perplexity: also evaluate the float model (the quantized checkpoint's source, or --float_model) "
+                   "on the same windows.")
+@click.option("--float_model", default=None, help="perplexity: the float model for --compare.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "md"]), default="text", show_default=True,
+              help="Output format of perplexity results.")
+@click.option("--act_dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
+              help="Activation dtype inside quantized Linears (bf16 = w4abf16).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attention: bool,
         max_seq_len: int | None, prompts: tuple[str, ...], prompts_file: str | None, max_new_tokens: int,
         temperature: float, top_p: float, top_k: int, seed: int, stop_at_eos: bool, instruct: bool,
-        output: str | None, debug: bool) -> None:
+        output: str | None, out: str | None, export: str, w_bit: str, group_size: str, symmetric: bool, algorithm: str,
+        awq_mode: str, awq_cache: str | None, dump_awq: str | None, lm_head: bool, lm_head_group_size: str,
+        calib_dataset: str | None, n_samples: int, seqlen: int | None, duo_scaling: bool, dataset: str,
+        nsamples: int | None, compare: bool, float_model: str | None, fmt: str, act_dtype: str,
+        debug: bool) -> None:
     """Quantize Llama-family models with AWQ and run them on CPU, NPU and Tenstorrent targets.
 
     \b
     Example:
       run_awq --task decode --prompt "The hacker ethic"
     """
-    from .runtime.tasks import decode_task
+    if task == "quantize":
+        from .tasks.quantize import quantize_task
 
-    if task == "decode":
+        if out is None:
+            raise UserError("--task quantize needs --out.", "Pass --out FOLDER for the quantized checkpoint.")
+        if flash_attention:
+            raise UserError("--flash_attention is a runtime choice, not a checkpoint property: q/k/v and gate/up are "
+                            "grouped when the checkpoint is loaded.",
+                            "Drop it here and pass it to decode, benchmark or perplexity.")
+        quantize_task(model_path, out, int(w_bit), int(group_size), not symmetric, algorithm, awq_mode, awq_cache,
+                      dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples, seqlen or 512, seed,
+                      duo_scaling, export)
+    elif task == "perplexity":
+        from .tasks.perplexity import perplexity_task
+
+        perplexity_task(model_path, target, dtype, act_dtype, flash_attention, dataset, seqlen or 2048, nsamples,
+                        compare, float_model, fmt)
+    elif task == "decode":
+        from .tasks.decode import decode_task
+
         decode_task(model_path=model_path, target=target, dtype=dtype, flash_attention=flash_attention,
                     max_seq_len=max_seq_len, prompts=list(prompts), prompts_file=prompts_file,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                    stop_at_eos=stop_at_eos, instruct=instruct, output=output)
+                    stop_at_eos=stop_at_eos, instruct=instruct, output=output, act_dtype=act_dtype)
 
 
 def main(argv: list[str] | None = None) -> None:

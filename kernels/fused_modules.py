@@ -4,7 +4,7 @@ Weight layout of the grouped projections (rows = output features, as nn.Linear):
   qkv_proj.weight   (nh*hd + 2*nkv*hd, hidden) = cat(q_proj.weight, k_proj.weight, v_proj.weight), same for bias
   gate_up_proj.weight (2*inter, hidden)        = cat(gate_proj.weight, up_proj.weight)
 Per-group quantization works along the input dimension of each output row, so quantizing the grouped weight
-is identical to quantizing the parts separately.
+is identical to quantizing the parts separately; quantized parts (QLinearPerGrp) are grouped by row concatenation.
 """
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ import torch
 from torch import nn
 
 from .attention import apply_rope, sdpa
+from .qlinear import QLinearPerGrp
 from .static_cache import StaticKVCache
 
 
-def _concat_linear(parts: list[nn.Linear]) -> nn.Linear:
+def _concat_linear(parts: list[nn.Module]) -> nn.Module:
+    if isinstance(parts[0], QLinearPerGrp):
+        return QLinearPerGrp.concat_rows(parts)
     out_features = sum(p.out_features for p in parts)
     has_bias = parts[0].bias is not None
     fused = nn.Linear(parts[0].in_features, out_features, bias=has_bias, device="meta")

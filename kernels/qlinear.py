@@ -67,6 +67,20 @@ class QLinearPerGrp(nn.Module):
         """Round-to-nearest quantization of a float Linear."""
         return cls.from_quantized(quantize(linear.weight, spec, name), linear.bias, act_dtype)
 
+    @classmethod
+    def concat_rows(cls, parts: list["QLinearPerGrp"]) -> "QLinearPerGrp":
+        """One QLinearPerGrp whose output rows are the parts' rows in order (exact: groups never cross rows)."""
+        first = parts[0]
+        has_bias = first.bias is not None
+        m = cls(first.in_features, sum(p.out_features for p in parts), first.spec, has_bias, first.act_dtype,
+                first.scales.dtype)
+        m.packed = torch.cat([p.packed for p in parts])
+        m.scales = torch.cat([p.scales for p in parts])
+        m.zeros = torch.cat([p.zeros for p in parts])
+        if has_bias:
+            m.bias = torch.cat([p.bias for p in parts])
+        return m
+
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         codes = unpack(self.packed, native_format(self.spec.bits))
         return dequantize(codes, self.scales, self.zeros, dtype)

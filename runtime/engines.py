@@ -15,7 +15,8 @@ import torch
 from ..kernels.attention import attention_mask as build_mask
 from ..kernels.static_cache import StaticKVCache
 from .fusion import fuse_model, head_dim
-from .model_loader import LoadedModel, get_module
+from .model_loader import LoadedModel
+from .module_paths import get_module
 
 
 class TransformersEngine:

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..kernels.fused_modules import FusedGateUpMLP, GroupedQKVAttention
 from .families import Family
-from .model_loader import get_module
+from .module_paths import get_module
 
 
 def layer_windows(config) -> list[int | None]:

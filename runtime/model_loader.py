@@ -10,16 +10,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import transformers
 from torch import nn
 
 from .. import default_models
-from ..checkpoints import hf_files, meta_format
+from ..checkpoints import autoawq, hf_files, meta_format
+from ..checkpoints.directory import verify_manifest
 from ..checkpoints.tokenizer_files import load_tokenizer, meta_eos_ids
 from ..errors import UserError
 from .families import FAMILIES, Family, supported_types
+from .module_paths import get_module, set_module
+from .quantized_model import QuantLayout, install_qlinears
+
+# quantization_config["quant_method"] -> reader: check(folder, qconfig); to_native(qconfig, family) -> native
+# qconfig; translate(state) -> state with native tensor names
+@dataclass(frozen=True)
+class QuantReader:
+    check: Callable[[Path, dict], None]
+    to_native: Callable[[dict, Family], dict]
+    translate: Callable[[dict], dict]
+
+
+QUANT_READERS = {
+    "edgeawq": QuantReader(lambda folder, q: verify_manifest(folder), lambda q, f: q, lambda s: s),
+    "awq": QuantReader(lambda folder, q: autoawq.check_autoawq_config(q, folder),
+                       lambda q, f: autoawq.native_quantization_config(q, f.linears), autoawq.import_state),
+}
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _IGNORED_KEYS = ("rotary_emb.inv_freq",)  # stale buffers in some older checkpoints
@@ -33,21 +52,11 @@ class LoadedModel:
     tokenizer: object
     source: Path
     dtype: torch.dtype
+    quant: "QuantLayout | None" = None   # set for quantized checkpoints
 
     @property
     def max_context(self) -> int:
         return int(getattr(self.config, "max_position_embeddings", 2048))
-
-
-def get_module(root: nn.Module, dotted: str) -> nn.Module:
-    for part in dotted.split("."):
-        root = getattr(root, part)
-    return root
-
-
-def set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
-    parent, _, name = dotted.rpartition(".")
-    setattr(get_module(root, parent) if parent else root, name, module)
 
 
 def _check_folder(path: Path) -> None:
@@ -60,59 +69,99 @@ def _check_folder(path: Path) -> None:
                         "Pass the folder that holds config.json and the weight files.")
 
 
-def read_config(path: Path) -> tuple[object, Family]:
-    """The transformers config of a Hugging Face folder and its family row (unsupported types are refused)."""
+def read_config(path: Path) -> tuple[object, Family, dict | None]:
+    """(transformers config, family row, quantization_config or None) of a Hugging Face folder.
+
+    Unsupported model types and unknown quantization methods are refused."""
     raw = hf_files.read_json(path / "config.json", "Model config")
     model_type = raw.get("model_type")
     if model_type not in FAMILIES:
         raise UserError(f"{path / 'config.json'} has model_type {model_type!r}, which this tool does not support.",
                         f"Supported model types: {supported_types()}.")
-    return transformers.AutoConfig.for_model(**raw), FAMILIES[model_type]
+    quant = raw.pop("quantization_config", None)
+    if quant is not None and quant.get("quant_method") not in QUANT_READERS:
+        raise UserError(f"{path / 'config.json'} declares quantization method {quant.get('quant_method')!r}, which "
+                        "this tool cannot load.", f"Supported: {', '.join(QUANT_READERS)} (or a float checkpoint).")
+    return transformers.AutoConfig.for_model(**raw), FAMILIES[model_type], quant
 
 
-def load_model(path: str | Path | None = None, dtype: str = "fp32") -> LoadedModel:
-    """Load a local checkpoint (None or an alias selects an embedded default model) for inference."""
-    if dtype not in DTYPES:
-        raise UserError(f"Unknown dtype {dtype!r}.", f"Use one of: {', '.join(DTYPES)}.")
+@dataclass
+class CheckpointSource:
+    """A local checkpoint opened for reading: config, family, tokenizer and memory-mapped tensors by name."""
+    folder: Path
+    config: object
+    family: Family
+    quant: dict | None          # quantization_config of a quantized checkpoint
+    state: dict[str, torch.Tensor]
+    tokenizer: object
+
+
+def open_checkpoint(path: str | Path | None = None) -> CheckpointSource:
+    """Open a Hugging Face, Meta-format or quantized folder (None or an alias: an embedded default model)."""
     folder = default_models.resolve(None if path is None else str(path))
     _check_folder(folder)
-    is_meta = meta_format.is_meta_folder(folder)
-    if is_meta:
+    if meta_format.is_meta_folder(folder):
         tokenizer = load_tokenizer(folder, meta_format=True)
         raw, state = meta_format.convert(folder, tokenizer.bos_token_id, meta_eos_ids(tokenizer))
-        config, family = transformers.AutoConfig.for_model(**raw), FAMILIES["llama"]
-    else:
-        if not (folder / "config.json").exists():
-            raise UserError(f"{folder} is not a model folder: it has no config.json (Hugging Face format) and no "
-                            "params.json + consolidated.*.pth (Meta format).",
-                            "Point --model at the folder that holds the checkpoint's config and weight files.")
-        config, family = read_config(folder)
-        files = hf_files.weight_files(folder)
-        if not files:
-            raise UserError(f"{folder} has a config.json but no weights (model.safetensors, "
-                            "model.safetensors.index.json or pytorch_model.bin).",
-                            "Copy the weight files of the checkpoint into that folder.")
-        state = hf_files.load_tensors(files)
-        tokenizer = load_tokenizer(folder)
-    model = build_from_state_dict(config, family, state, DTYPES[dtype], folder)
-    return LoadedModel(model, config, family, tokenizer, folder, DTYPES[dtype])
+        return CheckpointSource(folder, transformers.AutoConfig.for_model(**raw), FAMILIES["llama"], None, state,
+                                tokenizer)
+    if not (folder / "config.json").exists():
+        raise UserError(f"{folder} is not a model folder: it has no config.json (Hugging Face format) and no "
+                        "params.json + consolidated.*.pth (Meta format).",
+                        "Point --model at the folder that holds the checkpoint's config and weight files.")
+    config, family, quant = read_config(folder)
+    reader = QUANT_READERS[quant["quant_method"]] if quant is not None else None
+    if reader is not None:
+        reader.check(folder, quant)
+        quant = reader.to_native(quant, family)
+    files = hf_files.weight_files(folder)
+    if not files:
+        raise UserError(f"{folder} has a config.json but no weights (model.safetensors, "
+                        "model.safetensors.index.json or pytorch_model.bin).",
+                        "Copy the weight files of the checkpoint into that folder.")
+    state = hf_files.load_tensors(files)
+    if reader is not None:
+        state = reader.translate(state)
+    return CheckpointSource(folder, config, family, quant, state, load_tokenizer(folder))
+
+
+def load_model(path: str | Path | None = None, dtype: str = "fp32", act_dtype: str = "bf16") -> LoadedModel:
+    """Load a local checkpoint (None or an alias selects an embedded default model) for inference.
+
+    `dtype` is the dtype of the float weights and activations; `act_dtype` the activation dtype inside quantized
+    Linears (bf16 = w4abf16) when the checkpoint is quantized."""
+    if dtype not in DTYPES:
+        raise UserError(f"Unknown dtype {dtype!r}.", f"Use one of: {', '.join(DTYPES)}.")
+    if act_dtype not in DTYPES:
+        raise UserError(f"Unknown activation dtype {act_dtype!r}.", f"Use one of: {', '.join(DTYPES)}.")
+    src = open_checkpoint(path)
+    layout = QuantLayout.from_config(src.quant, src.family, src.folder) if src.quant is not None else None
+    model = build_from_state_dict(src.config, src.family, src.state, DTYPES[dtype], src.folder, layout,
+                                  DTYPES[act_dtype])
+    return LoadedModel(model, src.config, src.family, src.tokenizer, src.folder, DTYPES[dtype], layout)
 
 
 def build_from_state_dict(config, family: Family, state: dict[str, torch.Tensor], dtype: torch.dtype,
-                          source: Path) -> nn.Module:
-    """Instantiate `family.model_class` on the meta device and assign `state` (cast to `dtype`) to it."""
+                          source: Path, layout: "QuantLayout | None" = None,
+                          act_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """Instantiate `family.model_class` on the meta device (with QLinearPerGrp shells where `layout` says) and
+    assign `state` to it: float tensors cast to `dtype`, quantized buffers (packed, scales, zeros) as stored."""
     config._attn_implementation = "sdpa"
     cls = getattr(transformers, family.model_class)
     with torch.device("meta"):
         model = cls(config)
-    state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()
+    if layout is not None:
+        install_qlinears(model, family, layout, act_dtype)
+    keep = (".packed", ".scales", ".zeros")
+    state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(keep) else v) for k, v in state.items()
              if not k.endswith(_IGNORED_KEYS)}
     try:
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:
         raise UserError(f"The weights in {source} do not fit its config ({str(exc).splitlines()[-1].strip()}).",
                         "Use the config.json that was released with these weights.") from None
-    missing = [k for k in result.missing_keys if not (k == f"{family.lm_head}.weight" and config.tie_word_embeddings)]
+    tied_head = config.tie_word_embeddings and (layout is None or layout.lm_head_group_size is None)
+    missing = [k for k in result.missing_keys if not (k == f"{family.lm_head}.weight" and tied_head)]
     if missing:
         raise UserError(f"The weights in {source} lack {len(missing)} tensors the config requires "
                         f"(first: {missing[0]}).",
@@ -121,7 +170,7 @@ def build_from_state_dict(config, family: Family, state: dict[str, torch.Tensor]
         raise UserError(f"The weights in {source} hold {len(result.unexpected_keys)} tensors the config does not "
                         f"describe (first: {result.unexpected_keys[0]}).",
                         "Use the config.json that was released with these weights.")
-    if config.tie_word_embeddings:
+    if tied_head:
         get_module(model, family.lm_head).weight = get_module(model, family.embed).weight
     # Non-persistent buffers (RoPE inverse frequencies) are not in the file: rebuild them on the CPU.
     rotary = get_module(model, family.rotary)

@@ -1,4 +1,4 @@
-"""The tasks behind `run_awq --task ...`: each takes plain values, does the work, prints results."""
+"""`run_awq --task decode`: generate text from prompts on a target."""
 from __future__ import annotations
 
 import json
@@ -6,11 +6,11 @@ import sys
 
 from ..checkpoints.atomic import write_text_atomic
 from ..errors import UserError
-from .backends import require
-from .generate import generate_text
-from .model_loader import load_model
-from .prompts import read_prompts_file
-from .sampling import SamplingConfig
+from ..runtime.backends import require
+from ..runtime.generate import generate_text
+from ..runtime.model_loader import load_model
+from ..runtime.prompts import read_prompts_file
+from ..runtime.sampling import SamplingConfig
 
 DEFAULT_CONTEXT = 2048
 
@@ -26,7 +26,8 @@ def resolve_max_seq_len(requested: int | None, model_context: int) -> int:
 
 def decode_task(model_path: str | None, target: str, dtype: str, flash_attention: bool, max_seq_len: int | None,
                 prompts: list[str], prompts_file: str | None, max_new_tokens: int, temperature: float,
-                top_p: float, top_k: int, seed: int, stop_at_eos: bool, instruct: bool, output: str | None) -> None:
+                top_p: float, top_k: int, seed: int, stop_at_eos: bool, instruct: bool, output: str | None,
+                act_dtype: str = "bf16") -> None:
     if prompts and prompts_file:
         raise UserError("Both --prompt and --prompts were given.", "Use one of them.")
     texts = read_prompts_file(prompts_file) if prompts_file else list(prompts)
@@ -34,7 +35,7 @@ def decode_task(model_path: str | None, target: str, dtype: str, flash_attention
         raise UserError("No prompt was given.", "Pass --prompt TEXT (repeatable) or --prompts FILE.")
     sampling = SamplingConfig(temperature, top_p, top_k, seed).validate()
     backend = require(target)
-    loaded = load_model(model_path, dtype)
+    loaded = load_model(model_path, dtype, act_dtype)
     seq_len = resolve_max_seq_len(max_seq_len, loaded.max_context)
     engine = backend.make_engine(loaded, flash_attention)
     stream = None

@@ -1,0 +1,96 @@
+"""Layer-by-layer streaming quantization of a whole model (DESIGN section 4.2).
+
+Only one decoder layer's float weights are materialised at a time: the model skeleton lives on the meta
+device, layer i's tensors are read from the memory-mapped checkpoint, quantized, handed to `sink`, and the
+layer is moved back to the meta device. With calibration, the activations (n_samples, seqlen, hidden) flow
+from layer to layer in chunks of `chunk_samples` samples; each layer's float output is the next layer's input.
+
+`sink` receives plain tensors and `QuantizedWeight`s (codes, scales, zeros); packing and file formats are the
+sink's business (checkpoints/), never this package's.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..kernels.quantizer import QuantizedWeight, QuantSpec, quantize
+from ..runtime.families import Family
+from ..runtime.module_paths import get_module
+from .layer_quantizer import AwqOptions, quantize_layer
+
+
+class QuantizedSink(Protocol):
+    def write(self, floats: dict[str, torch.Tensor], quantized: dict[str, QuantizedWeight]) -> None: ...
+
+
+@dataclass
+class QuantizeJob:
+    options: AwqOptions
+    calib_ids: torch.Tensor | None = None          # (n_samples, seqlen) when searching
+    precomputed: tuple[list, list] | None = None   # llm-awq cache (scales, clips)
+    lm_head: bool = False
+    lm_head_group_size: int = 32
+    chunk_samples: int = 8
+    progress: bool = True
+
+
+@dataclass
+class QuantizeReport:
+    seconds: float = 0.0
+    scales: list = field(default_factory=list)
+    clips: list = field(default_factory=list)
+    groups: list[dict] = field(default_factory=list)
+
+
+def _assign(module: nn.Module, prefix: str, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    part = {k[len(prefix):]: v.to(dtype) for k, v in state.items() if k.startswith(prefix)}
+    module.load_state_dict(part, strict=True, assign=True)
+
+
+@torch.no_grad()
+def quantize_streaming(skeleton: nn.Module, config, family: Family, state: dict[str, torch.Tensor],
+                       job: QuantizeJob, sink: QuantizedSink) -> QuantizeReport:
+    """Quantize every decoder-layer Linear (and lm_head with `job.lm_head`) of a meta-device `skeleton`."""
+    t0 = time.perf_counter()
+    report = QuantizeReport()
+    layers = get_module(skeleton, family.layers)
+    inputs = position_embeddings = None
+    if job.options.search:
+        embed = get_module(skeleton, family.embed)
+        _assign(embed, family.embed + ".", state, torch.float32)
+        inputs = [embed(c) for c in job.calib_ids.split(job.chunk_samples)]          # [(b, T, D)]
+        embed.to("meta")
+        rotary = type(get_module(skeleton, family.rotary))(config=config)
+        T = job.calib_ids.shape[1]
+        position_embeddings = rotary(inputs[0], torch.arange(T)[None])               # (1, T, hd) x2
+    bar = tqdm(range(len(layers)), desc="quantizing layers", disable=not job.progress, unit="layer")
+    for i in bar:
+        prefix = f"{family.layers}.{i}."
+        layer = layers[i]
+        _assign(layer, prefix, state, torch.float32)
+        inputs, res = quantize_layer(layer, family, prefix, job.options, inputs, position_embeddings,
+                                     job.precomputed)
+        quantized_names = {prefix + n + ".weight" for n in res.quantized}
+        floats = {prefix + n: p.detach() for n, p in layer.named_parameters() if prefix + n not in quantized_names}
+        sink.write(floats, {prefix + n: q for n, q in res.quantized.items()})
+        report.scales += res.scales
+        report.clips += res.clips
+        report.groups += res.report
+        layer.to("meta")
+    rest = {k: v for k, v in state.items() if not k.startswith(family.layers + ".")}
+    quantized: dict[str, QuantizedWeight] = {}
+    head_key = family.lm_head + ".weight"
+    if job.lm_head:
+        head = rest.pop(head_key, None)
+        if head is None:  # tied embeddings: the head gets its own quantized copy, the embedding stays float
+            head = rest[family.embed + ".weight"]
+        spec = QuantSpec(job.options.spec.bits, job.lm_head_group_size, job.options.spec.zero_point).validate()
+        quantized[family.lm_head] = quantize(head.float(), spec, family.lm_head)
+    sink.write(rest, quantized)
+    report.seconds = time.perf_counter() - t0
+    return report

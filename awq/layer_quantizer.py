@@ -1,0 +1,146 @@
+"""Quantize one float decoder layer: record inputs, search and fold scales, search clips, quantize.
+
+Order of work (llm-awq): one float forward of the layer over the calibration activations records the input of
+every Linear and gives the layer's float output (the next layer's input); all scaling groups are searched on
+the original weights; the scales are folded (and the recorded inputs divided by them); the clip search runs on
+the scaled weights and inputs; finally every Linear is quantized. Works on float modules only: the result is a
+`QuantizedWeight` (codes, scales, zeros) per Linear, never packed storage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..kernels.quantizer import QuantizedWeight, QuantSpec, quantize
+from ..runtime.families import Family
+from ..runtime.module_paths import get_module
+from .clip_search import apply_clip, search_clip
+from .folding import fold_scales
+from .scale_search import search_scales
+
+
+@dataclass
+class AwqOptions:
+    spec: QuantSpec
+    search: bool = True            # False: no activation-aware search (RTN, or precomputed results only)
+    clip: bool = True
+    duo_scaling: bool = False
+    n_grid: int = 20
+
+
+@dataclass
+class LayerResult:
+    quantized: dict[str, QuantizedWeight]                       # relative Linear name -> weight
+    scales: list[tuple[str, tuple[str, ...], torch.Tensor]] = field(default_factory=list)  # llm-awq "scale"
+    clips: list[tuple[str, torch.Tensor]] = field(default_factory=list)                     # llm-awq "clip"
+    report: list[dict] = field(default_factory=list)
+
+
+def group_applies(layer: nn.Module, requires: str | None, family: Family) -> bool:
+    if requires is None:
+        return True
+    if requires == "v_o_same_shape":
+        v = get_module(layer, f"{family.attn}.{family.v}")
+        o = get_module(layer, f"{family.attn}.{family.o}")
+        return v.weight.shape[0] == o.weight.shape[1]
+    raise ValueError(f"unknown scale-group condition {requires!r}")
+
+
+@torch.no_grad()
+def float_forward_recording(layer: nn.Module, family: Family, inputs: list[torch.Tensor], position_embeddings):
+    """Run the layer over input chunks (B, T, D). -> (output chunks, {input key: chunks}, {linear: input key})."""
+    names = list(family.linears)
+    feats: dict[str, list[torch.Tensor]] = {}
+    key_of: dict[str, str] = {}
+    seen: list[tuple[torch.Tensor, str]] = []
+
+    def hook_for(name):
+        def hook(_module, args):
+            x = args[0]
+            for other, key in seen:
+                if other is x:
+                    key_of.setdefault(name, key)
+                    return
+            key_of.setdefault(name, name)
+            feats.setdefault(name, []).append(x.detach())
+            seen.append((x, name))
+        return hook
+
+    handles = [get_module(layer, n).register_forward_pre_hook(hook_for(n)) for n in names]
+    outputs = []
+    try:
+        for chunk in inputs:
+            seen.clear()
+            outputs.append(layer(chunk, position_embeddings=position_embeddings, attention_mask=None))
+    finally:
+        for h in handles:
+            h.remove()
+    return outputs, feats, key_of
+
+
+def quantize_layer(layer: nn.Module, family: Family, prefix: str, options: AwqOptions,
+                   inputs: list[torch.Tensor] | None, position_embeddings,
+                   precomputed: tuple[list, list] | None = None) -> tuple[list[torch.Tensor] | None, LayerResult]:
+    """Quantize `layer` in place (its float weights are scaled and clipped). `prefix` is its full name
+    ("model.layers.3."). With `options.search`, `inputs` are the calibration activations (chunks (B, T, D)) and the
+    layer's float output chunks are returned; `precomputed` = (scales, clips) from an llm-awq cache is applied
+    instead of searching. Returns (float output chunks or None, LayerResult)."""
+    spec = options.spec
+    result = LayerResult(quantized={})
+    outputs = None
+    if precomputed is not None:
+        _apply_precomputed(layer, prefix, *precomputed)
+    elif options.search:
+        outputs, feats, key_of = float_forward_recording(layer, family, inputs, position_embeddings)
+        attn = get_module(layer, family.attn)
+        searched = []
+        for group in family.scale_groups:
+            if not group_applies(layer, group.requires, family):
+                continue
+            linears = [get_module(layer, n) for n in group.linears]
+            inspect_mod = get_module(layer, group.inspect)
+            if inspect_mod is attn:
+                def inspect(x, i, m=inspect_mod):
+                    return m(hidden_states=x, position_embeddings=position_embeddings, attention_mask=None)[0]
+            else:
+                def inspect(x, i, m=inspect_mod):
+                    return m(x)
+            key = key_of[group.linears[0]]
+            res = search_scales(feats[key], linears, inspect, spec, [prefix + n for n in group.linears],
+                                options.n_grid, options.duo_scaling)
+            searched.append((group, key, res))
+            result.report.append({"layer": prefix.rstrip("."), "group": group.inspect, "alpha": res.alpha,
+                                  "loss": res.loss, "rtn_loss": res.rtn_loss})
+        for group, key, res in searched:
+            fold_scales(get_module(layer, group.prev_op), [get_module(layer, n) for n in group.linears], res.scales)
+            feats[key] = [c / res.scales.to(c.dtype) for c in feats[key]]
+            result.scales.append((prefix + group.prev_op, tuple(prefix + n for n in group.linears),
+                                  res.scales.clone()))
+        if options.clip:
+            for name in family.linears:
+                if name in family.no_clip:
+                    continue
+                lin = get_module(layer, name)
+                x = torch.cat([c.reshape(-1, c.shape[-1]) for c in feats[key_of[name]]])
+                max_val = search_clip(lin.weight, x, spec, prefix + name, options.n_grid)
+                apply_clip(lin.weight, max_val)
+                result.clips.append((prefix + name, max_val.unsqueeze(-1)))
+    for name in family.linears:
+        lin = get_module(layer, name)
+        result.quantized[name] = quantize(lin.weight, spec, prefix + name)
+    return outputs, result
+
+
+def _apply_precomputed(layer: nn.Module, prefix: str, scales: list, clips: list) -> None:
+    """Apply llm-awq cache entries whose names start with `prefix` (folding scales, then clamping)."""
+    for prev_name, linear_names, s in scales:
+        if not prev_name.startswith(prefix):
+            continue
+        prev = get_module(layer, prev_name[len(prefix):])
+        fold_scales(prev, [get_module(layer, n[len(prefix):]) for n in linear_names], s.float())
+    for name, max_val in clips:
+        if name.startswith(prefix):
+            lin = get_module(layer, name[len(prefix):])
+            apply_clip(lin.weight, max_val.reshape(lin.weight.shape[0], -1).float())

@@ -1,0 +1,1 @@
+"""The tasks behind `run_awq --task ...`: orchestration of runtime, awq, checkpoints and backends."""
