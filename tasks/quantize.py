@@ -18,6 +18,18 @@ from ..errors import UserError
 from ..kernels.formats import native_format
 from ..kernels.quantizer import QuantSpec
 from ..runtime.model_loader import open_checkpoint
+from ..runtime.module_paths import get_module
+
+
+def check_group_sizes(skeleton, family, spec: QuantSpec, lm_head: bool, lm_head_group_size: int) -> None:
+    """Refuse before any work when a layer's input size is not a multiple of its group size."""
+    for i in range(len(get_module(skeleton, family.layers))):
+        for rel in family.linears:
+            name = f"{family.layers}.{i}.{rel}"
+            spec.group(get_module(skeleton, name).in_features, name)
+    if lm_head:
+        head_spec = QuantSpec(spec.bits, lm_head_group_size, spec.zero_point).validate()
+        head_spec.group(get_module(skeleton, family.lm_head).in_features, family.lm_head)
 
 
 def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int, zero_point: bool, algorithm: str,
@@ -41,6 +53,9 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     out_path = Path(out).expanduser().absolute()
     if out_path == src.folder.absolute():
         raise UserError("--out is the source model folder.", "Write the quantized checkpoint to a new folder.")
+    with torch.device("meta"):
+        skeleton = getattr(transformers, src.family.model_class)(src.config)
+    check_group_sizes(skeleton, src.family, spec, lm_head, lm_head_group_size)
     torch.manual_seed(seed)
     search = awq_mode == "run"
     calib = calibration_blocks(src.tokenizer, calib_dataset, n_samples, seqlen, seed) if search else None

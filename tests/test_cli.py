@@ -139,3 +139,43 @@ def test_console_script_error_has_no_traceback():
     proc = subprocess.run(["run_awq", "--task", "decode", "--model", "/nonexistent", "--prompt", "x"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_quantize_then_decode_and_perplexity(checkpoints, tmp_path, capsys):
+    out = tmp_path / "q"
+    code, _, err = run(["--task", "quantize", "--model", str(checkpoints["qwen2"]), "--out", str(out), "--w_bit", "3",
+                        "--group_size", "32", "--n_samples", "4", "--seqlen", "64"], capsys)
+    assert code == 0, err
+    summary = json.loads(err.strip().splitlines()[-1])
+    assert summary["bits"] == 3 and summary["algorithm"] == "awq" and (out / "manifest.json").exists()
+    code, out_text, err = run(["--task", "decode", "--model", str(out), "--prompt", "The hacker", "--flash_attention",
+                               "--max_new_tokens", "5", "--ignore_eos"], capsys)
+    assert code == 0 and out_text.startswith("The hacker")
+    code, out_text, _ = run(["--task", "perplexity", "--model", str(out), "--seqlen", "128", "--nsamples", "2",
+                             "--compare", "--format", "json"], capsys)
+    r = json.loads(out_text)
+    assert code == 0 and r["quantization"]["bits"] == 3 and r["compare"]["model"] == str(checkpoints["qwen2"])
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--group_size", "128"], ["K=64", "g=128", "model.layers.0.self_attn.q_proj"]),
+    (["--awq", "load"], ["--awq_cache"]),
+    (["--export", "awq", "--w_bit", "3"], ["only 4-bit"]),
+    (["--flash_attention"], ["runtime choice"]),
+    (["--calib_dataset", "/no/such/calib.txt"], ["local Hugging Face datasets cache"]),
+])
+def test_quantize_errors(checkpoints, tmp_path, capsys, args, needles):
+    code, _, err = run(["--task", "quantize", "--model", str(checkpoints["llama3"]), "--out", str(tmp_path / "o"),
+                        "--n_samples", "2", "--seqlen", "32", "--group_size", "32"] + args, capsys)
+    assert_user_error(code, err, *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_quantize_needs_out(capsys):
+    code, _, err = run(["--task", "quantize"], capsys)
+    assert_user_error(code, err, "--out")
+
+
+def test_perplexity_seqlen_beyond_context(checkpoints, capsys):
+    code, _, err = run(["--task", "perplexity", "--model", str(checkpoints["llama3"]), "--seqlen", "4096"], capsys)
+    assert_user_error(code, err, "longer than the model's context of 256")
