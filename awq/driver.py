@@ -1,8 +1,8 @@
 """Layer-by-layer streaming quantization of a whole model (DESIGN section 4.2).
 
 Only one decoder layer's float weights are materialised at a time: the model skeleton lives on the meta
-device, layer i's tensors are read from the memory-mapped checkpoint, quantized, handed to `sink`, and the
-layer is moved back to the meta device. With calibration, the activations (n_samples, seqlen, hidden) flow
+device, layer i's tensors are read from the checkpoint (a StreamedSafetensors reads them into memory that is
+freed afterwards), quantized, handed to `sink`, and the layer is moved back to the meta device. With calibration, the activations (n_samples, seqlen, hidden) flow
 from layer to layer in chunks of `chunk_samples` samples; each layer's float output is the next layer's input.
 
 `sink` receives plain tensors and `QuantizedWeight`s (codes, scales, zeros); packing and file formats are the
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..kernels.quantizer import QuantizedWeight, QuantSpec, quantize
 from ..runtime.families import Family
+from ..runtime.memory import release_free_memory
 from ..runtime.module_paths import get_module
 from .layer_quantizer import AwqOptions, quantize_layer
 
@@ -47,14 +48,24 @@ class QuantizeReport:
     groups: list[dict] = field(default_factory=list)
 
 
-def _assign(module: nn.Module, prefix: str, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
-    part = {k[len(prefix):]: v.to(dtype) for k, v in state.items() if k.startswith(prefix)}
+_IGNORED = ("rotary_emb.inv_freq",)  # stale buffers of some older checkpoints
+
+
+def _read(state, name: str) -> torch.Tensor:
+    """One tensor of `state`: a dict, or a StreamedSafetensors that reads it from disk on demand."""
+    return state.load(name) if hasattr(state, "load") else state[name]
+
+
+def _assign(module: nn.Module, prefix: str, state, dtype: torch.dtype | None) -> None:
+    part = {k[len(prefix):]: _read(state, k) for k in state.keys() if k.startswith(prefix) and not k.endswith(_IGNORED)}
+    if dtype is not None:
+        part = {k: v.to(dtype) for k, v in part.items()}
     module.load_state_dict(part, strict=True, assign=True)
 
 
 @torch.no_grad()
-def quantize_streaming(skeleton: nn.Module, config, family: Family, state: dict[str, torch.Tensor],
-                       job: QuantizeJob, sink: QuantizedSink) -> QuantizeReport:
+def quantize_streaming(skeleton: nn.Module, config, family: Family, state, job: QuantizeJob,
+                       sink: QuantizedSink) -> QuantizeReport:
     """Quantize every decoder-layer Linear (and lm_head with `job.lm_head`) of a meta-device `skeleton`."""
     t0 = time.perf_counter()
     report = QuantizeReport()
@@ -62,8 +73,8 @@ def quantize_streaming(skeleton: nn.Module, config, family: Family, state: dict[
     inputs = position_embeddings = None
     if job.options.search:
         embed = get_module(skeleton, family.embed)
-        _assign(embed, family.embed + ".", state, torch.float32)
-        inputs = [embed(c) for c in job.calib_ids.split(job.chunk_samples)]          # [(b, T, D)]
+        _assign(embed, family.embed + ".", state, None)  # kept in its file dtype: only the looked-up rows are cast
+        inputs = [embed(c).float() for c in job.calib_ids.split(job.chunk_samples)]  # [(b, T, D)]
         embed.to("meta")
         rotary = type(get_module(skeleton, family.rotary))(config=config)
         T = job.calib_ids.shape[1]
@@ -82,7 +93,9 @@ def quantize_streaming(skeleton: nn.Module, config, family: Family, state: dict[
         report.clips += res.clips
         report.groups += res.report
         layer.to("meta")
-    rest = {k: v for k, v in state.items() if not k.startswith(family.layers + ".")}
+        del res
+        release_free_memory()
+    rest = {k: _read(state, k) for k in state.keys() if not k.startswith(family.layers + ".")}
     quantized: dict[str, QuantizedWeight] = {}
     head_key = family.lm_head + ".weight"
     if job.lm_head:

@@ -88,3 +88,56 @@ def load_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
         part = _load_safetensors(path) if path.suffix == ".safetensors" else _load_bin(path)
         out.update(part)
     return out
+
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+class StreamedSafetensors(dict):
+    """Tensor names -> (file, dtype, shape, byte range) of safetensors files; `load(name)` reads one tensor.
+
+    Unlike memory-mapping, every read goes into fresh anonymous memory that is freed with the tensor, so a
+    layer-by-layer pass over a large checkpoint keeps only the current layer resident (the page cache holds the
+    file, not this process). Format: 8-byte little-endian header length, JSON header {name: {"dtype", "shape",
+    "data_offsets": [begin, end]}, "__metadata__": ...}, then the data block the offsets index into.
+    """
+
+    def __init__(self, files: list[Path]) -> None:
+        super().__init__()
+        for path in files:
+            try:
+                with open(path, "rb") as f:
+                    n = int.from_bytes(f.read(8), "little")
+                    header = json.loads(f.read(n))
+                size = path.stat().st_size
+                for name, meta in header.items():
+                    if name == "__metadata__":
+                        continue
+                    begin, end = meta["data_offsets"]
+                    dtype, shape = _ST_DTYPES[meta["dtype"]], tuple(meta["shape"])
+                    if 8 + n + end > size or end - begin != dtype.itemsize * _numel(shape):
+                        raise ValueError(f"tensor {name} lies outside the file")
+                    self[name] = (path, dtype, shape, 8 + n + begin, end - begin)
+            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UserError(f"Weight file {path} is corrupt or truncated ({exc}).",
+                                "Re-download or re-copy this file; compare its size and sha256 with the original.") \
+                    from None
+
+    def load(self, name: str) -> torch.Tensor:
+        path, dtype, shape, offset, nbytes = self[name]
+        buf = bytearray(nbytes)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            f.readinto(buf)
+        if nbytes == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n

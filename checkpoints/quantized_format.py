@@ -55,7 +55,7 @@ class QuantizedCheckpointWriter:
     Use as a context manager; the folder appears at `destination` only when the block exits without error."""
 
     def __init__(self, destination: Path, config: dict, quantization_config: dict, tokenizer_dir: Path,
-                 max_shard_bytes: int = 2 * 10**9, tensor_fn=None, float_dtype: torch.dtype | None = None) -> None:
+                 max_shard_bytes: int = 512 * 2**20, tensor_fn=None, float_dtype: torch.dtype | None = None) -> None:
         """`quantization_config` is stored as given when it names a quant_method (an export format), else as the
         native format's. `tensor_fn(name, QuantizedWeight, bias)` lays out one quantized Linear (default: native);
         `float_dtype` converts the float tensors (default: kept)."""
@@ -94,9 +94,11 @@ class QuantizedCheckpointWriter:
                    for k, v in floats.items() if not k.endswith(biases)}
         for name, qw in quantized.items():
             tensors.update(self.tensor_fn(name, qw, floats.get(f"{name}.bias")))
-        for k, v in tensors.items():
-            self._pending[k] = v
-            self._pending_bytes += v.numel() * v.element_size()
+        size = sum(v.numel() * v.element_size() for v in tensors.values())
+        if self._pending and self._pending_bytes + size > self.max_shard_bytes:
+            self._flush()  # keep a shard (and the serializer's copy of it) within the limit
+        self._pending.update(tensors)
+        self._pending_bytes += size
         if self._pending_bytes >= self.max_shard_bytes:
             self._flush()
 

@@ -96,8 +96,11 @@ class CheckpointSource:
     tokenizer: object
 
 
-def open_checkpoint(path: str | Path | None = None) -> CheckpointSource:
-    """Open a Hugging Face, Meta-format or quantized folder (None or an alias: an embedded default model)."""
+def open_checkpoint(path: str | Path | None = None, streamed: bool = False) -> CheckpointSource:
+    """Open a Hugging Face, Meta-format or quantized folder (None or an alias: an embedded default model).
+
+    `streamed`: safetensors tensors are indexed, not mapped, and read one at a time by `state.load(name)`
+    (for layer-by-layer passes whose memory must stay bounded)."""
     folder = default_models.resolve(None if path is None else str(path))
     _check_folder(folder)
     if meta_format.is_meta_folder(folder):
@@ -119,6 +122,9 @@ def open_checkpoint(path: str | Path | None = None) -> CheckpointSource:
         raise UserError(f"{folder} has a config.json but no weights (model.safetensors, "
                         "model.safetensors.index.json or pytorch_model.bin).",
                         "Copy the weight files of the checkpoint into that folder.")
+    if streamed and reader is None and all(f.suffix == ".safetensors" for f in files):
+        return CheckpointSource(folder, config, family, quant, hf_files.StreamedSafetensors(files),
+                                load_tokenizer(folder))
     state = hf_files.load_tensors(files)
     if reader is not None:
         state = reader.translate(state)

@@ -35,7 +35,7 @@ def check_group_sizes(skeleton, family, spec: QuantSpec, lm_head: bool, lm_head_
 def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int, zero_point: bool, algorithm: str,
                   awq_mode: str, awq_cache: str | None, dump_awq: str | None, lm_head: bool,
                   lm_head_group_size: int, calib_dataset: str | None, n_samples: int, seqlen: int, seed: int,
-                  duo_scaling: bool, export: str = "native", max_shard_bytes: int = 2 * 10**9,
+                  duo_scaling: bool, export: str = "native", max_shard_bytes: int = 512 * 2**20,
                   progress: bool = True) -> dict:
     spec = QuantSpec(w_bit, group_size, zero_point).validate()
     if export == "awq":
@@ -47,7 +47,7 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     if dump_awq and awq_mode != "run":
         raise UserError("--dump_awq saves search results, but no search runs with --awq "
                         f"{awq_mode}.", "Use --awq run, or drop --dump_awq.")
-    src = open_checkpoint(model_path)
+    src = open_checkpoint(model_path, streamed=True)
     if src.quant is not None:
         raise UserError(f"{src.folder} is already a quantized checkpoint.", "Quantize the float model it came from.")
     out_path = Path(out).expanduser().absolute()

@@ -90,3 +90,20 @@ def test_bf16_checkpoint_loads_as_fp32_and_bf16(tmp_path, checkpoints):
     loaded = load_model(checkpoints["qwen2"], dtype="bf16")
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in load_model(checkpoints["qwen2"]).model.parameters()} == {torch.float32}
+
+
+def test_streamed_reader_matches_safetensors(checkpoints, tmp_path):
+    from safetensors.torch import load_file
+
+    from edgeawq.checkpoints.hf_files import StreamedSafetensors
+
+    path = checkpoints["qwen2"] / "model.safetensors"
+    expected = load_file(path)
+    streamed = StreamedSafetensors([path])
+    assert set(streamed) == set(expected)
+    for name, t in expected.items():
+        assert torch.equal(streamed.load(name), t), name
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(UserError, match="cut.safetensors is corrupt or truncated"):
+        StreamedSafetensors([tmp_path / "cut.safetensors"])
