@@ -8,6 +8,7 @@ model (Llama 2: <s> added in front, [INST] chat template) or a tiktoken rank fil
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import UserError
@@ -27,6 +28,19 @@ _LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_t
                    "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
 
 
+def _generic_tokenizer_json(model_dir: Path) -> bool:
+    """True when the folder's tokenizer is a plain tokenizer.json (tokenizer_class TokenizersBackend or
+    PreTrainedTokenizerFast), not a model-specific class."""
+    config = model_dir / "tokenizer_config.json"
+    if not (model_dir / "tokenizer.json").exists() or not config.exists():
+        return False
+    try:
+        cls = json.loads(config.read_text()).get("tokenizer_class")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return cls in ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def _is_sentencepiece(path: Path) -> bool:
     head = path.read_bytes()[:64]
     try:
@@ -44,7 +58,11 @@ def load_tokenizer(model_dir: Path, meta_format: bool = False):
         raise UserError(f"No tokenizer files in {model_dir} (looked for {', '.join(TOKENIZER_FILES)}).",
                         "Copy the tokenizer files from the original model release into that folder.")
     try:
-        if not meta_format:
+        if not meta_format and _generic_tokenizer_json(model_dir):
+            # transformers picks a tokenizer class from config.json's model_type (e.g. Qwen2Tokenizer), which
+            # rebuilds the normalizer and pre-tokenizer; a generic tokenizer.json must be used exactly as written.
+            tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir), local_files_only=True)
+        elif not meta_format:
             tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         elif _is_sentencepiece(model_dir / "tokenizer.model"):
             tok = LlamaTokenizer.from_pretrained(str(model_dir), local_files_only=True, legacy=True,

@@ -11,7 +11,7 @@ Seeded and deterministic on one machine (same torch build, same thread count). S
      config, the step count, the wall time, and the test-split perplexity of the model next to the unigram
      perplexity of the same split (add-one smoothed unigram counts from the train split).
 
-Usage: python scripts/train_default_models.py [--steps 1000] [--only llama|qwen2] [--out default_models]
+Usage: python scripts/train_default_models.py [--steps 1000] [--only llama|qwen2] [--out default_models] [--rescore]
 """
 from __future__ import annotations
 
@@ -123,8 +123,10 @@ def train_one(name: str, config, tokenizer, train: torch.Tensor, test: torch.Ten
             print(json.dumps({"model": name, "step": step, "loss": round(loss.item(), 4),
                               "elapsed_s": round(time.time() - t0, 1)}), flush=True)
     train_s = time.time() - t0
-    model = model.to(torch.bfloat16)
-    ppl = perplexity(model.float(), test)
+    with torch.no_grad():  # evaluate the weights as shipped (bf16), with fp32 math and fp32 RoPE buffers
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    ppl = perplexity(model, test)
     model = model.to(torch.bfloat16)
     target = out / name
     target.mkdir(parents=True, exist_ok=True)
@@ -143,13 +145,36 @@ def train_one(name: str, config, tokenizer, train: torch.Tensor, test: torch.Ten
     return report
 
 
+def rescore(out: Path, name: str) -> dict:
+    """Recompute the perplexities of a saved model (as shipped: bf16 file, fp32 math) into its report."""
+    from transformers import AutoModelForCausalLM as Auto
+
+    target = out / name
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(target)
+    train, test = encode_split(tokenizer, "train"), encode_split(tokenizer, "test")
+    model = Auto.from_pretrained(target, dtype=torch.float32)
+    report = json.loads((target / "training_report.json").read_text())
+    report.update(test_perplexity=round(perplexity(model, test), 3),
+                  test_unigram_perplexity=round(unigram_perplexity(train, test), 3))
+    (target / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report), flush=True)
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--only", choices=["llama", "qwen2"])
     ap.add_argument("--out", type=Path, default=ROOT / "default_models")
+    ap.add_argument("--rescore", action="store_true",
+                    help="do not train: recompute the perplexities in the saved models' reports")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    if args.rescore:
+        for name in model_configs():
+            if args.only in (None, name):
+                rescore(args.out, name)
+        return
     tokenizer = train_tokenizer()
     train, test = encode_split(tokenizer, "train"), encode_split(tokenizer, "test")
     print(json.dumps({"train_tokens": train.numel(), "test_tokens": test.numel()}), flush=True)

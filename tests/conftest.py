@@ -55,3 +55,14 @@ def write_checkpoint(path: Path, name: str, seed: int = 0, **save_kwargs) -> Pat
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpt")
     return {name: write_checkpoint(root / name, name) for name in FAMILY_CONFIGS}
+
+
+def quantize_tiny(src: Path, out: Path, **overrides) -> dict:
+    """`run_awq --task quantize` in-process with settings small enough for the tiny checkpoints."""
+    from edgeawq.tasks.quantize import quantize_task
+
+    args = dict(w_bit=4, group_size=32, zero_point=True, algorithm="awq", awq_mode="run", awq_cache=None,
+                dump_awq=None, lm_head=False, lm_head_group_size=32, calib_dataset=None, n_samples=4, seqlen=64,
+                seed=0, duo_scaling=False, progress=False)
+    args.update(overrides)
+    return quantize_task(str(src), str(out), **args)

@@ -10,15 +10,11 @@ from safetensors.torch import load_file
 from edgeawq.errors import UserError
 from edgeawq.kernels.formats import unpack
 from edgeawq.kernels.quantizer import QuantSpec, quantize
-from edgeawq.tasks.quantize import quantize_task
 
 
-def run(src, out, **kw):
-    args = dict(w_bit=4, group_size=32, zero_point=True, algorithm="awq", awq_mode="run", awq_cache=None,
-                dump_awq=None, lm_head=False, lm_head_group_size=32, calib_dataset=None, n_samples=4, seqlen=64,
-                seed=0, duo_scaling=False, progress=False)
-    args.update(kw)
-    return quantize_task(str(src), str(out), **args)
+from ..conftest import quantize_tiny
+
+run = quantize_tiny
 
 
 def test_rtn_equals_direct_quantization(checkpoints, tmp_path):

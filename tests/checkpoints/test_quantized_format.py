@@ -10,17 +10,13 @@ from safetensors.torch import load_file
 from edgeawq.errors import UserError
 from edgeawq.kernels.qlinear import QLinearPerGrp
 from edgeawq.runtime.model_loader import load_model
-from edgeawq.tasks.quantize import quantize_task
+
+from ..conftest import quantize_tiny
 
 IDS = torch.tensor([[0, 17, 300, 4000, 5, 6, 7, 8]])
 
 
-def quantize(src, out, **kw):
-    args = dict(w_bit=4, group_size=32, zero_point=True, algorithm="awq", awq_mode="run", awq_cache=None,
-                dump_awq=None, lm_head=False, lm_head_group_size=32, calib_dataset=None, n_samples=4, seqlen=64,
-                seed=0, duo_scaling=False, progress=False)
-    args.update(kw)
-    return quantize_task(str(src), str(out), **args)
+quantize = quantize_tiny
 
 
 def logits(path, **kw):

@@ -21,13 +21,18 @@ def reference_logits(path, ids, mask, positions):
         return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
 
 
+def prepare(path, engine_cls):
+    """-> (engine started for the batch, ids, mask, positions, transformers' logits)."""
+    ids, mask, positions = left_pad(PROMPTS, pad_id=2)
+    engine = engine_cls(load_model(path))
+    engine.start(ids.shape[0], 64)
+    return engine, ids, mask, positions, reference_logits(path, ids, mask, positions)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
 @pytest.mark.parametrize("engine_cls", [TransformersEngine, StaticCacheEngine])
 def test_prefill_logits_match_transformers(checkpoints, family, engine_cls):
-    ids, mask, positions = left_pad(PROMPTS, pad_id=2)
-    expected = reference_logits(checkpoints[family], ids, mask, positions)
-    engine = engine_cls(load_model(checkpoints[family]))
-    engine.start(ids.shape[0], 64)
+    engine, ids, mask, positions, expected = prepare(checkpoints[family], engine_cls)
     got = engine.forward(ids, positions, mask, last_only=False)
     real = mask.bool()
     assert (got[real] - expected[real]).abs().max().item() <= 1e-4
@@ -37,10 +42,7 @@ def test_prefill_logits_match_transformers(checkpoints, family, engine_cls):
 @pytest.mark.parametrize("engine_cls", [TransformersEngine, StaticCacheEngine])
 def test_incremental_decode_logits_match_full_forward(checkpoints, family, engine_cls):
     """Prefill 6 tokens, then feed the rest one at a time through the cache: same logits as one full pass."""
-    ids, mask, positions = left_pad(PROMPTS, pad_id=2)
-    expected = reference_logits(checkpoints[family], ids, mask, positions)
-    engine = engine_cls(load_model(checkpoints[family]))
-    engine.start(ids.shape[0], 64)
+    engine, ids, mask, positions, expected = prepare(checkpoints[family], engine_cls)
     steps = [engine.forward(ids[:, :6], positions[:, :6], mask[:, :6], last_only=False)]
     for t in range(6, ids.shape[1]):
         steps.append(engine.forward(ids[:, t:t + 1], positions[:, t:t + 1], mask[:, :t + 1]))
