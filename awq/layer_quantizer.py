@@ -50,7 +50,9 @@ def group_applies(layer: nn.Module, requires: str | None, family: Family) -> boo
 
 @torch.no_grad()
 def float_forward_recording(layer: nn.Module, family: Family, inputs: list[torch.Tensor], position_embeddings):
-    """Run the layer over input chunks (B, T, D). -> (output chunks, {input key: chunks}, {linear: input key})."""
+    """Run the layer over input chunks (B, T, D), consuming the list (each chunk is freed once used).
+
+    -> (output chunks, {input key: chunks}, {linear: input key})."""
     names = list(family.linears)
     feats: dict[str, list[torch.Tensor]] = {}
     key_of: dict[str, str] = {}
@@ -71,9 +73,11 @@ def float_forward_recording(layer: nn.Module, family: Family, inputs: list[torch
     handles = [get_module(layer, n).register_forward_pre_hook(hook_for(n)) for n in names]
     outputs = []
     try:
-        for chunk in inputs:
+        while inputs:
+            chunk = inputs.pop(0)
             seen.clear()
             outputs.append(layer(chunk, position_embeddings=position_embeddings, attention_mask=None))
+            del chunk
     finally:
         for h in handles:
             h.remove()
