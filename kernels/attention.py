@@ -28,7 +28,6 @@ def attention_mask(key_valid: torch.Tensor, start: int, window: int | None = Non
     always sees its own slot, so a padding row never has an empty softmax (its output is ignored).
     """
     S = key_valid.shape[1]
-    T = S - start
     q_slot = torch.arange(start, S).unsqueeze(1)          # (T, 1)
     k_slot = torch.arange(S).unsqueeze(0)                 # (1, S)
     allowed = k_slot <= q_slot                            # (T, S) causal

@@ -151,7 +151,7 @@ def test_autoawq_import_reproduces_logits(checkpoints, tmp_path):
     quantize(checkpoints["llama3"], native)
     ref = load_model(native, act_dtype="fp32").model
     with torch.no_grad():
-        for name, p in ref.named_parameters():
+        for p in ref.parameters():
             p.copy_(p.half().float())
         a, b = imported.model(input_ids=IDS).logits, ref(input_ids=IDS).logits
     assert torch.allclose(a, b, atol=1e-5, rtol=0)
