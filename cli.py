@@ -12,7 +12,7 @@ import click
 
 from .errors import UserError
 
-TASKS = ("quantize", "decode", "perplexity")
+TASKS = ("quantize", "decode", "benchmark", "benchmark_long", "perplexity")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -79,8 +79,15 @@ TASKS = ("quantize", "decode", "perplexity")
               help="perplexity: also evaluate the float model (the quantized checkpoint's source, or --float_model) "
                    "on the same windows.")
 @click.option("--float_model", default=None, help="perplexity: the float model for --compare.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "md"]), default="text", show_default=True,
-              help="Output format of perplexity results.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "jsonl", "md"]), default="text",
+              show_default=True, help="Output format of perplexity and benchmark results (text = md for benchmarks).")
+@click.option("--prompt_lengths", default=None,
+              help="benchmark: comma-separated prompt lengths. Default: 4,8,16,32,64,128,256 (benchmark), "
+                   "512,1024,2048,4096 (benchmark_long).")
+@click.option("--new_tokens", type=int, default=32, show_default=True, help="benchmark: tokens generated per run.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="benchmark: timed runs per length (median).")
+@click.option("--profile", type=click.Path(dir_okay=False), default=None,
+              help="benchmark: write per-module prefill and per-token times to this CSV file.")
 @click.option("--act_dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
               help="Activation dtype inside quantized Linears (bf16 = w4abf16).")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
@@ -90,7 +97,8 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
         output: str | None, out: str | None, export: str, w_bit: str, group_size: str, symmetric: bool, algorithm: str,
         awq_mode: str, awq_cache: str | None, dump_awq: str | None, lm_head: bool, lm_head_group_size: str,
         calib_dataset: str | None, n_samples: int, seqlen: int | None, duo_scaling: bool, dataset: str,
-        nsamples: int | None, compare: bool, float_model: str | None, fmt: str, act_dtype: str,
+        nsamples: int | None, compare: bool, float_model: str | None, fmt: str, prompt_lengths: str | None,
+        new_tokens: int, repeats: int, profile: str | None, act_dtype: str,
         debug: bool) -> None:
     """Quantize Llama-family models with AWQ and run them on CPU, NPU and Tenstorrent targets.
 
@@ -110,6 +118,11 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
         quantize_task(model_path, out, int(w_bit), int(group_size), not symmetric, algorithm, awq_mode, awq_cache,
                       dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples, seqlen or 512, seed,
                       duo_scaling, export)
+    elif task in ("benchmark", "benchmark_long"):
+        from .tasks.benchmark import benchmark_task
+
+        benchmark_task(task, model_path, target, dtype, act_dtype, flash_attention, prompt_lengths, new_tokens,
+                       repeats, "md" if fmt == "text" else fmt, profile)
     elif task == "perplexity":
         from .tasks.perplexity import perplexity_task
 

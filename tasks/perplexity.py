@@ -58,8 +58,8 @@ def _recorded_source(folder) -> str:
 
 
 def format_result(r: dict, fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(r, indent=2)
+    if fmt in ("json", "jsonl"):
+        return json.dumps(r, indent=2 if fmt == "json" else None)
     p = r["protocol"]
     lines = [f"perplexity {r['perplexity']:.4f}  {r['model']}"]
     if "compare" in r:

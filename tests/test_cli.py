@@ -179,3 +179,11 @@ def test_quantize_needs_out(capsys):
 def test_perplexity_seqlen_beyond_context(checkpoints, capsys):
     code, _, err = run(["--task", "perplexity", "--model", str(checkpoints["llama3"]), "--seqlen", "4096"], capsys)
     assert_user_error(code, err, "longer than the model's context of 256")
+
+
+def test_benchmark_cli_markdown_and_bad_values(checkpoints, capsys):
+    code, out, _ = run(["--task", "benchmark", "--model", str(checkpoints["llama3"]), "--prompt_lengths", "4,8",
+                        "--new_tokens", "3", "--repeats", "1", "--flash_attention"], capsys)
+    assert code == 0 and "| prompt | new | total ms | prefill ms (TTFT) |" in out and "\n| 8 | 3 |" in out
+    code, _, err = run(["--task", "benchmark", "--model", str(checkpoints["llama3"]), "--new_tokens", "1"], capsys)
+    assert_user_error(code, err, "--new_tokens 1 is too small")

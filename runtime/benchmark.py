@@ -1,0 +1,95 @@
+"""Latency and throughput measurement of one engine (DESIGN section 8 protocol).
+
+For a prompt of L tokens and N new tokens (greedy, batch 1): the first forward is the prefill and gives the
+first token (time to first token); the remaining N - 1 forwards are decode steps, so time/token = decode time /
+(N - 1). One warm-up generation runs before the timed ones; each length is timed `repeats` times and the median
+is reported with the min and max. Achieved bandwidth = bytes of weights read per decoded token x tokens/s
+(every weight tensor once, but only one row of the embedding table).
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..kernels.qlinear import QLinearPerGrp
+
+
+@dataclass
+class LengthResult:
+    prompt_tokens: int
+    new_tokens: int
+    repeats: int
+    total_ms: float
+    total_ms_min: float
+    total_ms_max: float
+    prefill_ms: float
+    time_per_token_ms: float
+    tokens_per_s: float
+    prefill_tokens_per_s: float
+    achieved_gb_s: float
+    peak_rss_bytes: int
+
+
+def weight_bytes_per_token(model: nn.Module, embed: nn.Module) -> int:
+    """Bytes of weights one decode step reads: every parameter and quantized buffer once, but only one row of
+    the embedding table (unless the table is also the tied lm_head, which reads all of it)."""
+    seen: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if module is embed:
+            continue
+        tensors = list(module.parameters(recurse=False))
+        if isinstance(module, QLinearPerGrp):
+            tensors += [t for t in (module.packed, module.scales, module.zeros, module.bias) if t is not None]
+        for t in tensors:
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    table = embed.weight
+    if table.data_ptr() not in seen:
+        total += table.shape[1] * table.element_size()
+    return total
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@torch.inference_mode()
+def generate_timed(engine, prompt: torch.Tensor, new_tokens: int, profiler=None) -> tuple[float, float]:
+    """-> (prefill seconds, decode seconds) of one greedy generation of `new_tokens` tokens."""
+    L = prompt.shape[1]
+    engine.start(1, L + new_tokens)
+    mask = torch.ones(1, L + new_tokens, dtype=torch.long)
+    if profiler is not None:
+        profiler.phase = "prefill"
+    t0 = time.perf_counter()
+    logits = engine.forward(prompt, torch.arange(L)[None], mask[:, :L])
+    token = logits[:, -1].argmax(-1, keepdim=True)
+    t1 = time.perf_counter()
+    if profiler is not None:
+        profiler.phase = "decode"
+    for i in range(new_tokens - 1):
+        logits = engine.forward(token, torch.tensor([[L + i]]), mask[:, :L + i + 1])
+        token = logits[:, -1].argmax(-1, keepdim=True)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def measure_length(engine, prompt: torch.Tensor, new_tokens: int, repeats: int, bytes_per_token: int) -> LengthResult:
+    runs = [generate_timed(engine, prompt, new_tokens) for _ in range(repeats)]
+    totals = [(p + d) * 1e3 for p, d in runs]
+    prefill = statistics.median(p for p, _ in runs) * 1e3
+    per_token = statistics.median(d / (new_tokens - 1) for _, d in runs) * 1e3
+    tok_s = 1e3 / per_token
+    return LengthResult(prompt.shape[1], new_tokens, repeats, statistics.median(totals), min(totals), max(totals),
+                        prefill, per_token, tok_s, prompt.shape[1] / (prefill / 1e3),
+                        bytes_per_token * tok_s / 1e9, peak_rss_bytes())
+
+
+def warm_up(engine, prompt: torch.Tensor) -> None:
+    generate_timed(engine, prompt, 2)

@@ -1,0 +1,66 @@
+"""Benchmark tasks: the report's schema, positive numbers, skipping and refusing long prompts, the profile CSV.
+No timing thresholds: the machine is shared."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from edgeawq.errors import UserError
+from edgeawq.runtime.benchmark import weight_bytes_per_token
+from edgeawq.runtime.model_loader import load_model
+from edgeawq.tasks.benchmark import benchmark_task
+
+FIELDS = {"prompt_tokens", "new_tokens", "repeats", "total_ms", "total_ms_min", "total_ms_max", "prefill_ms",
+          "time_per_token_ms", "tokens_per_s", "prefill_tokens_per_s", "achieved_gb_s", "peak_rss_bytes"}
+
+
+@pytest.mark.parametrize("flash", [False, True])
+def test_benchmark_json_schema_and_positive_numbers(checkpoints, tmp_path, capsys, flash):
+    report = benchmark_task("benchmark", str(checkpoints["qwen2"]), "cpu", "fp32", "bf16", flash, "4,16", 4, 2,
+                            "json", str(tmp_path / "p.csv"))
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(report))
+    assert {"model", "target", "engine", "dtype", "threads", "weight_bytes_per_token", "results"} <= set(printed)
+    assert [r["prompt_tokens"] for r in printed["results"]] == [4, 16]
+    for r in printed["results"]:
+        assert set(r) == FIELDS
+        assert all(r[k] > 0 for k in FIELDS)
+        assert r["total_ms_min"] <= r["total_ms"] <= r["total_ms_max"]
+    with open(tmp_path / "p.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["prompt_tokens"] for r in rows} == {"4", "16"}
+    lm_head = next(r for r in rows if r["module"] == "lm_head" and r["prompt_tokens"] == "4")
+    assert int(lm_head["prefill_calls"]) == 1 and int(lm_head["decode_calls"]) == 3
+
+
+def test_jsonl_and_skipped_default_lengths(checkpoints, capsys):
+    benchmark_task("benchmark", str(checkpoints["llama3"]), "cpu", "fp32", "bf16", True, None, 64, 1, "jsonl", None)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt_tokens"] for r in lines] == [4, 8, 16, 32, 64, 128, 256]
+    assert "skipped" in lines[-1] and "tokens_per_s" in lines[-2]  # 256 + 64 > 256 >= 128 + 64
+
+
+def test_user_lengths_beyond_context_are_refused(checkpoints):
+    with pytest.raises(UserError, match="exceed the model's context of 256"):
+        benchmark_task("benchmark", str(checkpoints["llama3"]), "cpu", "fp32", "bf16", True, "300", 4, 1, "md", None)
+    with pytest.raises(UserError, match="--prompt_lengths"):
+        benchmark_task("benchmark", str(checkpoints["llama3"]), "cpu", "fp32", "bf16", True, "4,x", 4, 1, "md", None)
+
+
+def test_weight_bytes_count_tied_head_fully_and_quantized_buffers(checkpoints, tmp_path):
+    from ..conftest import quantize_tiny
+
+    loaded = load_model(checkpoints["llama3"])
+    params = sum(p.numel() * 4 for p in loaded.model.parameters())  # tied: embedding counted once
+    assert weight_bytes_per_token(loaded.model, loaded.model.model.embed_tokens) == params
+    quantize_tiny(checkpoints["qwen2"], tmp_path / "q", awq_mode="none")
+    q = load_model(tmp_path / "q")
+    got = weight_bytes_per_token(q.model, q.model.model.embed_tokens)
+    qlinears = [m for m in q.model.modules() if type(m).__name__ == "QLinearPerGrp"]
+    packed = sum(m.packed.numel() + m.scales.numel() * 2 + m.zeros.numel() for m in qlinears)
+    f = load_model(checkpoints["qwen2"]).model
+    floats = weight_bytes_per_token(f, f.model.embed_tokens) - sum(
+        m.weight.numel() * 4 for m in f.modules() if type(m).__name__ == "Linear" and m is not f.lm_head)
+    assert got == floats + packed  # q/k/v biases are counted in `floats` (parameters of the float model)
