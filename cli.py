@@ -86,6 +86,9 @@ TASKS = ("quantize", "decode", "benchmark", "benchmark_long", "perplexity")
                    "512,1024,2048,4096 (benchmark_long).")
 @click.option("--new_tokens", type=int, default=32, show_default=True, help="benchmark: tokens generated per run.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="benchmark: timed runs per length (median).")
+@click.option("--random_weights", is_flag=True,
+              help="benchmark: --model names a shipped shape (llama-2-7b, llama-3.1-8b, llama-3.2-1b, qwen2.5-7b) or a "
+                   "config.json; random weights are RTN-quantized in memory with --w_bit/--group_size.")
 @click.option("--profile", type=click.Path(dir_okay=False), default=None,
               help="benchmark: write per-module prefill and per-token times to this CSV file.")
 @click.option("--act_dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
@@ -98,7 +101,7 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
         awq_mode: str, awq_cache: str | None, dump_awq: str | None, lm_head: bool, lm_head_group_size: str,
         calib_dataset: str | None, n_samples: int, seqlen: int | None, duo_scaling: bool, dataset: str,
         nsamples: int | None, compare: bool, float_model: str | None, fmt: str, prompt_lengths: str | None,
-        new_tokens: int, repeats: int, profile: str | None, act_dtype: str,
+        new_tokens: int, repeats: int, random_weights: bool, profile: str | None, act_dtype: str,
         debug: bool) -> None:
     """Quantize Llama-family models with AWQ and run them on CPU, NPU and Tenstorrent targets.
 
@@ -121,8 +124,11 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
     elif task in ("benchmark", "benchmark_long"):
         from .tasks.benchmark import benchmark_task
 
+        from .kernels.quantizer import QuantSpec
+
+        spec = QuantSpec(int(w_bit), int(group_size), not symmetric).validate() if random_weights else None
         benchmark_task(task, model_path, target, dtype, act_dtype, flash_attention, prompt_lengths, new_tokens,
-                       repeats, "md" if fmt == "text" else fmt, profile)
+                       repeats, "md" if fmt == "text" else fmt, profile, spec)
     elif task == "perplexity":
         from .tasks.perplexity import perplexity_task
 

@@ -14,7 +14,9 @@ import torch
 from ..errors import UserError
 from ..runtime.backends import require
 from ..runtime.benchmark import generate_timed, measure_length, warm_up, weight_bytes_per_token
-from ..runtime.model_loader import load_model
+from ..kernels.quantizer import QuantSpec
+from ..runtime.model_loader import DTYPES, load_model
+from ..runtime.random_model import random_quantized_model, shape_names
 from ..runtime.module_paths import get_module
 from ..runtime.perplexity import load_eval_text
 from ..runtime.profiler import ModuleProfiler, write_profile_csv
@@ -38,14 +40,20 @@ def parse_lengths(text: str | None, task: str) -> tuple[list[int], bool]:
 
 def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, act_dtype: str,
                    flash_attention: bool, prompt_lengths: str | None, new_tokens: int, repeats: int, fmt: str,
-                   profile: str | None) -> dict:
+                   profile: str | None, random_spec: QuantSpec | None = None) -> dict:
+    """`random_spec`: build `model_path` (a shape name or config.json) with random weights quantized this way."""
     if new_tokens < 2:
         raise UserError(f"--new_tokens {new_tokens} is too small.", "Use at least 2 (time/token needs a decode step).")
     if repeats < 1:
         raise UserError(f"--repeats {repeats} is invalid.", "Use 1 or more.")
     lengths, user_given = parse_lengths(prompt_lengths, task)
     backend = require(target)
-    loaded = load_model(model_path, dtype, act_dtype)
+    if random_spec is not None:
+        if model_path is None:
+            raise UserError("--random_weights needs --model SHAPE.", f"Use one of: {', '.join(shape_names())}.")
+        loaded = random_quantized_model(model_path, random_spec, DTYPES[dtype], DTYPES[act_dtype])
+    else:
+        loaded = load_model(model_path, dtype, act_dtype)
     engine = backend.make_engine(loaded, flash_attention)
     context = loaded.max_context
     too_long = [L for L in lengths if L + new_tokens > context]

@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from edgeawq.errors import UserError
 from edgeawq.runtime.benchmark import weight_bytes_per_token
@@ -64,3 +65,22 @@ def test_weight_bytes_count_tied_head_fully_and_quantized_buffers(checkpoints, t
     floats = weight_bytes_per_token(f, f.model.embed_tokens) - sum(
         m.weight.numel() * 4 for m in f.modules() if type(m).__name__ == "Linear" and m is not f.lm_head)
     assert got == floats + packed  # q/k/v biases are counted in `floats` (parameters of the float model)
+
+
+def test_random_weights_build_quantized_model_of_a_shape(tmp_path, capsys):
+    from edgeawq.kernels.qlinear import QLinearPerGrp
+    from edgeawq.kernels.quantizer import QuantSpec
+    from edgeawq.runtime.random_model import random_quantized_model, shape_names
+
+    from ..conftest import make_config
+
+    assert {"llama-2-7b", "llama-3.1-8b", "llama-3.2-1b", "qwen2.5-7b"} <= set(shape_names())
+    make_config("qwen2").to_json_file(tmp_path / "config.json")
+    loaded = random_quantized_model(str(tmp_path / "config.json"), QuantSpec(4, 32), torch.float32, torch.bfloat16)
+    linears = [m for m in loaded.model.modules() if isinstance(m, QLinearPerGrp)]
+    assert len(linears) == 2 * 7 and linears[0].bias is not None
+    report = benchmark_task("benchmark", str(tmp_path), "cpu", "fp32", "bf16", True, "4", 3, 1, "json", None,
+                            QuantSpec(4, 32))
+    assert report["quantization"] == {"bits": 4, "group_size": 32} and report["results"][0]["tokens_per_s"] > 0
+    with pytest.raises(UserError, match="shape name or a config.json"):
+        random_quantized_model("no-such-shape", QuantSpec(4, 32), torch.float32, torch.bfloat16)

@@ -1,0 +1,91 @@
+"""Random-weight quantized models of real shapes, built in memory for speed measurements (`--random_weights`).
+
+`--model` then names a shipped shape (configs/shapes/<name>.json: llama-2-7b, llama-3.1-8b, llama-3.2-1b,
+qwen2.5-7b) or a config.json path. The skeleton is built on the meta device; each decoder-layer Linear gets a
+N(0, 0.02) float weight that is RTN-quantized at once and dropped, so the float model is never materialised:
+peak memory is the quantized layers, the float embedding / head in `dtype`, and one float Linear. Norm weights
+are 1, biases N(0, 0.02). The embedded default model's tokenizer is attached (its ids fit every shipped vocabulary).
+Speed does not depend on the values; these models generate noise.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+from .. import default_models
+from ..checkpoints.tokenizer_files import load_tokenizer
+from ..errors import UserError
+from ..kernels.qlinear import QLinearPerGrp
+from ..kernels.quantizer import QuantSpec, quantize
+from .families import FAMILIES, supported_types
+from .memory import release_free_memory
+from .model_loader import LoadedModel
+from .module_paths import get_module, set_module
+from .quantized_model import QuantLayout
+
+SHAPES_DIR = Path(__file__).resolve().parent.parent / "configs" / "shapes"
+
+
+def shape_names() -> list[str]:
+    return sorted(p.stem for p in SHAPES_DIR.glob("*.json"))
+
+
+def _read_shape(name: str) -> dict:
+    import json
+
+    path = SHAPES_DIR / f"{name}.json" if (SHAPES_DIR / f"{name}.json").exists() else Path(name).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise UserError(f"--random_weights needs a shape name or a config.json path; {name!r} is neither.",
+                        f"Use one of: {', '.join(shape_names())}, or the path of a config.json.")
+    raw = json.loads(path.read_text())
+    if raw.get("model_type") not in FAMILIES:
+        raise UserError(f"{path} has model_type {raw.get('model_type')!r}.", f"Supported: {supported_types()}.")
+    return raw
+
+
+@torch.no_grad()
+def random_quantized_model(name: str, spec: QuantSpec, dtype: torch.dtype, act_dtype: torch.dtype,
+                           seed: int = 0) -> LoadedModel:
+    raw = _read_shape(name)
+    family = FAMILIES[raw["model_type"]]
+    config = transformers.AutoConfig.for_model(**raw)
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        model = getattr(transformers, family.model_class)(config)
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen) * 0.02
+
+    layers = get_module(model, family.layers)
+    for i in range(len(layers)):
+        for rel in family.linears:
+            name_i = f"{family.layers}.{i}.{rel}"
+            lin = get_module(model, name_i)
+            qw = quantize(rand(lin.out_features, lin.in_features), spec, name_i)
+            bias = rand(lin.out_features) if lin.bias is not None else None
+            set_module(model, name_i, QLinearPerGrp.from_quantized(qw, bias, act_dtype))
+        release_free_memory()
+    for name_p, p in list(model.named_parameters()):
+        value = torch.ones(p.shape, dtype=dtype)
+        if not name_p.endswith("norm.weight"):
+            for rows in value.split(4096):  # fill in blocks: no full-size fp32 temporary of the embedding
+                rows.copy_(rand(*rows.shape))
+        set_module_param(model, name_p, torch.nn.Parameter(value, requires_grad=False))
+    if config.tie_word_embeddings:
+        get_module(model, family.lm_head).weight = get_module(model, family.embed).weight
+    rotary = get_module(model, family.rotary)
+    set_module(model, family.rotary, type(rotary)(config=config))
+    model.eval()
+    tokenizer = load_tokenizer(default_models.DEFAULT_MODELS[default_models.DEFAULT])
+    layout = QuantLayout(spec, family.linears, None)
+    return LoadedModel(model, config, family, tokenizer, Path(f"random:{name}"), dtype, layout)
+
+
+def set_module_param(model: torch.nn.Module, dotted: str, param: torch.nn.Parameter) -> None:
+    owner, _, attr = dotted.rpartition(".")
+    setattr(get_module(model, owner) if owner else model, attr, param)
