@@ -30,7 +30,8 @@ def encode_blocks(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tenso
     if bits not in TILE_BYTES:
         raise ValueError(f"block-float width must be 8, 4 or 2, not {bits}")
     shape = x.shape
-    u = x.detach().to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    # int32 arithmetic throughout: M < 2**24 and the rounding adds < 2**23, so nothing overflows
+    u = x.detach().to(torch.float32).contiguous().view(torch.int32)
     u = u.view(*shape[:-1], shape[-1] // BLOCK, BLOCK)                 # (..., k, 16)
     sign = (u >> 31) & 1
     e = (u >> 23) & 0xFF
