@@ -12,15 +12,12 @@ The text is tokenized as one stream (documents joined with "\n\n", no special to
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from ..data_sources import corpus_split, offline_datasets
 from ..errors import UserError
-
-CORPUS_DIR = Path(__file__).resolve().parent.parent / "data" / "corpus"
-
 
 def _texts_from_file(path: Path) -> list[str]:
     suffix = path.suffix.lower()
@@ -47,8 +44,7 @@ def _texts_from_file(path: Path) -> list[str]:
 
 
 def _texts_from_hf_cache(name: str) -> list[str]:
-    import datasets
-
+    datasets = offline_datasets()
     try:
         ds = datasets.load_dataset(name, download_mode="reuse_cache_if_exists")
     except Exception as exc:  # datasets raises many types when the data is not cached offline
@@ -65,7 +61,7 @@ def _texts_from_hf_cache(name: str) -> list[str]:
 def load_texts(source: str | None) -> tuple[list[str], str]:
     """The documents of a calibration source and a description of where they came from."""
     if source is None:
-        path = CORPUS_DIR / "train.txt"
+        path = corpus_split("train")
         return [path.read_text(encoding="utf-8")], f"shipped corpus train split ({path.name})"
     path = Path(source).expanduser()
     if path.exists():
@@ -73,7 +69,6 @@ def load_texts(source: str | None) -> tuple[list[str], str]:
             return _texts_from_file(path), str(path)
         except UnicodeDecodeError:
             raise UserError(f"Calibration file {path} is not UTF-8 text.", "Provide a UTF-8 text file.") from None
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     return _texts_from_hf_cache(source), f"Hugging Face dataset {source} (local cache)"
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..kernels.quantizer import QuantizedWeight, QuantSpec, quantize
 from ..runtime.families import Family
 from ..runtime.memory import release_free_memory
+from ..runtime.model_loader import IGNORED_KEYS
 from ..runtime.module_paths import get_module
 from .layer_quantizer import AwqOptions, quantize_layer
 
@@ -48,16 +49,13 @@ class QuantizeReport:
     groups: list[dict] = field(default_factory=list)
 
 
-_IGNORED = ("rotary_emb.inv_freq",)  # stale buffers of some older checkpoints
-
-
 def _read(state, name: str) -> torch.Tensor:
     """One tensor of `state`: a dict, or a StreamedSafetensors that reads it from disk on demand."""
     return state.load(name) if hasattr(state, "load") else state[name]
 
 
 def _assign(module: nn.Module, prefix: str, state, dtype: torch.dtype | None) -> None:
-    part = {k[len(prefix):]: _read(state, k) for k in state.keys() if k.startswith(prefix) and not k.endswith(_IGNORED)}
+    part = {k[len(prefix):]: _read(state, k) for k in state.keys() if k.startswith(prefix) and not k.endswith(IGNORED_KEYS)}
     if dtype is not None:
         part = {k: v.to(dtype) for k, v in part.items()}
     module.load_state_dict(part, strict=True, assign=True)

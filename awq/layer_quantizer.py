@@ -123,11 +123,14 @@ def quantize_layer(layer: nn.Module, family: Family, prefix: str, options: AwqOp
             result.scales.append((prefix + group.prev_op, tuple(prefix + n for n in group.linears),
                                   res.scales.clone()))
         if options.clip:
+            key, x = None, None  # linears sharing an input are consecutive: concatenate it once, keep one
             for name in family.linears:
                 if name in family.no_clip:
                     continue
                 lin = get_module(layer, name)
-                x = torch.cat([c.reshape(-1, c.shape[-1]) for c in feats[key_of[name]]])
+                if key_of[name] != key:
+                    key, x = key_of[name], None
+                    x = torch.cat([c.reshape(-1, c.shape[-1]) for c in feats[key]])  # (tokens, K)
                 max_val = search_clip(lin.weight, x, spec, prefix + name, options.n_grid)
                 apply_clip(lin.weight, max_val)
                 result.clips.append((prefix + name, max_val.unsqueeze(-1)))

@@ -12,20 +12,17 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
-
 import torch
 
+from edgeawq.runtime.module_paths import get_module
+from edgeawq.runtime.random_model import meta_skeleton, read_shape
 from edgeawq.tt_backend.blockfloat import pack_tiles
 
-SHAPES = Path(__file__).resolve().parent.parent / "configs" / "shapes"
-
-
-def layer_shapes(cfg: dict) -> list[tuple[int, int]]:
-    d, inter = cfg["hidden_size"], cfg["intermediate_size"]
-    hd = cfg.get("head_dim") or d // cfg["num_attention_heads"]
-    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    return [(q, d), (kv, d), (kv, d), (d, q), (inter, d), (inter, d), (d, inter)]   # (out, in) per Linear
+def layer_shapes(shape: str) -> tuple[list[tuple[int, int]], int]:
+    """-> ((out, in) of every Linear of one decoder layer, number of layers), from the meta-device model."""
+    config, family, skeleton = meta_skeleton(read_shape(shape))
+    layer = f"{family.layers}.0."
+    return [tuple(get_module(skeleton, layer + n).weight.shape) for n in family.linears], config.num_hidden_layers
 
 
 def main() -> None:
@@ -33,11 +30,10 @@ def main() -> None:
     ap.add_argument("--shape", default="llama-2-7b")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    cfg = json.loads((SHAPES / f"{args.shape}.json").read_text())
+    shapes, n_layers = layer_shapes(args.shape)
     gen = torch.Generator().manual_seed(0)
-    weights = [(torch.randn(o, i, generator=gen) * 0.02).to(torch.bfloat16) for o, i in layer_shapes(cfg)]
+    weights = [(torch.randn(o, i, generator=gen) * 0.02).to(torch.bfloat16) for o, i in shapes]
     per_layer = sum(w.numel() for w in weights)
-    n_layers = cfg["num_hidden_layers"]
     for name, bits in (("bfloat8_b", 8), ("bfloat4_b", 4)):
         times, out_bytes = [], 0
         for _ in range(args.repeats):

@@ -41,7 +41,7 @@ QUANT_READERS = {
 }
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-_IGNORED_KEYS = ("rotary_emb.inv_freq",)  # stale buffers in some older checkpoints
+IGNORED_KEYS = ("rotary_emb.inv_freq",)  # stale buffers in some older checkpoints: never loaded
 
 
 @dataclass
@@ -160,7 +160,7 @@ def build_from_state_dict(config, family: Family, state: dict[str, torch.Tensor]
         install_qlinears(model, family, layout, act_dtype)
     keep = (".packed", ".scales", ".zeros")
     state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(keep) else v) for k, v in state.items()
-             if not k.endswith(_IGNORED_KEYS)}
+             if not k.endswith(IGNORED_KEYS)}
     try:
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:

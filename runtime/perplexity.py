@@ -11,16 +11,15 @@ Datasets: "corpus-test" / "corpus-valid" (the shipped splits, default test), a l
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..data_sources import corpus_split, offline_datasets
 from ..errors import UserError
 
-CORPUS_DIR = Path(__file__).resolve().parent.parent / "data" / "corpus"
 JOIN = "\n\n"
 
 
@@ -39,12 +38,10 @@ class Protocol:
 def load_eval_text(dataset: str) -> tuple[str, str]:
     """-> (text, description)."""
     if dataset in ("corpus-test", "corpus-valid"):
-        path = CORPUS_DIR / f"{dataset.split('-')[1]}.txt"
+        path = corpus_split(dataset.split("-")[1])
         return path.read_text(encoding="utf-8"), f"shipped corpus {path.stem} split"
     if dataset == "wikitext2":
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        import datasets
-
+        datasets = offline_datasets()
         try:
             ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
         except Exception as exc:  # not cached: datasets raises connection or file errors offline

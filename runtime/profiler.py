@@ -27,7 +27,8 @@ class ModuleProfiler:
         self._handles = []
         self._starts: dict[str, float] = {}
         for name, module in model.named_modules():
-            if not name or len(list(module.children())) and not name.endswith(("self_attn", "mlp")):
+            is_leaf = not any(True for _ in module.children())
+            if not name or not (is_leaf or name.endswith(("self_attn", "mlp"))):
                 continue
             self.kinds[name] = type(module).__name__
             self._handles.append(module.register_forward_pre_hook(self._pre(name)))

@@ -9,6 +9,7 @@ Speed does not depend on the values; these models generate noise.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ import transformers
 
 from .. import default_models
 from ..checkpoints.tokenizer_files import load_tokenizer
+from ..data_sources import SHAPES_DIR
 from ..errors import UserError
 from ..kernels.qlinear import QLinearPerGrp
 from ..kernels.quantizer import QuantSpec, quantize
@@ -25,16 +27,14 @@ from .model_loader import LoadedModel
 from .module_paths import get_module, set_module
 from .quantized_model import QuantLayout
 
-SHAPES_DIR = Path(__file__).resolve().parent.parent / "configs" / "shapes"
 
 
 def shape_names() -> list[str]:
     return sorted(p.stem for p in SHAPES_DIR.glob("*.json"))
 
 
-def _read_shape(name: str) -> dict:
-    import json
-
+def read_shape(name: str) -> dict:
+    """The config dict of a shipped shape name or of a config.json path (or its folder)."""
     path = SHAPES_DIR / f"{name}.json" if (SHAPES_DIR / f"{name}.json").exists() else Path(name).expanduser()
     if path.is_dir():
         path = path / "config.json"
@@ -47,15 +47,20 @@ def _read_shape(name: str) -> dict:
     return raw
 
 
-@torch.no_grad()
-def random_quantized_model(name: str, spec: QuantSpec, dtype: torch.dtype, act_dtype: torch.dtype,
-                           seed: int = 0) -> LoadedModel:
-    raw = _read_shape(name)
+def meta_skeleton(raw: dict):
+    """-> (transformers config, family row, the CausalLM on the meta device) for a config dict."""
     family = FAMILIES[raw["model_type"]]
     config = transformers.AutoConfig.for_model(**raw)
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = getattr(transformers, family.model_class)(config)
+    return config, family, model
+
+
+@torch.no_grad()
+def random_quantized_model(name: str, spec: QuantSpec, dtype: torch.dtype, act_dtype: torch.dtype,
+                           seed: int = 0) -> LoadedModel:
+    config, family, model = meta_skeleton(read_shape(name))
     gen = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
@@ -75,7 +80,7 @@ def random_quantized_model(name: str, spec: QuantSpec, dtype: torch.dtype, act_d
         if not name_p.endswith("norm.weight"):
             for rows in value.split(4096):  # fill in blocks: no full-size fp32 temporary of the embedding
                 rows.copy_(rand(*rows.shape))
-        set_module_param(model, name_p, torch.nn.Parameter(value, requires_grad=False))
+        set_module(model, name_p, torch.nn.Parameter(value, requires_grad=False))
     if config.tie_word_embeddings:
         get_module(model, family.lm_head).weight = get_module(model, family.embed).weight
     rotary = get_module(model, family.rotary)
@@ -85,7 +90,3 @@ def random_quantized_model(name: str, spec: QuantSpec, dtype: torch.dtype, act_d
     layout = QuantLayout(spec, family.linears, None)
     return LoadedModel(model, config, family, tokenizer, Path(f"random:{name}"), dtype, layout)
 
-
-def set_module_param(model: torch.nn.Module, dotted: str, param: torch.nn.Parameter) -> None:
-    owner, _, attr = dotted.rpartition(".")
-    setattr(get_module(model, owner) if owner else model, attr, param)

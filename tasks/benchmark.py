@@ -11,6 +11,7 @@ import os
 
 import torch
 
+from ..data_sources import corpus_split
 from ..errors import UserError
 from ..runtime.backends import require
 from ..runtime.benchmark import generate_timed, measure_length, warm_up, weight_bytes_per_token
@@ -18,7 +19,6 @@ from ..kernels.quantizer import QuantSpec
 from ..runtime.model_loader import DTYPES, load_model
 from ..runtime.random_model import random_quantized_model, shape_names
 from ..runtime.module_paths import get_module
-from ..runtime.perplexity import load_eval_text
 from ..runtime.profiler import ModuleProfiler, write_profile_csv
 
 DEFAULT_LENGTHS = {"benchmark": (4, 8, 16, 32, 64, 128, 256), "benchmark_long": (512, 1024, 2048, 4096)}
@@ -60,7 +60,8 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
     if too_long and user_given:
         raise UserError(f"Prompt length(s) {too_long} plus --new_tokens {new_tokens} exceed the model's context of "
                         f"{context} tokens.", "Choose shorter --prompt_lengths or fewer --new_tokens.")
-    stream = torch.tensor(loaded.tokenizer(load_eval_text("corpus-test")[0], add_special_tokens=False)["input_ids"])
+    text = corpus_split("test").read_text(encoding="utf-8")
+    stream = torch.tensor(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
     if max(lengths) > stream.numel():
         raise UserError(f"The longest prompt ({max(lengths)} tokens) is longer than the benchmark text "
                         f"({stream.numel()} tokens).", "Use shorter --prompt_lengths.")
