@@ -1,0 +1,197 @@
+"""The Llama-family decoder as one ONNX graph (opset 23 + com.microsoft), from a loaded model.
+
+Graph inputs (onnxruntime-genai names):
+  input_ids        int64 (batch, sequence)
+  attention_mask   int64 (batch, total_sequence)   1 = real token, 0 = left padding; total = past + sequence
+  position_ids     int64 (batch, sequence)         RoPE positions
+  past_key_values.{i}.key / .value   float32 (batch, kv_heads, past_sequence, head_dim)
+  num_logits_to_keep  int64 (1,), optional (default 0 = logits for every position; 1 = last position only)
+Graph outputs:
+  logits           float32 (batch, sequence or num_logits_to_keep, vocab)
+  present.{i}.key / .value           float32 (batch, kv_heads, total_sequence, head_dim)
+
+Per layer: RMSNormalization -> grouped q/k/v projection (one MatMulNBits for a quantized checkpoint, + bias for
+Qwen2) -> Split -> com.microsoft.RotaryEmbedding (rotate-half layout, cos/sin tables from the model's own rotary
+module, so Llama-3 scaling is included) -> Attention (opset 23; GQA by kv_num_heads, past/present KV, additive
+mask built in the graph from attention_mask: causal, left padding, sliding window, a query always sees itself)
+-> o_proj -> residual; RMSNormalization -> grouped gate/up projection -> Split -> SiLU(gate) * up -> down_proj ->
+residual. Quantized Linears become MatMulNBits with the checkpoint's own codes, scales and zero points; float
+Linears become MatMul with the transposed float32 weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from onnx import TensorProto
+from torch import nn
+
+from ..kernels.formats import native_format, unpack
+from ..kernels.qlinear import QLinearPerGrp
+from ..runtime.fusion import head_dim, layer_windows
+from ..runtime.model_loader import LoadedModel
+from ..runtime.module_paths import get_module
+from .matmulnbits import to_matmulnbits
+from .onnx_writer import GraphWriter
+
+NEG = float(np.finfo(np.float32).min)
+
+
+@dataclass
+class GraphSummary:
+    matmulnbits: int = 0                 # MatMulNBits nodes written
+    float_matmuls: int = 0               # float MatMul nodes written for Linears
+    quantized_linears: int = 0           # quantized Linear modules of the source model covered by MatMulNBits
+    op_counts: dict = field(default_factory=dict)
+
+
+def _exact_in_bf16(t: torch.Tensor) -> bool:
+    return bool(torch.equal(t.to(torch.bfloat16).float(), t.float()))
+
+
+class DecoderGraphBuilder:
+    def __init__(self, loaded: LoadedModel, writer: GraphWriter, accuracy_level: int) -> None:
+        self.m, self.c, self.f = loaded.model, loaded.config, loaded.family
+        self.w = writer
+        self.accuracy_level = accuracy_level
+        self.summary = GraphSummary()
+
+    # --- Linears -------------------------------------------------------------------------------------------
+    def linear(self, x: str, parts: list[nn.Module], name: str) -> str:
+        """x (B, T, K) -> (B, T, sum of parts' N); `parts` are Linears sharing the input, grouped into one op."""
+        if all(isinstance(p, QLinearPerGrp) for p in parts) and len({p.spec for p in parts}) == 1:
+            y = self._matmulnbits(x, parts, name)
+        elif all(isinstance(p, nn.Linear) for p in parts):
+            weight = torch.cat([p.weight.detach().float() for p in parts]).t().contiguous()     # (K, N)
+            y = self.w.node("MatMul", [x, self.w.weight(f"{name}.weight_t", weight)], name=name)
+            self.summary.float_matmuls += 1
+        else:
+            return self.w.node("Concat", [self.linear(x, [p], f"{name}.{i}") for i, p in enumerate(parts)],
+                               name=f"{name}/concat", axis=-1)
+        biases = [p.bias for p in parts]
+        if any(b is not None for b in biases):
+            bias = torch.cat([b.detach().float() if b is not None else torch.zeros(p.out_features)
+                              for b, p in zip(biases, parts)])
+            y = self.w.node("Add", [y, self.w.weight(f"{name}.bias", bias)], name=f"{name}/bias")
+        return y
+
+    def _matmulnbits(self, x: str, parts: list[QLinearPerGrp], name: str) -> str:
+        bits = parts[0].spec.bits
+        codes = torch.cat([unpack(p.packed, native_format(bits)) for p in parts])                 # (N, K)
+        scales = torch.cat([p.scales for p in parts])                                             # (N, K/g)
+        zeros = torch.cat([p.zeros for p in parts])                                               # (N, K/g)
+        q = to_matmulnbits(codes, scales, zeros, bits, where=name)
+        self.summary.matmulnbits += 1
+        self.summary.quantized_linears += len(parts)
+        return self.w.node("MatMulNBits", [x, self.w.weight(f"{name}.qweight", q.B),
+                                           self.w.weight(f"{name}.scales", q.scales),
+                                           self.w.weight(f"{name}.qzeros", q.zero_points)],
+                           domain="com.microsoft", name=name, K=q.K, N=q.N, bits=q.bits, block_size=q.block_size,
+                           accuracy_level=self.accuracy_level)
+
+    def rms_norm(self, x: str, norm: nn.Module, name: str) -> str:
+        eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+        return self.w.node("RMSNormalization", [x, self.w.weight(f"{name}.weight", norm.weight.detach().float())],
+                           name=name, axis=-1, epsilon=eps)
+
+    # --- graph pieces ----------------------------------------------------------------------------------------
+    def _scalar_dim(self, tensor: str, axis: int) -> str:
+        s = self.w.node("Shape", [tensor], start=axis, end=axis + 1)
+        return self.w.node("Squeeze", [s, self.w.const([0])])
+
+    def attention_masks(self, attention_mask: str, input_ids: str, windows: set) -> dict:
+        """-> {window: additive float mask (B, 1, T, S)} with 0 where allowed and float32 min elsewhere."""
+        w = self.w
+        S, T = self._scalar_dim(attention_mask, 1), self._scalar_dim(input_ids, 1)
+        P = w.node("Sub", [S, T])
+        q_slot = w.node("Unsqueeze", [w.node("Range", [P, S, w.const(1)]), w.const([1])])     # (T, 1)
+        k_slot = w.node("Unsqueeze", [w.node("Range", [w.const(0), S, w.const(1)]), w.const([0])])  # (1, S)
+        causal = w.node("LessOrEqual", [k_slot, q_slot])                                          # (T, S)
+        itself = w.node("Equal", [k_slot, q_slot])                                                # (T, S)
+        real = w.node("Cast", [w.node("Unsqueeze", [attention_mask, w.const([1, 2])])], to=TensorProto.BOOL)
+        masks = {}
+        for window in windows:
+            allowed = causal
+            if window is not None:
+                recent = w.node("Less", [w.node("Sub", [q_slot, k_slot]), w.const(window)])
+                allowed = w.node("And", [allowed, recent])
+            allowed = w.node("Or", [w.node("And", [real, allowed]), itself])                     # (B, 1, T, S)
+            masks[window] = w.node("Where", [allowed, w.const(0.0, np.float32), w.const(NEG, np.float32)],
+                                   name=f"mask_w{window}")
+        return masks
+
+    def rope_tables(self) -> tuple[str, str]:
+        hd = head_dim(self.c)
+        n = int(getattr(self.c, "max_position_embeddings", 2048))
+        rotary = get_module(self.m, self.f.rotary)
+        probe = torch.zeros(1, 1, hd, dtype=torch.float32)
+        with torch.no_grad():
+            cos, sin = rotary(probe, torch.arange(n)[None])          # (1, n, hd) each, rotate-half layout
+        return (self.w.weight("rope.cos", cos[0, :, : hd // 2].float().contiguous()),
+                self.w.weight("rope.sin", sin[0, :, : hd // 2].float().contiguous()))
+
+    def embedding(self, input_ids: str) -> str:
+        table = get_module(self.m, self.f.embed).weight.detach()
+        if table.dtype != torch.bfloat16 and _exact_in_bf16(table):
+            table = table.to(torch.bfloat16)        # half the memory, bit-identical values
+        h = self.w.node("Gather", [self.w.weight("embed.weight", table), input_ids], name="embed")
+        return h if table.dtype == torch.float32 else self.w.node("Cast", [h], to=TensorProto.FLOAT)
+
+    # --- whole graph -----------------------------------------------------------------------------------------
+    def build(self) -> GraphSummary:
+        c, f, w = self.c, self.f, self.w
+        nh, kvh, hd = c.num_attention_heads, c.num_key_value_heads, head_dim(c)
+        layers = get_module(self.m, f.layers)
+        windows = layer_windows(c)
+        input_ids = w.input("input_ids", TensorProto.INT64, ["batch", "sequence"])
+        attention_mask = w.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
+        position_ids = w.input("position_ids", TensorProto.INT64, ["batch", "sequence"])
+        masks = self.attention_masks(attention_mask, input_ids, set(windows))
+        cos, sin = self.rope_tables()
+        h = self.embedding(input_ids)
+        for i, layer in enumerate(layers):
+            attn, mlp = getattr(layer, f.attn), getattr(layer, f.mlp)
+            past_k = w.input(f"past_key_values.{i}.key", TensorProto.FLOAT, ["batch", kvh, "past_sequence", hd])
+            past_v = w.input(f"past_key_values.{i}.value", TensorProto.FLOAT, ["batch", kvh, "past_sequence", hd])
+            x = self.rms_norm(h, getattr(layer, f.input_norm), f"layers.{i}.input_norm")
+            qkv = self.linear(x, [getattr(attn, f.q), getattr(attn, f.k), getattr(attn, f.v)],
+                              f"layers.{i}.attn.qkv_proj")
+            q, k, v = w.node("Split", [qkv, w.const([nh * hd, kvh * hd, kvh * hd])], n_out=3, axis=-1)
+            q = w.node("RotaryEmbedding", [q, position_ids, cos, sin], domain="com.microsoft", num_heads=nh,
+                       interleaved=0, name=f"layers.{i}.attn.rope_q")
+            k = w.node("RotaryEmbedding", [k, position_ids, cos, sin], domain="com.microsoft", num_heads=kvh,
+                       interleaved=0, name=f"layers.{i}.attn.rope_k")
+            y, pk, pv = w.node("Attention", [q, k, v, masks[windows[i]], past_k, past_v], n_out=3,
+                               name=f"layers.{i}.attn.sdpa", q_num_heads=nh, kv_num_heads=kvh,
+                               scale=float(hd) ** -0.5)
+            w.output(w.rename_output(pk, f"present.{i}.key"), TensorProto.FLOAT,
+                     ["batch", kvh, "total_sequence", hd])
+            w.output(w.rename_output(pv, f"present.{i}.value"), TensorProto.FLOAT,
+                     ["batch", kvh, "total_sequence", hd])
+            h = w.node("Add", [h, self.linear(y, [getattr(attn, f.o)], f"layers.{i}.attn.o_proj")])
+            x = self.rms_norm(h, getattr(layer, f.post_attn_norm), f"layers.{i}.post_attn_norm")
+            gate_up = self.linear(x, [getattr(mlp, f.gate), getattr(mlp, f.up)], f"layers.{i}.mlp.gate_up_proj")
+            gate, up = w.node("Split", [gate_up, w.const([mlp_width(mlp, f)] * 2)], n_out=2, axis=-1)
+            act = w.node("Mul", [w.node("Mul", [gate, w.node("Sigmoid", [gate])]), up])
+            h = w.node("Add", [h, self.linear(act, [getattr(mlp, f.down)], f"layers.{i}.mlp.down_proj")])
+        keep = "num_logits_to_keep"
+        w.inputs.append(_scalar_input(keep))
+        w.weight(keep, np.array([0], dtype=np.int64))                # default: every position
+        start = w.node("Neg", [keep])
+        h = w.node("Slice", [h, start, w.const([np.iinfo(np.int64).max]), w.const([1])], name="keep_last")
+        h = self.rms_norm(h, get_module(self.m, f.final_norm), "final_norm")
+        logits = self.linear(h, [get_module(self.m, f.lm_head)], "lm_head")
+        w.output(w.rename_output(logits, "logits"), TensorProto.FLOAT, ["batch", "logit_positions", c.vocab_size])
+        self.summary.op_counts = dict(w.op_counts)
+        return self.summary
+
+
+def mlp_width(mlp: nn.Module, f) -> int:
+    return getattr(mlp, f.gate).out_features
+
+
+def _scalar_input(name: str):
+    from onnx import helper
+
+    return helper.make_tensor_value_info(name, TensorProto.INT64, [1])

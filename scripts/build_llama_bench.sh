@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Build llama.cpp's `llama-bench` (the peer of benchmarks/cpu_vs_peers.py) from the llama.cpp sources
+# vendored in the llama-cpp-python sdist on PyPI (the only registry this machine reaches).
+# Usage: bash scripts/build_llama_bench.sh [DEST]   (DEST defaults to .peers/llama.cpp)
+# Result: DEST/bin/llama-bench; benchmarks/cpu_vs_peers.py looks there (or $LLAMA_BENCH, or PATH).
+set -euo pipefail
+VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+DEST="$(realpath -m "${1:-.peers/llama.cpp}")"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+python -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==${VERSION}" -d "$WORK"
+tar xzf "$WORK"/llama_cpp_python-"${VERSION}".tar.gz -C "$WORK"
+SRC="$WORK/llama_cpp_python-${VERSION}/vendor/llama.cpp"
+cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+      -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
+cmake --build "$WORK/build" --target llama-bench -j "$(nproc)" >/dev/null
+mkdir -p "$DEST/bin"
+cp "$WORK/build/bin/llama-bench" "$DEST/bin/llama-bench.tmp" && mv "$DEST/bin/llama-bench.tmp" "$DEST/bin/llama-bench"
+echo "llama-bench (llama-cpp-python ${VERSION} sources) -> $DEST/bin/llama-bench"
