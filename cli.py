@@ -12,7 +12,7 @@ import click
 
 from .errors import UserError
 
-TASKS = ("quantize", "decode", "benchmark", "benchmark_long", "perplexity")
+TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplexity")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -20,7 +20,22 @@ TASKS = ("quantize", "decode", "benchmark", "benchmark_long", "perplexity")
 @click.option("--model", "model_path", default=None,
               help="Checkpoint folder (Hugging Face or Meta format), or an embedded model alias: default, "
                    "default-llama, default-qwen2. Omitted: the embedded default model (default-llama).")
-@click.option("--target", default="cpu", show_default=True, help="Execution backend (registry: cpu).")
+@click.option("--target", default="cpu", show_default=True,
+              help="Execution backend: cpu (PyTorch, the reference) or npu (ONNX Runtime MatMulNBits graph).")
+@click.option("--ep", default=None,
+              help="npu: execution-provider preference list, comma-separated (short or full names). Default: "
+                   "VitisAI,QNN,OpenVINO,DML,CPU.")
+@click.option("--strict_ep", is_flag=True,
+              help="npu: falling back to the CPU provider (a missing NPU provider, or nodes it cannot run) is an "
+                   "error.")
+@click.option("--onnx_dir", type=click.Path(file_okay=False), default=None,
+              help="npu: the export folder to run (exported there if missing). Default: the export cache "
+                   "($EDGEAWQ_CACHE, else ~/.cache/edgeawq).")
+@click.option("--accuracy_level", type=click.IntRange(0, 4), default=4, show_default=True,
+              help="npu/export: MatMulNBits accuracy_level (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations).")
+@click.option("--compare_target", default=None,
+              help="benchmark: also measure this target in the same run and report the ratios. Default: cpu when "
+                   "--target is not cpu; 'none' turns it off.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Weight and activation dtype of the float model.")
 @click.option("--flash_attention", is_flag=True,
@@ -41,7 +56,9 @@ TASKS = ("quantize", "decode", "benchmark", "benchmark_long", "perplexity")
 @click.option("--instruct", is_flag=True, help="Wrap each prompt in the tokenizer's chat template.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Write results as JSON (prompt, completion, token counts, prefill and per-token ms).")
-@click.option("--out", default=None, help="quantize: folder for the quantized checkpoint (written atomically).")
+@click.option("--out", default=None,
+              help="quantize / export: folder for the quantized checkpoint or the exported model (written "
+                   "atomically).")
 @click.option("--w_bit", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True,
               help="quantize: weight bits (3-bit codes are stored in a 4-bit container).")
 @click.option("--group_size", type=click.Choice(["32", "64", "128", "256", "-1"]), default="128",
@@ -88,11 +105,14 @@ TASKS = ("quantize", "decode", "benchmark", "benchmark_long", "perplexity")
 @click.option("--repeats", type=int, default=3, show_default=True, help="benchmark: timed runs per length (median).")
 @click.option("--random_weights", is_flag=True,
               help="benchmark: --model names a shipped shape (llama-2-7b, llama-3.1-8b, llama-3.2-1b, qwen2.5-7b) or a "
-                   "config.json; random weights are RTN-quantized in memory with --w_bit/--group_size.")
+                   "config.json; random weights are RTN-quantized in memory with --w_bit/--group_size (and "
+                   "lm_head with --lm_head/--lm_head_group_size).")
 @click.option("--profile", type=click.Path(dir_okay=False), default=None,
               help="benchmark: write per-module prefill and per-token times to this CSV file.")
-@click.option("--act_dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
-              help="Activation dtype inside quantized Linears (bf16 = w4abf16).")
+@click.option("--act_dtype", type=click.Choice(["bf16", "fp32", "aie"]), default="bf16", show_default=True,
+              help="Activation dtype inside quantized Linears (bf16 = w4abf16). aie: the Ryzen AI NPU kernel's "
+                   "numerics (bf16 activations and scales, int4 weights, fp32 accumulation, bf16 output) on the "
+                   "cpu target, to predict NPU accuracy without the device.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attention: bool,
         max_seq_len: int | None, prompts: tuple[str, ...], prompts_file: str | None, max_new_tokens: int,
@@ -102,6 +122,7 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
         calib_dataset: str | None, n_samples: int, seqlen: int | None, duo_scaling: bool, dataset: str,
         nsamples: int | None, compare: bool, float_model: str | None, fmt: str, prompt_lengths: str | None,
         new_tokens: int, repeats: int, random_weights: bool, profile: str | None, act_dtype: str,
+        ep: str | None, strict_ep: bool, onnx_dir: str | None, accuracy_level: int, compare_target: str | None,
         debug: bool) -> None:
     """Quantize Llama-family models with AWQ and run them on CPU, NPU and Tenstorrent targets.
 
@@ -109,7 +130,17 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
     Example:
       run_awq --task decode --prompt "The hacker ethic"
     """
-    if task == "quantize":
+    from pathlib import Path
+
+    from .runtime.backends import EngineOptions
+
+    options = EngineOptions(ep=ep, strict_ep=strict_ep, onnx_dir=Path(onnx_dir) if onnx_dir else None,
+                            accuracy_level=accuracy_level)
+    if task == "export":
+        from .tasks.export import export_task
+
+        export_task(model_path, target, out, accuracy_level, fmt)
+    elif task == "quantize":
         from .tasks.quantize import quantize_task
 
         if out is None:
@@ -127,20 +158,25 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
         from .kernels.quantizer import QuantSpec
 
         spec = QuantSpec(int(w_bit), int(group_size), not symmetric).validate() if random_weights else None
+        if compare_target is None:
+            compare_target = None if target == "cpu" else "cpu"
         benchmark_task(task, model_path, target, dtype, act_dtype, flash_attention, prompt_lengths, new_tokens,
-                       repeats, "md" if fmt == "text" else fmt, profile, spec)
+                       repeats, "md" if fmt == "text" else fmt, profile, spec, options,
+                       None if compare_target == "none" else compare_target,
+                       int(lm_head_group_size) if (random_weights and lm_head) else None)
     elif task == "perplexity":
         from .tasks.perplexity import perplexity_task
 
         perplexity_task(model_path, target, dtype, act_dtype, flash_attention, dataset, seqlen or 2048, nsamples,
-                        compare, float_model, fmt)
+                        compare, float_model, fmt, options)
     elif task == "decode":
         from .tasks.decode import decode_task
 
         decode_task(model_path=model_path, target=target, dtype=dtype, flash_attention=flash_attention,
                     max_seq_len=max_seq_len, prompts=list(prompts), prompts_file=prompts_file,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                    stop_at_eos=stop_at_eos, instruct=instruct, output=output, act_dtype=act_dtype)
+                    stop_at_eos=stop_at_eos, instruct=instruct, output=output, act_dtype=act_dtype,
+                    engine_options=options)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,6 +27,18 @@ def qlinear_pergrp(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, 
     return F.linear(x.to(act_dtype), w, b).to(x.dtype)           # (..., N)
 
 
+def aie_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+               bias: torch.Tensor | None, bits: int) -> torch.Tensor:
+    """QLinearPerGrp computed the way the Ryzen AI NPU kernel does (AIE numerics, `--act_dtype aie`):
+    activations rounded to bf16; scales converted to bf16 on the device; each weight (code - zero) * scale
+    rounded to bf16; products accumulated in fp32 (+ fp32 bias); the output written as bf16."""
+    codes = unpack(packed, native_format(bits))                                  # (N, K) uint8
+    s = scales.to(torch.bfloat16)                                                # (N, K/g) bf16 on the device
+    w = dequantize(codes, s, zeros, torch.bfloat16).float()                     # (N, K) bf16 weights, as fp32
+    y = F.linear(x.to(torch.bfloat16).float(), w, None if bias is None else bias.float())  # fp32 accumulation
+    return y.to(torch.bfloat16).to(x.dtype)                                      # (..., N)
+
+
 @qlinear_pergrp.register_fake
 def _qlinear_pergrp_fake(x, packed, scales, zeros, bias, bits, act_dtype):
     return x.new_empty(*x.shape[:-1], packed.shape[0])
@@ -79,18 +91,24 @@ class QLinearPerGrp(nn.Module):
         m.zeros = torch.cat([p.zeros for p in parts])
         if has_bias:
             m.bias = torch.cat([p.bias for p in parts])
+        m.numerics = first.numerics
         return m
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         codes = unpack(self.packed, native_format(self.spec.bits))
         return dequantize(codes, self.scales, self.zeros, dtype)
 
+    numerics = "reference"      # or "aie": the Ryzen AI kernel's numerics (aie_linear)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.numerics == "aie":
+            return aie_linear(x, self.packed, self.scales, self.zeros, self.bias, self.spec.bits)
         return torch.ops.edgeawq.qlinear_pergrp(x, self.packed, self.scales, self.zeros, self.bias, self.spec.bits,
                                                 self.act_dtype)
 
     def extra_repr(self) -> str:
-        act = {v: k for k, v in ACT_DTYPES.items()}.get(self.act_dtype, str(self.act_dtype))
+        act = "aie" if self.numerics == "aie" else {v: k for k, v in ACT_DTYPES.items()}.get(self.act_dtype,
+                                                                                          str(self.act_dtype))
         sym = "" if self.spec.zero_point else ", symmetric"
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.spec.bits}, "
                 f"group_size={self.spec.group_size}{sym}, act={act}, bias={self.bias is not None}")

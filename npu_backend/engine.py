@@ -26,6 +26,7 @@ class OrtEngine:
                                             providers=providers)
         self.providers = self.session.get_providers()
         self.provider = self.providers[0]
+        self.name = f"onnxruntime/{self.provider}"
         self.folder = Path(folder)
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.layers = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))

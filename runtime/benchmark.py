@@ -4,7 +4,8 @@ For a prompt of L tokens and N new tokens (greedy, batch 1): the first forward i
 first token (time to first token); the remaining N - 1 forwards are decode steps, so time/token = decode time /
 (N - 1). One warm-up generation runs before the timed ones; each length is timed `repeats` times and the median
 is reported with the min and max. Achieved bandwidth = bytes of weights read per decoded token x tokens/s
-(every weight tensor once, but only one row of the embedding table).
+(every weight tensor once, but only one row of the embedding table). Peak RSS is measured per prompt
+length, from the start of its timed runs (VmHWM window on Linux).
 """
 from __future__ import annotations
 
@@ -56,7 +57,24 @@ def weight_bytes_per_token(model: nn.Module, embed: nn.Module) -> int:
     return total
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: VmHWM is reset by writing 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_bytes() -> int:
+    """Peak resident memory since the last `reset_peak_rss` (VmHWM), else since the process started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -81,6 +99,7 @@ def generate_timed(engine, prompt: torch.Tensor, new_tokens: int, profiler=None)
 
 
 def measure_length(engine, prompt: torch.Tensor, new_tokens: int, repeats: int, bytes_per_token: int) -> LengthResult:
+    reset_peak_rss()
     runs = [generate_timed(engine, prompt, new_tokens) for _ in range(repeats)]
     totals = [(p + d) * 1e3 for p, d in runs]
     prefill = statistics.median(p for p, _ in runs) * 1e3

@@ -21,6 +21,7 @@ from ..checkpoints import autoawq, hf_files, meta_format
 from ..checkpoints.directory import verify_manifest
 from ..checkpoints.tokenizer_files import load_tokenizer, meta_eos_ids
 from ..errors import UserError
+from ..kernels.qlinear import QLinearPerGrp
 from .families import FAMILIES, Family, supported_types
 from .module_paths import get_module, set_module
 from .quantized_model import QuantLayout, install_qlinears
@@ -41,6 +42,8 @@ QUANT_READERS = {
 }
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# activation modes of quantized Linears -> activation dtype; "aie" = bf16 with the Ryzen AI kernel's numerics
+ACT_MODES = {**DTYPES, "aie": torch.bfloat16}
 IGNORED_KEYS = ("rotary_emb.inv_freq",)  # stale buffers in some older checkpoints: never loaded
 
 
@@ -53,6 +56,7 @@ class LoadedModel:
     source: Path
     dtype: torch.dtype
     quant: "QuantLayout | None" = None   # set for quantized checkpoints
+    fingerprint: str | None = None       # identity of in-memory models (random weights); None = the folder's files
 
     @property
     def max_context(self) -> int:
@@ -138,12 +142,16 @@ def load_model(path: str | Path | None = None, dtype: str = "fp32", act_dtype: s
     Linears (bf16 = w4abf16) when the checkpoint is quantized."""
     if dtype not in DTYPES:
         raise UserError(f"Unknown dtype {dtype!r}.", f"Use one of: {', '.join(DTYPES)}.")
-    if act_dtype not in DTYPES:
-        raise UserError(f"Unknown activation dtype {act_dtype!r}.", f"Use one of: {', '.join(DTYPES)}.")
+    if act_dtype not in ACT_MODES:
+        raise UserError(f"Unknown activation dtype {act_dtype!r}.", f"Use one of: {', '.join(ACT_MODES)}.")
     src = open_checkpoint(path)
     layout = QuantLayout.from_config(src.quant, src.family, src.folder) if src.quant is not None else None
     model = build_from_state_dict(src.config, src.family, src.state, DTYPES[dtype], src.folder, layout,
-                                  DTYPES[act_dtype])
+                                  ACT_MODES[act_dtype])
+    if act_dtype == "aie":
+        for module in model.modules():
+            if isinstance(module, QLinearPerGrp):
+                module.numerics = "aie"
     return LoadedModel(model, src.config, src.family, src.tokenizer, src.folder, DTYPES[dtype], layout)
 
 

@@ -20,7 +20,7 @@ from ..checkpoints.tokenizer_files import load_tokenizer
 from ..data_sources import SHAPES_DIR
 from ..errors import UserError
 from ..kernels.qlinear import QLinearPerGrp
-from ..kernels.quantizer import QuantSpec, quantize
+from ..kernels.quantizer import QuantizedWeight, QuantSpec, quantize
 from .families import FAMILIES, supported_types
 from .memory import release_free_memory
 from .model_loader import LoadedModel
@@ -59,7 +59,8 @@ def meta_skeleton(raw: dict):
 
 @torch.no_grad()
 def random_quantized_model(name: str, spec: QuantSpec, dtype: torch.dtype, act_dtype: torch.dtype,
-                           seed: int = 0) -> LoadedModel:
+                           seed: int = 0, lm_head_group_size: int | None = None) -> LoadedModel:
+    """`lm_head_group_size`: also RTN-quantize lm_head with that group size (None: it stays float)."""
     config, family, model = meta_skeleton(read_shape(name))
     gen = torch.Generator().manual_seed(seed)
 
@@ -83,10 +84,18 @@ def random_quantized_model(name: str, spec: QuantSpec, dtype: torch.dtype, act_d
         set_module(model, name_p, torch.nn.Parameter(value, requires_grad=False))
     if config.tie_word_embeddings:
         get_module(model, family.lm_head).weight = get_module(model, family.embed).weight
+    if lm_head_group_size is not None:
+        head = get_module(model, family.lm_head)
+        head_spec = QuantSpec(spec.bits, lm_head_group_size, spec.zero_point)
+        parts = [quantize(rows.float(), head_spec, family.lm_head) for rows in head.weight.split(8192)]
+        qw = QuantizedWeight(torch.cat([p.codes for p in parts]), torch.cat([p.scales for p in parts]),
+                             torch.cat([p.zeros for p in parts]), head_spec)   # rows quantize independently
+        set_module(model, family.lm_head, QLinearPerGrp.from_quantized(qw, None, act_dtype))
     rotary = get_module(model, family.rotary)
     set_module(model, family.rotary, type(rotary)(config=config))
     model.eval()
     tokenizer = load_tokenizer(default_models.DEFAULT_MODELS[default_models.DEFAULT])
-    layout = QuantLayout(spec, family.linears, None)
-    return LoadedModel(model, config, family, tokenizer, Path(f"random:{name}"), dtype, layout)
+    layout = QuantLayout(spec, family.linears, lm_head_group_size)
+    identity = f"random:{name}:{spec}:{dtype}:{seed}:lm_head={lm_head_group_size}"
+    return LoadedModel(model, config, family, tokenizer, Path(f"random:{name}"), dtype, layout, identity)
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import torch
 
 from ..data_sources import corpus_split
 from ..errors import UserError
-from ..runtime.backends import require
+from ..runtime.backends import EngineOptions, require
 from ..runtime.benchmark import generate_timed, measure_length, warm_up, weight_bytes_per_token
 from ..kernels.quantizer import QuantSpec
-from ..runtime.model_loader import DTYPES, load_model
+from ..runtime.memory import release_free_memory
+from ..runtime.model_loader import ACT_MODES, DTYPES, load_model
 from ..runtime.random_model import random_quantized_model, shape_names
 from ..runtime.module_paths import get_module
 from ..runtime.profiler import ModuleProfiler, write_profile_csv
@@ -40,21 +42,52 @@ def parse_lengths(text: str | None, task: str) -> tuple[list[int], bool]:
 
 def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, act_dtype: str,
                    flash_attention: bool, prompt_lengths: str | None, new_tokens: int, repeats: int, fmt: str,
-                   profile: str | None, random_spec: QuantSpec | None = None) -> dict:
-    """`random_spec`: build `model_path` (a shape name or config.json) with random weights quantized this way."""
+                   profile: str | None, random_spec: QuantSpec | None = None,
+                   engine_options: EngineOptions | None = None, compare_target: str | None = None,
+                   random_lm_head_group: int | None = None) -> dict:
+    """`random_spec`: build `model_path` (a shape name or config.json) with random weights quantized this way
+    (`random_lm_head_group`: lm_head too). `compare_target`: measure that target too, same lengths, same run."""
     if new_tokens < 2:
         raise UserError(f"--new_tokens {new_tokens} is too small.", "Use at least 2 (time/token needs a decode step).")
     if repeats < 1:
         raise UserError(f"--repeats {repeats} is invalid.", "Use 1 or more.")
+    if random_spec is not None and model_path is None:
+        raise UserError("--random_weights needs --model SHAPE.", f"Use one of: {', '.join(shape_names())}.")
     lengths, user_given = parse_lengths(prompt_lengths, task)
+    targets = [target] + ([compare_target] if compare_target and compare_target != target else [])
+    for name in targets:
+        require(name)
+    if profile and target != "cpu":
+        raise UserError(f"--profile times PyTorch modules; the {target} target runs an ONNX Runtime graph.",
+                        "Profile with --target cpu, or drop --profile.")
+    options = replace(engine_options or EngineOptions(), flash_attention=flash_attention)
+    report = None
+    for name in targets:
+        part = _benchmark_target(task, name, model_path, dtype, act_dtype, options if name == target else
+                                 replace(options, flash_attention=True), lengths, user_given, new_tokens, repeats,
+                                 profile if name == target else None, random_spec, random_lm_head_group)
+        if report is None:
+            report = part
+        else:
+            report["compare"] = {k: part[k] for k in ("target", "engine", "results")}
+            for row, other in zip(report["results"], part["results"]):
+                if "tokens_per_s" in row and "tokens_per_s" in other:
+                    row[f"tokens_per_s_vs_{name}"] = row["tokens_per_s"] / other["tokens_per_s"]
+                    row[f"prefill_tokens_per_s_vs_{name}"] = (row["prefill_tokens_per_s"]
+                                                               / other["prefill_tokens_per_s"])
+    report["task"] = task
+    print(format_report(report, fmt))
+    return report
+
+
+def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengths, user_given, new_tokens,
+                      repeats, profile, random_spec, random_lm_head_group) -> dict:
     backend = require(target)
     if random_spec is not None:
-        if model_path is None:
-            raise UserError("--random_weights needs --model SHAPE.", f"Use one of: {', '.join(shape_names())}.")
-        loaded = random_quantized_model(model_path, random_spec, DTYPES[dtype], DTYPES[act_dtype])
+        loaded = random_quantized_model(model_path, random_spec, DTYPES[dtype], ACT_MODES[act_dtype],
+                                        lm_head_group_size=random_lm_head_group)
     else:
         loaded = load_model(model_path, dtype, act_dtype)
-    engine = backend.make_engine(loaded, flash_attention)
     context = loaded.max_context
     too_long = [L for L in lengths if L + new_tokens > context]
     if too_long and user_given:
@@ -66,6 +99,12 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
         raise UserError(f"The longest prompt ({max(lengths)} tokens) is longer than the benchmark text "
                         f"({stream.numel()} tokens).", "Use shorter --prompt_lengths.")
     bytes_per_token = weight_bytes_per_token(loaded.model, get_module(loaded.model, loaded.family.embed))
+    quant = None if loaded.quant is None else {"bits": loaded.quant.spec.bits,
+                                               "group_size": loaded.quant.spec.group_size,
+                                               "lm_head_group_size": loaded.quant.lm_head_group_size}
+    source = str(loaded.source)
+    engine = backend.make_engine(loaded, options)
+    release_free_memory()
     runnable = [L for L in lengths if L not in too_long]
     if runnable:
         warm_up(engine, stream[None, : runnable[0]])
@@ -85,31 +124,44 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
             profile_rows += profiler.rows(L, new_tokens - 1)
     if profile:
         write_profile_csv(profile, profile_rows)
-    report = {"task": task, "model": str(loaded.source), "target": target, "engine": engine.name, "dtype": dtype,
-              "act_dtype": act_dtype if loaded.quant is not None else None,
-              "quantization": None if loaded.quant is None else {"bits": loaded.quant.spec.bits,
-                                                                 "group_size": loaded.quant.spec.group_size},
-              "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-              "weight_bytes_per_token": bytes_per_token, "results": rows}
-    print(format_report(report, fmt))
-    return report
+    return {"task": task, "model": source, "target": target, "engine": engine.name, "dtype": dtype,
+            "act_dtype": act_dtype if quant is not None else None, "quantization": quant,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "weight_bytes_per_token": bytes_per_token, "results": rows}
 
 
 def format_report(report: dict, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(report, indent=2)
-    head = {k: v for k, v in report.items() if k != "results"}
+    head = {k: v for k, v in report.items() if k not in ("results", "compare")}
     if fmt == "jsonl":
-        return "\n".join(json.dumps({**head, **row}) for row in report["results"])
-    lines = [f"{report['model']} | target {report['target']} | engine {report['engine']} | {report['dtype']} | "
+        lines = [json.dumps({**head, **row}) for row in report["results"]]
+        if "compare" in report:
+            c = report["compare"]
+            lines += [json.dumps({**head, "target": c["target"], "engine": c["engine"], **row}) for row in c["results"]]
+        return "\n".join(lines)
+    lines = _md_table(report, report["results"], report["target"], report["engine"])
+    if "compare" in report:
+        c = report["compare"]
+        lines += [""] + _md_table(report, c["results"], c["target"], c["engine"])
+        lines += ["", f"| prompt | decode tok/s {report['target']}/{c['target']} | prefill tok/s "
+                      f"{report['target']}/{c['target']} |", "|---|---|---|"]
+        key = f"tokens_per_s_vs_{c['target']}"
+        lines += [f"| {r['prompt_tokens']} | {r[key]:.2f}x | {r['prefill_' + key]:.2f}x |"
+                  for r in report["results"] if key in r]
+    return "\n".join(lines)
+
+
+def _md_table(report: dict, rows: list[dict], target: str, engine: str) -> list[str]:
+    lines = [f"{report['model']} | target {target} | engine {engine} | {report['dtype']} | "
              f"{report['threads']} threads | {report['weight_bytes_per_token'] / 1e6:.2f} MB of weights per token",
              "", "| prompt | new | total ms | prefill ms (TTFT) | ms/token | tokens/s | prefill tok/s | GB/s | "
              "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in report["results"]:
+    for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['prompt_tokens']} | skipped: {r['skipped']} | | | | | | | |")
             continue
         lines.append(f"| {r['prompt_tokens']} | {r['new_tokens']} | {r['total_ms']:.1f} | {r['prefill_ms']:.1f} | "
                      f"{r['time_per_token_ms']:.2f} | {r['tokens_per_s']:.1f} | {r['prefill_tokens_per_s']:.1f} | "
                      f"{r['achieved_gb_s']:.3f} | {r['peak_rss_bytes'] / 2**20:.0f} |")
-    return "\n".join(lines)
+    return lines

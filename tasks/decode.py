@@ -1,12 +1,14 @@
 """`run_awq --task decode`: generate text from prompts on a target."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import sys
 
 from ..checkpoints.atomic import write_text_atomic
 from ..errors import UserError
-from ..runtime.backends import require
+from ..runtime.backends import EngineOptions, require
 from ..runtime.generate import generate_text
 from ..runtime.model_loader import load_model
 from ..runtime.prompts import read_prompts_file
@@ -27,7 +29,7 @@ def resolve_max_seq_len(requested: int | None, model_context: int) -> int:
 def decode_task(model_path: str | None, target: str, dtype: str, flash_attention: bool, max_seq_len: int | None,
                 prompts: list[str], prompts_file: str | None, max_new_tokens: int, temperature: float,
                 top_p: float, top_k: int, seed: int, stop_at_eos: bool, instruct: bool, output: str | None,
-                act_dtype: str = "bf16") -> None:
+                act_dtype: str = "bf16", engine_options: EngineOptions | None = None) -> None:
     if prompts and prompts_file:
         raise UserError("Both --prompt and --prompts were given.", "Use one of them.")
     texts = read_prompts_file(prompts_file) if prompts_file else list(prompts)
@@ -37,7 +39,7 @@ def decode_task(model_path: str | None, target: str, dtype: str, flash_attention
     backend = require(target)
     loaded = load_model(model_path, dtype, act_dtype)
     seq_len = resolve_max_seq_len(max_seq_len, loaded.max_context)
-    engine = backend.make_engine(loaded, flash_attention)
+    engine = backend.make_engine(loaded, replace(engine_options or EngineOptions(), flash_attention=flash_attention))
     stream = None
     if len(texts) == 1:
         sys.stdout.write(texts[0])

@@ -1,16 +1,19 @@
 """`run_awq --task perplexity`: perplexity of a checkpoint on a target, optionally next to its float source."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 
 from ..errors import UserError
-from ..runtime.backends import require
+from ..runtime.backends import EngineOptions, require
 from ..runtime.model_loader import load_model
 from ..runtime.perplexity import eval_windows, load_eval_text, perplexity, protocol
 
 
 def _evaluate(model: str | None, target: str, dtype: str, act_dtype: str, flash_attention: bool, windows=None,
-              dataset: str = "", seqlen: int = 2048, nsamples: int | None = None):
+              dataset: str = "", seqlen: int = 2048, nsamples: int | None = None,
+              engine_options: EngineOptions | None = None):
     backend = require(target)
     loaded = load_model(model, dtype, act_dtype)
     if windows is None:
@@ -18,15 +21,17 @@ def _evaluate(model: str | None, target: str, dtype: str, act_dtype: str, flash_
         windows = eval_windows(loaded.tokenizer, text, seqlen, nsamples, loaded.max_context)
     else:
         desc = None
-    ppl, nll = perplexity(backend.make_engine(loaded, flash_attention), windows)
+    ppl, nll = perplexity(backend.make_engine(
+        loaded, replace(engine_options or EngineOptions(), flash_attention=flash_attention)), windows)
     return loaded, windows, desc, ppl, nll
 
 
 def perplexity_task(model_path: str | None, target: str, dtype: str, act_dtype: str, flash_attention: bool,
                     dataset: str, seqlen: int, nsamples: int | None, compare: bool, float_model: str | None,
-                    fmt: str) -> dict:
+                    fmt: str, engine_options: EngineOptions | None = None) -> dict:
     loaded, windows, desc, ppl, nll = _evaluate(model_path, target, dtype, act_dtype, flash_attention,
-                                                dataset=dataset, seqlen=seqlen, nsamples=nsamples)
+                                                dataset=dataset, seqlen=seqlen, nsamples=nsamples,
+                                                engine_options=engine_options)
     result = {"model": str(loaded.source), "perplexity": ppl, "mean_nll": nll,
               "quantization": None if loaded.quant is None else {
                   "bits": loaded.quant.spec.bits, "group_size": loaded.quant.spec.group_size,
@@ -39,7 +44,8 @@ def perplexity_task(model_path: str | None, target: str, dtype: str, act_dtype: 
                 raise UserError("--compare needs a quantized --model (or --float_model to compare against).",
                                 "Pass a quantized checkpoint, or name the other model with --float_model.")
             source = _recorded_source(loaded.source)
-        f_loaded, _, _, f_ppl, f_nll = _evaluate(source, target, dtype, act_dtype, flash_attention, windows=windows)
+        f_loaded, _, _, f_ppl, f_nll = _evaluate(source, target, dtype, act_dtype, flash_attention, windows=windows,
+                                                  engine_options=engine_options)
         if f_loaded.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
             raise UserError(f"{f_loaded.source} and {loaded.source} use different tokenizers, so their perplexities "
                             "on the same windows are not comparable.", "Compare models that share a tokenizer.")

@@ -1,0 +1,46 @@
+"""`--target npu`: find or write the export folder of a loaded checkpoint, then run it with ONNX Runtime.
+
+Folder: `--onnx_dir` when given (exported there when missing or empty; refused when stale or foreign), else the
+export cache (`$EDGEAWQ_CACHE/onnx/<key>`, key = format version, source fingerprint and accuracy level; a stale
+cache entry cannot be hit because its key would differ). After the session is created the PyTorch weights are
+released: the engine holds only ONNX Runtime's copy.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from ..runtime.backends import EngineOptions
+from ..runtime.model_loader import LoadedModel
+from .engine import OrtEngine
+from .export_folder import (RECORD, cache_folder, export_model, read_record, source_fingerprint)
+
+
+def fingerprint_of(loaded: LoadedModel) -> str:
+    return getattr(loaded, "fingerprint", None) or source_fingerprint(loaded.source)
+
+
+def ensure_export(loaded: LoadedModel, onnx_dir: Path | None, accuracy_level: int) -> Path:
+    fingerprint = fingerprint_of(loaded)
+    folder = Path(onnx_dir) if onnx_dir is not None else cache_folder(fingerprint, accuracy_level)
+    if (folder / RECORD).exists():
+        read_record(folder, fingerprint, accuracy_level)
+        return folder
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        read_record(folder, fingerprint, accuracy_level)     # raises: not an export of this tool
+    print(f"[npu] exporting {loaded.source} to {folder} (accuracy_level {accuracy_level})", file=sys.stderr)
+    export_model(loaded, folder, accuracy_level, fingerprint)
+    return folder
+
+
+def make_npu_engine(loaded: LoadedModel, options: EngineOptions) -> OrtEngine:
+    if options.flash_attention:
+        raise UserError("--flash_attention selects the PyTorch engine of the cpu target; the npu target always runs "
+                        "grouped QKV and its own attention with a KV cache.", "Drop --flash_attention.")
+    folder = ensure_export(loaded, options.onnx_dir, options.accuracy_level)
+    engine = OrtEngine(folder, options.ep, options.strict_ep)
+    print(f"[npu] execution provider: {engine.provider} (session providers: {', '.join(engine.providers)})",
+          file=sys.stderr)
+    loaded.model.to("meta")          # release the PyTorch weights: ONNX Runtime holds its own
+    return engine
