@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..runtime.backends import EngineOptions
 from ..runtime.model_loader import LoadedModel
 from .engine import OrtEngine
+from .providers import choose_providers
 from .export_folder import (RECORD, cache_folder, export_model, read_record, source_fingerprint)
 
 
@@ -38,6 +39,7 @@ def make_npu_engine(loaded: LoadedModel, options: EngineOptions) -> OrtEngine:
     if options.flash_attention:
         raise UserError("--flash_attention selects the PyTorch engine of the cpu target; the npu target always runs "
                         "grouped QKV and its own attention with a KV cache.", "Drop --flash_attention.")
+    choose_providers(options.ep, options.strict_ep)          # refuse a bad --ep before spending time on an export
     folder = ensure_export(loaded, options.onnx_dir, options.accuracy_level)
     engine = OrtEngine(folder, options.ep, options.strict_ep)
     print(f"[npu] execution provider: {engine.provider} (session providers: {', '.join(engine.providers)})",

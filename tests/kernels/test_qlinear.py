@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from edgeawq.kernels.formats import unpack
 from edgeawq.kernels.qlinear import QLinearPerGrp
 from edgeawq.kernels.quantizer import QuantSpec, fake_quantize
 
@@ -51,3 +52,38 @@ def test_fake_implementation_gives_shapes_on_meta():
     out = torch.ops.edgeawq.qlinear_pergrp(x, q.packed.to("meta"), q.scales.to("meta"), q.zeros.to("meta"), None,
                                            4, torch.bfloat16)
     assert out.shape == (2, 5, 32) and out.device.type == "meta"
+
+
+def test_aie_numerics_follow_the_ryzen_ai_kernel():
+    """bf16 activations and scales, bf16 weights (code - zero) * scale, fp32 accumulation, bf16 output."""
+    from edgeawq.kernels.qlinear import aie_linear
+
+    gen = torch.Generator().manual_seed(3)
+    lin = torch.nn.Linear(256, 64, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(64, 256, generator=gen))
+    q = QLinearPerGrp.from_float(lin, QuantSpec(4, 128), torch.float32)
+    x = torch.randn(3, 256, generator=gen)
+    codes = unpack(q.packed, "u4k").float().view(64, 2, 128)
+    w = ((codes - q.zeros.float()[..., None]) * q.scales.to(torch.bfloat16).float()[..., None]).to(torch.bfloat16)
+    acc = x.to(torch.bfloat16).double() @ w.view(64, 256).double().T + q.bias.double()     # exact sums
+    expected = acc.float().to(torch.bfloat16).float()
+    got = aie_linear(x, q.packed, q.scales, q.zeros, q.bias, 4)
+    assert got.dtype == x.dtype
+    # fp32 accumulation vs exact sums: at most one bf16 rounding step apart
+    assert ((got - expected).abs() <= expected.abs() * 2 ** -7 + 1e-6).all()
+    q.numerics = "aie"
+    assert torch.equal(q(x), got) and "act=aie" in repr(q)
+    reference = q.dequantized_weight() @ x.T
+    assert not torch.equal(got, (reference.T + q.bias))                  # a different, emulated numerics
+
+
+def test_load_model_with_aie_numerics(checkpoints, tmp_path):
+    from edgeawq.runtime.model_loader import load_model
+
+    from ..conftest import quantize_tiny
+
+    quantize_tiny(checkpoints["llama2"], tmp_path / "q", awq_mode="none", algorithm="pergrp")
+    model = load_model(tmp_path / "q", "fp32", "aie").model
+    numerics = {m.numerics for m in model.modules() if isinstance(m, QLinearPerGrp)}
+    assert numerics == {"aie"}

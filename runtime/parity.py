@@ -1,0 +1,85 @@
+"""Agreement of two engines on the same model (a target against the reference): greedy tokens, logits PCC and
+perplexity. Used by the npu parity tests and benchmarks/npu_parity.py.
+
+* `greedy_parity`: greedy decode of each prompt on both engines, teacher-forced on the reference's tokens; the
+  first position where the argmaxes differ is reported with the PCC of the two logit vectors there.
+* `window_parity`: per perplexity window, the last-token logits PCC and both engines' summed NLL; perplexity of
+  each engine over all windows (DESIGN section 8 protocol).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def pcc(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two tensors' values (float64)."""
+    return torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1].item()
+
+
+@dataclass
+class GreedyParity:
+    prompts: int
+    tokens_compared: int
+    identical_prompts: int
+    first_divergence: list          # per prompt: None or {"step": i, "reference": id, "target": id, "pcc": float}
+    min_pcc: float                  # lowest logits PCC over every compared step
+
+
+@torch.no_grad()
+def greedy_parity(reference, target, prompts: list[list[int]], new_tokens: int) -> GreedyParity:
+    divergences, min_pcc, compared = [], 1.0, 0
+    for ids in prompts:
+        x = torch.tensor([ids])
+        for e in (reference, target):
+            e.start(1, len(ids) + new_tokens)
+        mask = torch.ones_like(x)
+        positions = torch.arange(len(ids))[None]
+        first = None
+        for step in range(new_tokens):
+            a, b = reference.forward(x, positions, mask)[0, -1], target.forward(x, positions, mask)[0, -1]
+            p = pcc(a, b)
+            min_pcc = min(min_pcc, p)
+            compared += 1
+            ta, tb = int(a.argmax()), int(b.argmax())
+            if first is None and ta != tb:
+                first = {"step": step, "reference": ta, "target": tb, "pcc": p}
+            x = torch.tensor([[ta]])                       # both continue on the reference's token
+            positions = positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones_like(x)], 1)
+        divergences.append(first)
+    return GreedyParity(len(prompts), compared, sum(d is None for d in divergences), divergences, min_pcc)
+
+
+@dataclass
+class WindowParity:
+    windows: int
+    seqlen: int
+    reference_ppl: float
+    target_ppl: float
+    ppl_rel_diff: float             # |target - reference| / reference
+    min_last_token_pcc: float
+    mean_last_token_pcc: float
+
+
+@torch.no_grad()
+def window_parity(reference, target, windows: torch.Tensor) -> WindowParity:
+    nll = {0: 0.0, 1: 0.0}
+    pccs = []
+    for w in windows:
+        ids = w[None]                                                      # (1, T)
+        T = ids.shape[1]
+        logits = []
+        for k, e in enumerate((reference, target)):
+            e.start(1, T)
+            out = e.forward(ids, torch.arange(T)[None], torch.ones_like(ids), last_only=False)[0].float()  # (T, V)
+            nll[k] += F.cross_entropy(out[:-1], ids[0, 1:], reduction="sum").item()
+            logits.append(out[-1])
+        pccs.append(pcc(*logits))
+    n = windows.shape[0] * (windows.shape[1] - 1)
+    ref_ppl, tgt_ppl = math.exp(nll[0] / n), math.exp(nll[1] / n)
+    return WindowParity(windows.shape[0], windows.shape[1], ref_ppl, tgt_ppl, abs(tgt_ppl - ref_ppl) / ref_ppl,
+                        min(pccs), sum(pccs) / len(pccs))
