@@ -22,6 +22,10 @@ TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplex
                    "default-llama, default-qwen2. Omitted: the embedded default model (default-llama).")
 @click.option("--target", default="cpu", show_default=True,
               help="Execution backend: cpu (PyTorch, the reference) or npu (ONNX Runtime MatMulNBits graph).")
+@click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
+              help="cpu: onnx = the exported ONNX Runtime graph on the CPU provider (fast path); torch = PyTorch "
+                   "(the reference). auto: onnx for quantized checkpoints, torch for float ones, --flash_attention "
+                   "and --act_dtype aie.")
 @click.option("--ep", default=None,
               help="npu: execution-provider preference list, comma-separated (short or full names). Default: "
                    "VitisAI,QNN,OpenVINO,DML,CPU.")
@@ -122,7 +126,7 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
         calib_dataset: str | None, n_samples: int, seqlen: int | None, duo_scaling: bool, dataset: str,
         nsamples: int | None, compare: bool, float_model: str | None, fmt: str, prompt_lengths: str | None,
         new_tokens: int, repeats: int, random_weights: bool, profile: str | None, act_dtype: str,
-        ep: str | None, strict_ep: bool, onnx_dir: str | None, accuracy_level: int, compare_target: str | None,
+        engine: str, ep: str | None, strict_ep: bool, onnx_dir: str | None, accuracy_level: int, compare_target: str | None,
         debug: bool) -> None:
     """Quantize Llama-family models with AWQ and run them on CPU, NPU and Tenstorrent targets.
 
@@ -134,7 +138,7 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
 
     from .runtime.backends import EngineOptions
 
-    options = EngineOptions(ep=ep, strict_ep=strict_ep, onnx_dir=Path(onnx_dir) if onnx_dir else None,
+    options = EngineOptions(engine=engine, ep=ep, strict_ep=strict_ep, onnx_dir=Path(onnx_dir) if onnx_dir else None,
                             accuracy_level=accuracy_level)
     if task == "export":
         from .tasks.export import export_task

@@ -30,19 +30,20 @@ def ensure_export(loaded: LoadedModel, onnx_dir: Path | None, accuracy_level: in
         return folder
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         read_record(folder, fingerprint, accuracy_level)     # raises: not an export of this tool
-    print(f"[npu] exporting {loaded.source} to {folder} (accuracy_level {accuracy_level})", file=sys.stderr)
+    print(f"[onnx] exporting {loaded.source} to {folder} (accuracy_level {accuracy_level})", file=sys.stderr)
     export_model(loaded, folder, accuracy_level, fingerprint)
     return folder
 
 
-def make_npu_engine(loaded: LoadedModel, options: EngineOptions) -> OrtEngine:
+def make_npu_engine(loaded: LoadedModel, options: EngineOptions, label: str = "npu") -> OrtEngine:
+    """`label`: the target name in messages (the cpu target runs the same graph on the CPU provider)."""
     if options.flash_attention:
         raise UserError("--flash_attention selects the PyTorch engine of the cpu target; the npu target always runs "
                         "grouped QKV and its own attention with a KV cache.", "Drop --flash_attention.")
     choose_providers(options.ep, options.strict_ep)          # refuse a bad --ep before spending time on an export
     folder = ensure_export(loaded, options.onnx_dir, options.accuracy_level)
     engine = OrtEngine(folder, options.ep, options.strict_ep)
-    print(f"[npu] execution provider: {engine.provider} (session providers: {', '.join(engine.providers)})",
+    print(f"[{label}] execution provider: {engine.provider} (session providers: {', '.join(engine.providers)})",
           file=sys.stderr)
     loaded.model.to("meta")          # release the PyTorch weights: ONNX Runtime holds its own
     return engine

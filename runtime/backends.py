@@ -6,7 +6,7 @@ target.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,9 +15,13 @@ from .engines import make_engine
 from .model_loader import LoadedModel
 
 
+CPU_ENGINES = ("auto", "onnx", "torch")
+
+
 @dataclass(frozen=True)
 class EngineOptions:
-    flash_attention: bool = False        # cpu: grouped QKV + static KV cache engine
+    engine: str = "auto"                 # cpu: onnx (whole-graph ONNX Runtime), torch (PyTorch reference), auto
+    flash_attention: bool = False        # cpu torch engine: grouped QKV + static KV cache
     ep: str | None = None                # npu: execution-provider preference list (None = the default list)
     strict_ep: bool = False              # npu: a fallback to the CPU provider is an error
     onnx_dir: Path | None = None         # npu: export folder (None = the export cache)
@@ -32,7 +36,27 @@ class Backend:
     unavailable_reason: Callable[[], str | None] = lambda: None
 
 
+def cpu_engine_choice(loaded: LoadedModel, options: EngineOptions) -> str:
+    """auto -> onnx for quantized checkpoints with the reference numerics (the fast path), else torch.
+    --flash_attention or --act_dtype aie name the PyTorch engine explicitly."""
+    if options.engine not in CPU_ENGINES:
+        raise UserError(f"Unknown --engine {options.engine!r}.", f"Use one of: {', '.join(CPU_ENGINES)}.")
+    aie = any(getattr(m, "numerics", "") == "aie" for m in loaded.model.modules())
+    if options.engine == "onnx":
+        if options.flash_attention or aie:
+            raise UserError("--engine onnx runs the exported ONNX Runtime graph; --flash_attention and --act_dtype "
+                            "aie select PyTorch engines.", "Drop one of them (or use --engine torch).")
+        return "onnx"
+    if options.engine == "torch" or options.flash_attention or aie or loaded.quant is None:
+        return "torch"
+    return "onnx" if _npu_unavailable() is None else "torch"
+
+
 def _cpu_engine(loaded: LoadedModel, options: EngineOptions):
+    if cpu_engine_choice(loaded, options) == "onnx":
+        from ..npu_backend.backend import make_npu_engine
+
+        return make_npu_engine(loaded, replace(options, ep="CPU", strict_ep=False), label="cpu")
     return make_engine(loaded, options.flash_attention)
 
 
@@ -51,8 +75,9 @@ def _npu_unavailable() -> str | None:
 
 
 BACKENDS: dict[str, Backend] = {
-    "cpu": Backend("cpu", "PyTorch on the host CPU (transformers path, or grouped QKV + static KV cache with "
-                          "--flash_attention); the reference", _cpu_engine),
+    "cpu": Backend("cpu", "the host CPU: quantized checkpoints run the exported ONNX Runtime graph (MatMulNBits) on "
+                          "the CPU provider (--engine onnx, the default for them); --engine torch runs PyTorch (the "
+                          "reference; grouped QKV + static KV cache with --flash_attention)", _cpu_engine),
     "npu": Backend("npu", "ONNX Runtime graph with MatMulNBits on the best execution provider of --ep (VitisAI, "
                           "QNN, OpenVINO, DML, then CPU)", _npu_engine, _npu_unavailable),
 }

@@ -63,8 +63,8 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
     options = replace(engine_options or EngineOptions(), flash_attention=flash_attention)
     report = None
     for name in targets:
-        part = _benchmark_target(task, name, model_path, dtype, act_dtype, options if name == target else
-                                 replace(options, flash_attention=True), lengths, user_given, new_tokens, repeats,
+        part = _benchmark_target(task, name, model_path, dtype, act_dtype, options, lengths, user_given, new_tokens,
+                                 repeats,
                                  profile if name == target else None, random_spec, random_lm_head_group)
         if report is None:
             report = part
@@ -104,6 +104,9 @@ def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengt
                                                "lm_head_group_size": loaded.quant.lm_head_group_size}
     source = str(loaded.source)
     engine = backend.make_engine(loaded, options)
+    if profile and engine.name.startswith("onnxruntime"):
+        raise UserError("--profile times PyTorch modules; this run uses the ONNX Runtime graph.",
+                        "Add --engine torch to profile the PyTorch engine.")
     release_free_memory()
     runnable = [L for L in lengths if L not in too_long]
     if runnable:

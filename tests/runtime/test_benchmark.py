@@ -81,6 +81,11 @@ def test_random_weights_build_quantized_model_of_a_shape(tmp_path, capsys):
     assert len(linears) == 2 * 7 and linears[0].bias is not None
     report = benchmark_task("benchmark", str(tmp_path), "cpu", "fp32", "bf16", True, "4", 3, 1, "json", None,
                             QuantSpec(4, 32))
-    assert report["quantization"] == {"bits": 4, "group_size": 32} and report["results"][0]["tokens_per_s"] > 0
+    assert report["quantization"] == {"bits": 4, "group_size": 32, "lm_head_group_size": None}
+    assert report["results"][0]["tokens_per_s"] > 0
+    with_head = random_quantized_model(str(tmp_path / "config.json"), QuantSpec(4, 32), torch.float32, torch.bfloat16,
+                                       lm_head_group_size=32)
+    assert isinstance(with_head.model.lm_head, QLinearPerGrp) and with_head.quant.lm_head_group_size == 32
+    assert with_head.fingerprint != loaded.fingerprint
     with pytest.raises(UserError, match="shape name or a config.json"):
         random_quantized_model("no-such-shape", QuantSpec(4, 32), torch.float32, torch.bfloat16)
