@@ -22,6 +22,17 @@ def fingerprint_of(loaded: LoadedModel) -> str:
     return getattr(loaded, "fingerprint", None) or source_fingerprint(loaded.source)
 
 
+def export_exists(loaded: LoadedModel, options: EngineOptions) -> bool:
+    """True when running `loaded` needs no export: a current folder is in --onnx_dir or in the cache."""
+    fingerprint = fingerprint_of(loaded)
+    folder = options.onnx_dir or cache_folder(fingerprint, options.accuracy_level)
+    try:
+        read_record(Path(folder), fingerprint, options.accuracy_level)
+    except UserError:
+        return False
+    return True
+
+
 def ensure_export(loaded: LoadedModel, onnx_dir: Path | None, accuracy_level: int) -> Path:
     fingerprint = fingerprint_of(loaded)
     folder = Path(onnx_dir) if onnx_dir is not None else cache_folder(fingerprint, accuracy_level)

@@ -9,6 +9,8 @@ Only an explicit `--ep CPU` runs on the CPU provider in strict mode.
 """
 from __future__ import annotations
 
+import os
+
 from ..errors import UserError
 
 SHORT_NAMES = {"vitisai": "VitisAIExecutionProvider", "qnn": "QNNExecutionProvider",
@@ -68,7 +70,7 @@ def session_options(strict: bool, threads: int, providers: list[str]):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # PyTorch shares the process (tokenizer, sampling, reference comparisons): ORT's spinning workers would
     # fight its threads for the cores.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("EDGEAWQ_ORT_SPIN", "0"))
     if strict and providers != [CPU]:
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     return so

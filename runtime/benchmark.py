@@ -39,7 +39,7 @@ class LengthResult:
 def weight_bytes_per_token(model: nn.Module, embed: nn.Module) -> int:
     """Bytes of weights one decode step reads: every parameter and quantized buffer once, but only one row of
     the embedding table (unless the table is also the tied lm_head, which reads all of it)."""
-    seen: set[int] = set()
+    seen: set[int] = set()           # tensor identities (tied weights are one Parameter; works on meta tensors)
     total = 0
     for module in model.modules():
         if module is embed:
@@ -48,11 +48,11 @@ def weight_bytes_per_token(model: nn.Module, embed: nn.Module) -> int:
         if isinstance(module, QLinearPerGrp):
             tensors += [t for t in (module.packed, module.scales, module.zeros, module.bias) if t is not None]
         for t in tensors:
-            if t.data_ptr() not in seen:
-                seen.add(t.data_ptr())
+            if id(t) not in seen:
+                seen.add(id(t))
                 total += t.numel() * t.element_size()
     table = embed.weight
-    if table.data_ptr() not in seen:
+    if id(table) not in seen:
         total += table.shape[1] * table.element_size()
     return total
 

@@ -25,7 +25,7 @@ from .families import FAMILIES, supported_types
 from .memory import release_free_memory
 from .model_loader import LoadedModel
 from .module_paths import get_module, set_module
-from .quantized_model import QuantLayout
+from .quantized_model import QuantLayout, install_qlinears
 
 
 
@@ -55,6 +55,28 @@ def meta_skeleton(raw: dict):
     with torch.device("meta"):
         model = getattr(transformers, family.model_class)(config)
     return config, family, model
+
+
+def _identity(name: str, spec: QuantSpec, dtype: torch.dtype, seed: int, lm_head_group_size: int | None) -> str:
+    return f"random:{name}:{spec}:{dtype}:{seed}:lm_head={lm_head_group_size}"
+
+
+def random_model_shell(name: str, spec: QuantSpec, dtype: torch.dtype, act_dtype: torch.dtype, seed: int = 0,
+                       lm_head_group_size: int | None = None) -> LoadedModel:
+    """The same model as `random_quantized_model` with every tensor on the meta device (no memory, no time):
+    enough for its config, tokenizer, weight byte counts and identity, e.g. to run an export that exists."""
+    config, family, model = meta_skeleton(read_shape(name))
+    layout = QuantLayout(spec, family.linears, lm_head_group_size)
+    install_qlinears(model, family, layout, act_dtype)
+    for name_p, p in list(model.named_parameters()):
+        if p.is_floating_point():
+            set_module(model, name_p, torch.nn.Parameter(torch.empty(p.shape, dtype=dtype, device="meta"),
+                                                         requires_grad=False))
+    if config.tie_word_embeddings and lm_head_group_size is None:
+        get_module(model, family.lm_head).weight = get_module(model, family.embed).weight
+    tokenizer = load_tokenizer(default_models.DEFAULT_MODELS[default_models.DEFAULT])
+    return LoadedModel(model, config, family, tokenizer, Path(f"random:{name}"), dtype, layout,
+                       _identity(name, spec, dtype, seed, lm_head_group_size))
 
 
 @torch.no_grad()
@@ -96,6 +118,6 @@ def random_quantized_model(name: str, spec: QuantSpec, dtype: torch.dtype, act_d
     model.eval()
     tokenizer = load_tokenizer(default_models.DEFAULT_MODELS[default_models.DEFAULT])
     layout = QuantLayout(spec, family.linears, lm_head_group_size)
-    identity = f"random:{name}:{spec}:{dtype}:{seed}:lm_head={lm_head_group_size}"
-    return LoadedModel(model, config, family, tokenizer, Path(f"random:{name}"), dtype, layout, identity)
+    return LoadedModel(model, config, family, tokenizer, Path(f"random:{name}"), dtype, layout,
+                       _identity(name, spec, dtype, seed, lm_head_group_size))
 

@@ -19,7 +19,7 @@ from ..runtime.benchmark import generate_timed, measure_length, warm_up, weight_
 from ..kernels.quantizer import QuantSpec
 from ..runtime.memory import release_free_memory
 from ..runtime.model_loader import ACT_MODES, DTYPES, load_model
-from ..runtime.random_model import random_quantized_model, shape_names
+from ..runtime.random_model import random_model_shell, random_quantized_model, shape_names
 from ..runtime.module_paths import get_module
 from ..runtime.profiler import ModuleProfiler, write_profile_csv
 
@@ -80,12 +80,25 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
     return report
 
 
+def _runs_existing_export(target: str, loaded, options: EngineOptions) -> bool:
+    """True when the target will run an ONNX export of `loaded` that already exists (no weights needed)."""
+    from ..runtime.backends import cpu_engine_choice
+
+    if target not in ("cpu", "npu") or (target == "cpu" and cpu_engine_choice(loaded, options) != "onnx"):
+        return False
+    from ..npu_backend.backend import export_exists
+
+    return export_exists(loaded, options)
+
+
 def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengths, user_given, new_tokens,
                       repeats, profile, random_spec, random_lm_head_group) -> dict:
     backend = require(target)
     if random_spec is not None:
-        loaded = random_quantized_model(model_path, random_spec, DTYPES[dtype], ACT_MODES[act_dtype],
-                                        lm_head_group_size=random_lm_head_group)
+        args = (model_path, random_spec, DTYPES[dtype], ACT_MODES[act_dtype])
+        loaded = random_model_shell(*args, lm_head_group_size=random_lm_head_group)
+        if not _runs_existing_export(target, loaded, options):
+            loaded = random_quantized_model(*args, lm_head_group_size=random_lm_head_group)
     else:
         loaded = load_model(model_path, dtype, act_dtype)
     context = loaded.max_context
