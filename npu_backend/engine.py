@@ -1,8 +1,14 @@
 """The runtime engine over an exported model folder (same interface as runtime/engines.py).
 
-`start(batch, max_seq_len)` empties the KV cache; `forward(input_ids, position_ids, attention_mask, last_only)`
-runs the graph once on OrtValues: the present KV OrtValues of one call are fed as the past of the next
-without a copy through numpy, and with `last_only` the graph computes logits for the last position only.
+`start(batch, max_seq_len)` allocates the KV cache once: per layer a key and a value OrtValue of shape
+(batch, kv_heads, max_seq_len, head_dim), bound as both the past input and the present output of every run, so
+GroupQueryAttention writes new entries in place (no copy of the cache per token).
+
+`forward(input_ids, position_ids, attention_mask, last_only)` takes the runtime's left-padded layout and feeds the
+graph its right-padded one: each row's real tokens of the chunk first; the attention_mask fed has, per row, as
+many ones as the row has tokens so far (GroupQueryAttention's seqlens_k) and, in its last T columns, as many as
+the row has in this chunk. The graph returns logits right-aligned per row (num_logits_to_keep = 1: the last real
+token only), i.e. in the caller's left-padded layout.
 """
 from __future__ import annotations
 
@@ -15,8 +21,6 @@ from .providers import choose_providers, ort_module, session_options
 
 
 class OrtEngine:
-    name = "onnxruntime"
-
     def __init__(self, folder: Path, ep: str | None = None, strict: bool = False, threads: int | None = None) -> None:
         ort = ort_module()
         providers = choose_providers(ep, strict)
@@ -32,24 +36,43 @@ class OrtEngine:
         self.layers = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
         shape = inputs["past_key_values.0.key"].shape                 # [batch, kv_heads, past, head_dim]
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
-        self.output_names = ["logits"] + [f"present.{i}.{kv}" for i in range(self.layers) for kv in ("key", "value")]
-        self.past: list | None = None
+        self.cache: list | None = None
+        self.lengths: np.ndarray | None = None                         # (B,) real tokens so far per row
         self._ort = ort
 
     def start(self, batch: int, max_seq_len: int) -> None:
-        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
-        value = self._ort.OrtValue.ortvalue_from_numpy(empty)
-        self.past = [value] * (2 * self.layers)
+        shape = (batch, self.kv_heads, max_seq_len, self.head_dim)
+        if self.cache is None or tuple(self.cache[0].shape()) != shape:
+            self.cache = [self._ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
+                          for _ in range(2 * self.layers)]
+        self.lengths = np.zeros(batch, np.int64)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 last_only: bool = True) -> torch.Tensor:
-        value = self._ort.OrtValue.ortvalue_from_numpy
-        feeds = {"input_ids": value(input_ids.to(torch.int64).numpy()),
-                 "attention_mask": value(attention_mask.to(torch.int64).numpy()),
-                 "position_ids": value(position_ids.to(torch.int64).numpy()),
-                 "num_logits_to_keep": value(np.array([1 if last_only else 0], dtype=np.int64))}
+        B, T = input_ids.shape
+        new = attention_mask[:, -T:].sum(1).numpy()                                  # (B,) real tokens per row
+        ids, pos = np.zeros((B, T), np.int64), np.zeros((B, T), np.int64)
+        for b in range(B):                                                           # left -> right padding
+            ids[b, : new[b]] = input_ids[b, T - new[b]:].numpy()
+            pos[b, : new[b]] = position_ids[b, T - new[b]:].numpy()
+        prior = self.lengths
+        mask = np.zeros((B, int(prior.max()) + T), np.int64)
+        for b in range(B):
+            mask[b, : prior[b]] = 1
+            mask[b, mask.shape[1] - T: mask.shape[1] - T + new[b]] = 1
+        if mask.shape[1] > self.cache[0].shape()[2]:
+            raise ValueError(f"KV cache of {self.cache[0].shape()[2]} slots is full")
+        self.lengths = prior + new
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("attention_mask", mask)
+        io.bind_cpu_input("position_ids", pos)
+        io.bind_cpu_input("num_logits_to_keep", np.array([1 if last_only else 0], np.int64))
+        io.bind_output("logits")                                                     # output 0
         for i in range(self.layers):
-            feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = self.past[2 * i: 2 * i + 2]
-        outputs = self.session.run_with_ort_values(self.output_names, feeds)
-        self.past = outputs[1:]
-        return torch.from_numpy(outputs[0].numpy())                   # (B, T or 1, V)
+            for j, kv in enumerate(("key", "value")):
+                value = self.cache[2 * i + j]
+                io.bind_ortvalue_input(f"past_key_values.{i}.{kv}", value)
+                io.bind_ortvalue_output(f"present.{i}.{kv}", value)
+        self.session.run_with_iobinding(io)
+        return torch.from_numpy(io.get_outputs()[0].numpy())                         # (B, T or 1, V)

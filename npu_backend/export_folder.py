@@ -2,7 +2,8 @@
 
 Folder (an onnxruntime-genai model folder; `og.Model(folder)` runs it):
   model.onnx, model.onnx.data   the decoder graph (graph_builder.py) and its weights (64 KiB-aligned)
-  genai_config.json             onnxruntime-genai configuration (inputs incl. position_ids, no shared KV buffer)
+  model.genai.onnx              the same graph and data without the num_logits_to_keep input (for genai)
+  genai_config.json             onnxruntime-genai configuration (inputs incl. position_ids, shared KV buffer)
   tokenizer files               copied from the checkpoint
   edgeawq_export.json           the record: {"format": "edgeawq-onnx", "format_version", "source",
                                 "source_fingerprint", "bits", "group_size", "lm_head_group_size",
@@ -20,6 +21,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from ..checkpoints.directory import MANIFEST, atomic_directory
 from ..errors import UserError
 from ..runtime.fusion import head_dim
@@ -28,8 +31,9 @@ from .graph_builder import DecoderGraphBuilder
 from .onnx_writer import GraphWriter
 
 RECORD = "edgeawq_export.json"
+GENAI_MODEL = "model.genai.onnx"     # the same graph without the num_logits_to_keep input, for onnxruntime-genai
 FORMAT = "edgeawq-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "generation_config.json")
@@ -65,7 +69,7 @@ def genai_config(loaded: LoadedModel, max_length: int) -> dict:
     pad = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
     decoder = {"session_options": {"log_id": "onnxruntime-genai", "provider_options": [],
                                    "intra_op_num_threads": os.cpu_count() or 1},
-               "filename": "model.onnx", "head_size": head_dim(c), "hidden_size": c.hidden_size,
+               "filename": GENAI_MODEL, "head_size": head_dim(c), "hidden_size": c.hidden_size,
                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
                           "past_value_names": "past_key_values.%d.value"},
@@ -77,7 +81,7 @@ def genai_config(loaded: LoadedModel, max_length: int) -> dict:
                       "context_length": loaded.max_context, "decoder": decoder, "eos_token_id": eos,
                       "pad_token_id": pad, "type": loaded.family.model_type, "vocab_size": c.vocab_size},
             "search": {"do_sample": False, "max_length": max_length, "min_length": 0, "num_beams": 1,
-                       "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                       "num_return_sequences": 1, "past_present_share_buffer": True, "repetition_penalty": 1.0,
                        "temperature": 1.0, "top_k": 1, "top_p": 1.0}}
 
 
@@ -92,7 +96,8 @@ def export_model(loaded: LoadedModel, out: Path, accuracy_level: int, fingerprin
     with atomic_directory(out) as tmp:
         writer = GraphWriter(tmp)
         summary = DecoderGraphBuilder(loaded, writer, accuracy_level).build()
-        writer.save()
+        writer.save()                                                  # num_logits_to_keep is an input
+        writer.save(GENAI_MODEL, fixed_inputs={"num_logits_to_keep": np.array([0], np.int64)})
         (tmp / "genai_config.json").write_text(json.dumps(genai_config(loaded, loaded.max_context), indent=2))
         for name in TOKENIZER_FILES:
             if (loaded.source / name).is_file():

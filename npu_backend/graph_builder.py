@@ -35,8 +35,6 @@ from ..runtime.module_paths import get_module
 from .matmulnbits import to_matmulnbits
 from .onnx_writer import GraphWriter
 
-NEG = float(np.finfo(np.float32).min)
-
 
 @dataclass
 class GraphSummary:
@@ -51,10 +49,12 @@ def _exact_in_bf16(t: torch.Tensor) -> bool:
 
 
 class DecoderGraphBuilder:
-    def __init__(self, loaded: LoadedModel, writer: GraphWriter, accuracy_level: int) -> None:
+    def __init__(self, loaded: LoadedModel, writer: GraphWriter, accuracy_level: int,
+                 keep_input: bool = True) -> None:
         self.m, self.c, self.f = loaded.model, loaded.config, loaded.family
         self.w = writer
         self.accuracy_level = accuracy_level
+        self.keep_input = keep_input
         self.summary = GraphSummary()
 
     # --- Linears -------------------------------------------------------------------------------------------
@@ -100,26 +100,28 @@ class DecoderGraphBuilder:
         s = self.w.node("Shape", [tensor], start=axis, end=axis + 1)
         return self.w.node("Squeeze", [s, self.w.const([0])])
 
-    def attention_masks(self, attention_mask: str, input_ids: str, windows: set) -> dict:
-        """-> {window: additive float mask (B, 1, T, S)} with 0 where allowed and float32 min elsewhere."""
+    def gqa_lengths(self, attention_mask: str) -> tuple[str, str]:
+        """-> (seqlens_k int32 (B,) = real tokens per row - 1, total_sequence_length int32 scalar = mask width)."""
         w = self.w
-        S, T = self._scalar_dim(attention_mask, 1), self._scalar_dim(input_ids, 1)
-        P = w.node("Sub", [S, T])
-        q_slot = w.node("Unsqueeze", [w.node("Range", [P, S, w.const(1)]), w.const([1])])     # (T, 1)
-        k_slot = w.node("Unsqueeze", [w.node("Range", [w.const(0), S, w.const(1)]), w.const([0])])  # (1, S)
-        causal = w.node("LessOrEqual", [k_slot, q_slot])                                          # (T, S)
-        itself = w.node("Equal", [k_slot, q_slot])                                                # (T, S)
-        real = w.node("Cast", [w.node("Unsqueeze", [attention_mask, w.const([1, 2])])], to=TensorProto.BOOL)
-        masks = {}
-        for window in windows:
-            allowed = causal
-            if window is not None:
-                recent = w.node("Less", [w.node("Sub", [q_slot, k_slot]), w.const(window)])
-                allowed = w.node("And", [allowed, recent])
-            allowed = w.node("Or", [w.node("And", [real, allowed]), itself])                     # (B, 1, T, S)
-            masks[window] = w.node("Where", [allowed, w.const(0.0, np.float32), w.const(NEG, np.float32)],
-                                   name=f"mask_w{window}")
-        return masks
+        rows = w.node("ReduceSum", [attention_mask, w.const([1])], keepdims=0)                       # (B,)
+        seqlens = w.node("Cast", [w.node("Sub", [rows, w.const(1)])], to=TensorProto.INT32)
+        total = w.node("Cast", [self._scalar_dim(attention_mask, 1)], to=TensorProto.INT32)
+        return seqlens, total
+
+    def keep_logit_positions(self, h: str, attention_mask: str, input_ids: str, keep: str) -> str:
+        """h (B, T, D) -> (B, n, D): n = T when keep is 0, else keep; per row the last n positions of its chunk.
+        A row's chunk holds its real tokens first (right padding), sum(mask[:, -T:]) of them; the outputs are
+        right-aligned, i.e. in the left-padded layout of the caller."""
+        w = self.w
+        T = self._scalar_dim(input_ids, 1)
+        chunk = w.node("ReduceSum", [w.node("Slice", [attention_mask, w.node("Neg", [w.node("Unsqueeze", [
+            T, w.const([0])])]), w.const([np.iinfo(np.int64).max]), w.const([1])]), w.const([1])], keepdims=1)  # (B,1)
+        keep_s = w.node("Squeeze", [keep, w.const([0])])
+        n = w.node("Where", [w.node("Equal", [keep_s, w.const(0)]), T, keep_s])
+        j = w.node("Unsqueeze", [w.node("Range", [w.const(0), n, w.const(1)]), w.const([0])])          # (1, n)
+        idx = w.node("Max", [w.node("Add", [j, w.node("Sub", [chunk, n])]), w.const([[0]])])            # (B, n)
+        idx = w.node("Unsqueeze", [idx, w.const([2])])                                                  # (B, n, 1)
+        return w.node("GatherND", [h, idx], name="keep_logit_positions", batch_dims=1)                  # (B, n, D)
 
     def rope_tables(self) -> tuple[str, str]:
         hd = head_dim(self.c)
@@ -147,7 +149,7 @@ class DecoderGraphBuilder:
         input_ids = w.input("input_ids", TensorProto.INT64, ["batch", "sequence"])
         attention_mask = w.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
         position_ids = w.input("position_ids", TensorProto.INT64, ["batch", "sequence"])
-        masks = self.attention_masks(attention_mask, input_ids, set(windows))
+        seqlens, total = self.gqa_lengths(attention_mask)
         cos, sin = self.rope_tables()
         h = self.embedding(input_ids)
         for i, layer in enumerate(layers):
@@ -162,9 +164,10 @@ class DecoderGraphBuilder:
                        interleaved=0, name=f"layers.{i}.attn.rope_q")
             k = w.node("RotaryEmbedding", [k, position_ids, cos, sin], domain="com.microsoft", num_heads=kvh,
                        interleaved=0, name=f"layers.{i}.attn.rope_k")
-            y, pk, pv = w.node("Attention", [q, k, v, masks[windows[i]], past_k, past_v], n_out=3,
-                               name=f"layers.{i}.attn.sdpa", q_num_heads=nh, kv_num_heads=kvh,
-                               scale=float(hd) ** -0.5)
+            y, pk, pv = w.node("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens, total], n_out=3,
+                               domain="com.microsoft", name=f"layers.{i}.attn.gqa", num_heads=nh, kv_num_heads=kvh,
+                               scale=float(hd) ** -0.5,
+                               local_window_size=-1 if windows[i] is None else windows[i])
             w.output(w.rename_output(pk, f"present.{i}.key"), TensorProto.FLOAT,
                      ["batch", kvh, "total_sequence", hd])
             w.output(w.rename_output(pv, f"present.{i}.value"), TensorProto.FLOAT,
@@ -176,10 +179,11 @@ class DecoderGraphBuilder:
             act = w.node("Mul", [w.node("Mul", [gate, w.node("Sigmoid", [gate])]), up])
             h = w.node("Add", [h, self.linear(act, [getattr(mlp, f.down)], f"layers.{i}.mlp.down_proj")])
         keep = "num_logits_to_keep"
-        w.inputs.append(_scalar_input(keep))
-        w.weight(keep, np.array([0], dtype=np.int64))                # default: every position
-        start = w.node("Neg", [keep])
-        h = w.node("Slice", [h, start, w.const([np.iinfo(np.int64).max]), w.const([1])], name="keep_last")
+        if self.keep_input:
+            w.inputs.append(_scalar_input(keep))
+        else:
+            w.weight(keep, np.array([0], dtype=np.int64))            # every position
+        h = self.keep_logit_positions(h, attention_mask, input_ids, keep)
         h = self.rms_norm(h, get_module(self.m, f.final_norm), "final_norm")
         logits = self.linear(h, [get_module(self.m, f.lm_head)], "lm_head")
         w.output(w.rename_output(logits, "logits"), TensorProto.FLOAT, ["batch", "logit_positions", c.vocab_size])

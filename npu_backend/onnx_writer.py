@@ -90,9 +90,17 @@ class GraphWriter:
     def output(self, name: str, elem_type: int, shape: list) -> None:
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
 
-    def save(self, model_name: str = "model.onnx", graph_name: str = "decoder") -> Path:
-        self._data.close()
-        graph = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.initializers)
+    def save(self, model_name: str = "model.onnx", graph_name: str = "decoder",
+             fixed_inputs: dict[str, np.ndarray] | None = None) -> Path:
+        """Write the ModelProto (weights are already in the data file). `fixed_inputs`: graph inputs replaced by
+        constant initializers in this copy (several model files can share one data file)."""
+        if not self._data.closed:
+            self._data.close()
+        fixed = fixed_inputs or {}
+        inputs = [i for i in self.inputs if i.name not in fixed]
+        consts = [helper.make_tensor(n, _NUMPY_TO_ONNX[v.dtype], v.shape, v.flatten().tolist()) for n, v in
+                  fixed.items()]
+        graph = helper.make_graph(self.nodes, graph_name, inputs, self.outputs, self.initializers + consts)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSETS],
                                   ir_version=10, producer_name="edgeawq")
         path = self.folder / model_name

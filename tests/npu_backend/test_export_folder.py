@@ -34,7 +34,8 @@ def test_export_twice_replaces_everything(quantized, tmp_path):
     assert json.loads((out / RECORD).read_text())["accuracy_level"] == 0
     genai = json.loads((out / "genai_config.json").read_text())
     assert genai["model"]["decoder"]["inputs"]["position_ids"] == "position_ids"
-    assert genai["search"]["past_present_share_buffer"] is False
+    assert genai["search"]["past_present_share_buffer"] is True         # GroupQueryAttention writes in place
+    assert genai["model"]["decoder"]["filename"] == "model.genai.onnx"
 
 
 def test_cache_is_reused_while_current_and_stale_folders_are_refused(quantized, tmp_path, monkeypatch):

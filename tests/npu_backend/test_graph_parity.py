@@ -65,6 +65,7 @@ def test_quantized_graph_matches_reference(checkpoints, family, bits, lm_head, t
     graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("MatMulNBits") == record["matmulnbits_nodes"]
+    assert ops.count("GroupQueryAttention") == layers
     float_matmuls = [n.name for n in graph.node if n.op_type == "MatMul"]
     assert float_matmuls == ([] if lm_head else ["lm_head"])       # no quantized Linear became a float MatMul
     reference = TransformersEngine(load_model(tmp_path / "q", "fp32", "fp32"))
