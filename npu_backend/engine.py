@@ -37,6 +37,9 @@ class OrtEngine:
         shape = inputs["past_key_values.0.key"].shape                 # [batch, kv_heads, past, head_dim]
         self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
         self.cache: list | None = None
+        self.io = None
+        self.logits = None
+        self.vocab = int(next(o for o in self.session.get_outputs() if o.name == "logits").shape[-1])
         self.lengths: np.ndarray | None = None                         # (B,) real tokens so far per row
         self._ort = ort
 
@@ -45,6 +48,12 @@ class OrtEngine:
         if self.cache is None or tuple(self.cache[0].shape()) != shape:
             self.cache = [self._ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
                           for _ in range(2 * self.layers)]
+            # One binding for the whole generation: the cache buffers stay bound; forward rebinds the inputs.
+            self.io = self.session.io_binding()
+            for i in range(self.layers):
+                for j, kv in enumerate(("key", "value")):
+                    self.io.bind_ortvalue_input(f"past_key_values.{i}.{kv}", self.cache[2 * i + j])
+                    self.io.bind_ortvalue_output(f"present.{i}.{kv}", self.cache[2 * i + j])
         self.lengths = np.zeros(batch, np.int64)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -63,16 +72,14 @@ class OrtEngine:
         if mask.shape[1] > self.cache[0].shape()[2]:
             raise ValueError(f"KV cache of {self.cache[0].shape()[2]} slots is full")
         self.lengths = prior + new
-        io = self.session.io_binding()
+        io = self.io
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", mask)
         io.bind_cpu_input("position_ids", pos)
         io.bind_cpu_input("num_logits_to_keep", np.array([1 if last_only else 0], np.int64))
-        io.bind_output("logits")                                                     # output 0
-        for i in range(self.layers):
-            for j, kv in enumerate(("key", "value")):
-                value = self.cache[2 * i + j]
-                io.bind_ortvalue_input(f"past_key_values.{i}.{kv}", value)
-                io.bind_ortvalue_output(f"present.{i}.{kv}", value)
+        out_shape = (B, 1 if last_only else T, self.vocab)
+        if self.logits is None or tuple(self.logits.shape()) != out_shape:
+            self.logits = self._ort.OrtValue.ortvalue_from_numpy(np.empty(out_shape, np.float32))
+        io.bind_ortvalue_output("logits", self.logits)    # preallocated: binding an unallocated output costs more
         self.session.run_with_iobinding(io)
-        return torch.from_numpy(io.get_outputs()[0].numpy())                         # (B, T or 1, V)
+        return torch.from_numpy(self.logits.numpy().copy())                          # (B, T or 1, V)

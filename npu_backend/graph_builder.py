@@ -92,8 +92,10 @@ class DecoderGraphBuilder:
 
     def rms_norm(self, x: str, norm: nn.Module, name: str) -> str:
         eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-        return self.w.node("RMSNormalization", [x, self.w.weight(f"{name}.weight", norm.weight.detach().float())],
-                           name=name, axis=-1, epsilon=eps)
+        # SimplifiedLayerNormalization (ONNX Runtime's RMSNorm): its optimizer fuses it with the residual Add
+        return self.w.node("SimplifiedLayerNormalization",
+                           [x, self.w.weight(f"{name}.weight", norm.weight.detach().float())],
+                           name=name, axis=-1, epsilon=eps, stash_type=1)
 
     # --- graph pieces ----------------------------------------------------------------------------------------
     def _scalar_dim(self, tensor: str, axis: int) -> str:
@@ -148,7 +150,8 @@ class DecoderGraphBuilder:
         windows = layer_windows(c)
         input_ids = w.input("input_ids", TensorProto.INT64, ["batch", "sequence"])
         attention_mask = w.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
-        position_ids = w.input("position_ids", TensorProto.INT64, ["batch", "sequence"])
+        w.input("position_ids", TensorProto.INT64, ["batch", "sequence"])   # genai feeds it; RoPE positions
+        # are the rows' token counts (GroupQueryAttention's do_rotary), the runtime's own convention
         seqlens, total = self.gqa_lengths(attention_mask)
         cos, sin = self.rope_tables()
         h = self.embedding(input_ids)
@@ -159,14 +162,9 @@ class DecoderGraphBuilder:
             x = self.rms_norm(h, getattr(layer, f.input_norm), f"layers.{i}.input_norm")
             qkv = self.linear(x, [getattr(attn, f.q), getattr(attn, f.k), getattr(attn, f.v)],
                               f"layers.{i}.attn.qkv_proj")
-            q, k, v = w.node("Split", [qkv, w.const([nh * hd, kvh * hd, kvh * hd])], n_out=3, axis=-1)
-            q = w.node("RotaryEmbedding", [q, position_ids, cos, sin], domain="com.microsoft", num_heads=nh,
-                       interleaved=0, name=f"layers.{i}.attn.rope_q")
-            k = w.node("RotaryEmbedding", [k, position_ids, cos, sin], domain="com.microsoft", num_heads=kvh,
-                       interleaved=0, name=f"layers.{i}.attn.rope_k")
-            y, pk, pv = w.node("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens, total], n_out=3,
-                               domain="com.microsoft", name=f"layers.{i}.attn.gqa", num_heads=nh, kv_num_heads=kvh,
-                               scale=float(hd) ** -0.5,
+            y, pk, pv = w.node("GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens, total, cos, sin],
+                               n_out=3, domain="com.microsoft", name=f"layers.{i}.attn.gqa", num_heads=nh,
+                               kv_num_heads=kvh, scale=float(hd) ** -0.5, do_rotary=1, rotary_interleaved=0,
                                local_window_size=-1 if windows[i] is None else windows[i])
             w.output(w.rename_output(pk, f"present.{i}.key"), TensorProto.FLOAT,
                      ["batch", kvh, "total_sequence", hd])
