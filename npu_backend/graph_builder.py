@@ -1,22 +1,25 @@
 """The Llama-family decoder as one ONNX graph (opset 23 + com.microsoft), from a loaded model.
 
 Graph inputs (onnxruntime-genai names):
-  input_ids        int64 (batch, sequence)
-  attention_mask   int64 (batch, total_sequence)   1 = real token, 0 = left padding; total = past + sequence
-  position_ids     int64 (batch, sequence)         RoPE positions
-  past_key_values.{i}.key / .value   float32 (batch, kv_heads, past_sequence, head_dim)
-  num_logits_to_keep  int64 (1,), optional (default 0 = logits for every position; 1 = last position only)
+  input_ids        int64 (batch, sequence)         each row's real tokens first (right padding)
+  attention_mask   int64 (batch, total_sequence)   per row: as many ones as the row has tokens so far
+                                                   (GroupQueryAttention's seqlens_k), and in its last `sequence`
+                                                   columns as many as it has in this chunk
+  position_ids     int64 (batch, sequence)         accepted (onnxruntime-genai feeds it), not used: RoPE positions
+                                                   are the rows' token counts (GroupQueryAttention's do_rotary)
+  past_key_values.{i}.key / .value   float32 (batch, kv_heads, cache slots, head_dim); bound to the same buffer
+                                     as present.{i} for in-place updates
+  num_logits_to_keep  int64 (1,)                   0 = every position, 1 = each row's last real token
 Graph outputs:
-  logits           float32 (batch, sequence or num_logits_to_keep, vocab)
-  present.{i}.key / .value           float32 (batch, kv_heads, total_sequence, head_dim)
+  logits           float32 (batch, sequence or num_logits_to_keep, vocab), right-aligned per row
+  present.{i}.key / .value           float32 (batch, kv_heads, cache slots, head_dim)
 
-Per layer: RMSNormalization -> grouped q/k/v projection (one MatMulNBits for a quantized checkpoint, + bias for
-Qwen2) -> Split -> com.microsoft.RotaryEmbedding (rotate-half layout, cos/sin tables from the model's own rotary
-module, so Llama-3 scaling is included) -> Attention (opset 23; GQA by kv_num_heads, past/present KV, additive
-mask built in the graph from attention_mask: causal, left padding, sliding window, a query always sees itself)
--> o_proj -> residual; RMSNormalization -> grouped gate/up projection -> Split -> SiLU(gate) * up -> down_proj ->
-residual. Quantized Linears become MatMulNBits with the checkpoint's own codes, scales and zero points; float
-Linears become MatMul with the transposed float32 weight.
+Per layer: SimplifiedLayerNormalization (RMSNorm) -> grouped q/k/v projection (one MatMulNBits for a quantized
+checkpoint, + bias for Qwen2) -> com.microsoft.GroupQueryAttention on the packed q/k/v (rotary inside it, with
+cos/sin tables from the model's own rotary module, so Llama-3 scaling is included; GQA by kv_num_heads; causal;
+sliding window as local_window_size) -> o_proj -> residual; SimplifiedLayerNormalization -> grouped gate/up
+projection -> Split -> SiLU(gate) * up -> down_proj -> residual. Quantized Linears become MatMulNBits with the
+checkpoint's own codes, scales and zero points; float Linears become MatMul with the transposed float32 weight.
 """
 from __future__ import annotations
 
