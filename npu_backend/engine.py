@@ -59,18 +59,28 @@ class OrtEngine:
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 last_only: bool = True) -> torch.Tensor:
         B, T = input_ids.shape
-        new = attention_mask[:, -T:].sum(1).numpy()                                  # (B,) real tokens per row
-        ids, pos = np.zeros((B, T), np.int64), np.zeros((B, T), np.int64)
-        for b in range(B):                                                           # left -> right padding
-            ids[b, : new[b]] = input_ids[b, T - new[b]:].numpy()
-            pos[b, : new[b]] = position_ids[b, T - new[b]:].numpy()
+        chunk = attention_mask[:, -T:]
         prior = self.lengths
-        mask = np.zeros((B, int(prior.max()) + T), np.int64)
-        for b in range(B):
-            mask[b, : prior[b]] = 1
-            mask[b, mask.shape[1] - T: mask.shape[1] - T + new[b]] = 1
-        if mask.shape[1] > self.cache[0].shape()[2]:
+        if bool(chunk.all()):                                      # no padding in this chunk (the common case)
+            new = np.full(B, T, np.int64)
+            ids = input_ids.numpy().astype(np.int64, copy=False)
+            pos = position_ids.numpy().astype(np.int64, copy=False)
+        else:                                                      # left -> right padding, row by row
+            new = chunk.sum(1).numpy()
+            ids, pos = np.zeros((B, T), np.int64), np.zeros((B, T), np.int64)
+            for b in range(B):
+                ids[b, : new[b]] = input_ids[b, T - new[b]:].numpy()
+                pos[b, : new[b]] = position_ids[b, T - new[b]:].numpy()
+        width = int(prior.max()) + T
+        if width > self.cache[0].shape()[2]:
             raise ValueError(f"KV cache of {self.cache[0].shape()[2]} slots is full")
+        if (prior == prior[0]).all() and (new == T).all():
+            mask = np.ones((B, width), np.int64)
+        else:
+            mask = np.zeros((B, width), np.int64)
+            for b in range(B):
+                mask[b, : prior[b]] = 1
+                mask[b, width - T: width - T + new[b]] = 1
         self.lengths = prior + new
         io = self.io
         io.bind_cpu_input("input_ids", ids)

@@ -66,8 +66,7 @@ def session_options(strict: bool, threads: int, providers: list[str]):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    so.enable_cpu_mem_arena = os.environ.get("EDGEAWQ_ORT_ARENA", "1") == "1"
-    so.log_severity_level = 3          # the optional num_logits_to_keep input is an overridable initializer
+    so.log_severity_level = 3          # errors only: ORT's warnings are not the user's to act on
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Spinning workers pick up the next node without a wake-up: about 5% faster decode here (measured). PyTorch
     # only samples between runs in this process; EDGEAWQ_ORT_SPIN=0 turns spinning off when it shares the cores.
