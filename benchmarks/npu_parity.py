@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 from edgeawq.default_models import DEFAULT_MODELS

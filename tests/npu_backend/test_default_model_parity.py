@@ -9,7 +9,6 @@ benchmarks/npu_parity.py reports the same measures for AWQ checkpoints.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from edgeawq.data_sources import corpus_split
 from edgeawq.default_models import DEFAULT_MODELS

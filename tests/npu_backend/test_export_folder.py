@@ -3,7 +3,6 @@ runnable by onnxruntime-genai itself."""
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
