@@ -15,11 +15,8 @@ from ..runtime.backends import EngineOptions
 from ..runtime.model_loader import LoadedModel
 from .engine import OrtEngine
 from .providers import choose_providers
-from .export_folder import (RECORD, cache_folder, export_model, read_record, source_fingerprint)
-
-
-def fingerprint_of(loaded: LoadedModel) -> str:
-    return getattr(loaded, "fingerprint", None) or source_fingerprint(loaded.source)
+from ..runtime.model_identity import fingerprint_of
+from .export_folder import RECORD, cache_folder, export_model, read_record
 
 
 def export_exists(loaded: LoadedModel, options: EngineOptions) -> bool:

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoints.directory import MANIFEST, atomic_directory
+from ..checkpoints.directory import atomic_directory
 from ..errors import UserError
 from ..runtime.fusion import head_dim
+from ..runtime.model_identity import cache_root
 from ..runtime.model_loader import LoadedModel
 from .graph_builder import DecoderGraphBuilder
 from .onnx_writer import GraphWriter
@@ -37,24 +38,6 @@ FORMAT_VERSION = 3
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "generation_config.json")
-
-
-def source_fingerprint(folder: Path) -> str:
-    """sha256 of a checkpoint's manifest (edgeawq checkpoints) or of its files' names, sizes and mtimes."""
-    manifest = folder / MANIFEST
-    h = hashlib.sha256()
-    if manifest.exists():
-        h.update(manifest.read_bytes())
-    else:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                st = p.stat()
-                h.update(f"{p.relative_to(folder).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGEAWQ_CACHE", Path.home() / ".cache" / "edgeawq")).expanduser()
 
 
 def cache_folder(fingerprint: str, accuracy_level: int) -> Path:

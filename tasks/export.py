@@ -22,7 +22,7 @@ def export_task(model_path: str | None, target: str, out: str | None, accuracy_l
     if out is None:
         raise UserError("--task export needs --out.", "Pass --out FOLDER for the exported model.")
     require(target)
-    from ..npu_backend.backend import fingerprint_of
+    from ..runtime.model_identity import fingerprint_of
     from ..npu_backend.export_folder import export_model
 
     loaded = load_model(model_path, "fp32", "fp32")

@@ -9,7 +9,8 @@ import pytest
 
 from edgeawq.errors import UserError
 from edgeawq.npu_backend.backend import ensure_export
-from edgeawq.npu_backend.export_folder import RECORD, export_model, read_record, source_fingerprint
+from edgeawq.runtime.model_identity import source_fingerprint
+from edgeawq.npu_backend.export_folder import RECORD, export_model, read_record
 from edgeawq.runtime.model_loader import load_model
 
 from ..conftest import quantize_tiny

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from edgeawq.npu_backend.engine import OrtEngine
-from edgeawq.npu_backend.export_folder import export_model, source_fingerprint
+from edgeawq.runtime.model_identity import source_fingerprint
+from edgeawq.npu_backend.export_folder import export_model
 from edgeawq.runtime.engines import TransformersEngine
 from edgeawq.runtime.generate import left_pad
 from edgeawq.runtime.model_loader import load_model
