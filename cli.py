@@ -12,7 +12,7 @@ import click
 
 from .errors import UserError
 
-TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplexity")
+TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplexity", "accuracy")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -21,7 +21,11 @@ TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplex
               help="Checkpoint folder (Hugging Face or Meta format), or an embedded model alias: default, "
                    "default-llama, default-qwen2. Omitted: the embedded default model (default-llama).")
 @click.option("--target", default="cpu", show_default=True,
-              help="Execution backend: cpu (PyTorch, the reference) or npu (ONNX Runtime MatMulNBits graph).")
+              help="Execution backend: cpu (ONNX Runtime graph or PyTorch), npu (ONNX Runtime MatMulNBits graph on "
+                   "an NPU execution provider) or tt (Tenstorrent numerics emulated on the CPU).")
+@click.option("--tt_precision", default="performance", show_default=True,
+              help="tt: precision config: performance, accuracy (tt-metal LLM demo defaults) or a JSON file with "
+                   "per-layer overrides (docs/tenstorrent.md).")
 @click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
               help="cpu: onnx = the exported ONNX Runtime graph on the CPU provider (fast path); torch = PyTorch "
                    "(the reference). auto: onnx for quantized checkpoints, torch for float ones, --flash_attention "
@@ -89,17 +93,20 @@ TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplex
               help="quantize: calibration blocks.")
 @click.option("--seqlen", type=click.IntRange(min=2), default=None,
               help="Tokens per calibration block (quantize, default 512) or per evaluation window (perplexity, "
-                   "default 2048).")
+                   "default 2048; accuracy, default 256, half of them prefilled).")
 @click.option("--duo_scaling", is_flag=True, help="quantize: scale search with weight magnitudes as well.")
 @click.option("--dataset", default="corpus-test", show_default=True,
               help="perplexity: corpus-test, corpus-valid (shipped splits), wikitext2 (local datasets cache) or a "
                    "text file.")
 @click.option("--nsamples", type=click.IntRange(min=1), default=None,
-              help="perplexity: evaluate only the first N windows (default: all).")
+              help="perplexity: evaluate only the first N windows (default: all); accuracy: windows (default 4).")
+@click.option("--pcc_tokens", type=click.IntRange(min=0), default=16, show_default=True,
+              help="accuracy: rows of the per-token PCC table (decode positions of the first window).")
 @click.option("--compare", is_flag=True,
               help="perplexity: also evaluate the float model (the quantized checkpoint's source, or --float_model) "
                    "on the same windows.")
-@click.option("--float_model", default=None, help="perplexity: the float model for --compare.")
+@click.option("--float_model", default=None, help="perplexity: the float model for --compare; accuracy: the float reference (default: the "
+                   "quantized checkpoint's recorded source, or the model itself).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "jsonl", "md"]), default="text",
               show_default=True, help="Output format of perplexity and benchmark results (text = md for benchmarks).")
 @click.option("--prompt_lengths", default=None,
@@ -126,7 +133,7 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
         calib_dataset: str | None, n_samples: int, seqlen: int | None, duo_scaling: bool, dataset: str,
         nsamples: int | None, compare: bool, float_model: str | None, fmt: str, prompt_lengths: str | None,
         new_tokens: int, repeats: int, random_weights: bool, profile: str | None, act_dtype: str,
-        engine: str, ep: str | None, strict_ep: bool, onnx_dir: str | None, accuracy_level: int, compare_target: str | None,
+        engine: str, tt_precision: str, pcc_tokens: int, ep: str | None, strict_ep: bool, onnx_dir: str | None, accuracy_level: int, compare_target: str | None,
         debug: bool) -> None:
     """Quantize Llama-family models with AWQ and run them on CPU, NPU and Tenstorrent targets.
 
@@ -136,10 +143,12 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
     """
     from pathlib import Path
 
+    from dataclasses import replace
+
     from .runtime.backends import EngineOptions
 
     options = EngineOptions(engine=engine, ep=ep, strict_ep=strict_ep, onnx_dir=Path(onnx_dir) if onnx_dir else None,
-                            accuracy_level=accuracy_level)
+                            accuracy_level=accuracy_level, tt_precision=tt_precision)
     if task == "export":
         from .tasks.export import export_task
 
@@ -173,6 +182,11 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
 
         perplexity_task(model_path, target, dtype, act_dtype, flash_attention, dataset, seqlen or 2048, nsamples,
                         compare, float_model, fmt, options)
+    elif task == "accuracy":
+        from .tasks.accuracy import accuracy_task
+
+        accuracy_task(model_path, target, dtype, act_dtype, dataset, seqlen or 256, nsamples or 4, float_model, fmt,
+                      replace(options, flash_attention=flash_attention), pcc_tokens)
     elif task == "decode":
         from .tasks.decode import decode_task
 

@@ -26,6 +26,7 @@ class EngineOptions:
     strict_ep: bool = False              # npu: a fallback to the CPU provider is an error
     onnx_dir: Path | None = None         # npu: export folder (None = the export cache)
     accuracy_level: int = 4              # npu: MatMulNBits accuracy_level of the export
+    tt_precision: str = "performance"    # tt: performance, accuracy or a precision JSON file
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ def _npu_engine(loaded: LoadedModel, options: EngineOptions):
     return make_npu_engine(loaded, options)
 
 
+def _tt_engine(loaded: LoadedModel, options: EngineOptions):
+    from ..tt_backend.backend import make_tt_engine
+
+    return make_tt_engine(loaded, options.tt_precision, options.flash_attention)
+
+
 def _npu_unavailable() -> str | None:
     import importlib.util
 
@@ -80,6 +87,8 @@ BACKENDS: dict[str, Backend] = {
                           "reference; grouped QKV + static KV cache with --flash_attention)", _cpu_engine),
     "npu": Backend("npu", "ONNX Runtime graph with MatMulNBits on the best execution provider of --ep (VitisAI, "
                           "QNN, OpenVINO, DML, then CPU)", _npu_engine, _npu_unavailable),
+    "tt": Backend("tt", "Tenstorrent numerics emulated on the CPU: block-float weights and KV cache, math fidelity, "
+                        "bf16 activations, per --tt_precision", _tt_engine),
 }
 
 

@@ -16,8 +16,14 @@ import torch.nn.functional as F
 
 
 def pcc(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Pearson correlation of two tensors' values (float64)."""
-    return torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1].item()
+    """tt-metal's comp_pcc: 1.0 for identical tensors, 0.0 when either holds NaN/Inf or is constant, else the
+    Pearson correlation of the flattened values (float64)."""
+    a, b = a.flatten().double(), b.flatten().double()
+    if torch.equal(a, b):
+        return 1.0
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()) or a.std() == 0 or b.std() == 0:
+        return 0.0
+    return torch.corrcoef(torch.stack([a, b]))[0, 1].item()
 
 
 @dataclass

@@ -13,6 +13,8 @@ sum is rounded to bf16 after each 16-wide chunk of K. Denormal operands are flus
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 FIDELITIES = ("LoFi", "HiFi2", "HiFi3", "HiFi4")
@@ -35,17 +37,47 @@ def split_operand(x: torch.Tensor, hi_bits: int, lo_bits: int) -> tuple[torch.Te
     return hi, full - hi
 
 
-def _accumulate(products: list[tuple[torch.Tensor, torch.Tensor]], fp32_dest_acc: bool) -> torch.Tensor:
-    """sum of b @ a over the operand pairs; with bf16 accumulation, rounded after each 16-wide K chunk."""
+@dataclass(frozen=True)
+class SrcA:
+    """Weights (K, N) float32 as the SrcA register sees them: `full` = hi + lo (9 mantissa bits), `hi` (5)."""
+    full: torch.Tensor
+    hi: torch.Tensor
+
+    @classmethod
+    def of(cls, w: torch.Tensor) -> "SrcA":
+        hi, lo = split_operand(w, 4, 5)
+        return cls(hi + lo, hi)
+
+
+def _accumulate(pairs: list[tuple[torch.Tensor, torch.Tensor]], fp32_dest_acc: bool) -> torch.Tensor:
+    """sum of b @ a over the operand pairs; with bf16 accumulation, rounded after each 16-wide K chunk.
+
+    b (..., M, K), a (..., K, N) (batch dims broadcast). bf16 accumulation: each chunk's partial sum is exact-ish
+    fp32 (the device's 16-wide inner product), the running sum is rounded to bf16 after every chunk."""
     if fp32_dest_acc:
-        return sum(b @ a for b, a in products)
-    K = products[0][0].shape[-1]
+        return sum(b @ a for b, a in pairs)
+    K = pairs[0][0].shape[-1]
     acc = None
     for k0 in range(0, K, 16):
-        chunk = sum(b[..., k0:k0 + 16] @ a[k0:k0 + 16] for b, a in products)
+        chunk = sum(b[..., k0:k0 + 16] @ a[..., k0:k0 + 16, :] for b, a in pairs)
         acc = chunk if acc is None else acc + chunk
         acc = acc.to(torch.bfloat16).to(torch.float32)
     return acc
+
+
+def fidelity_matmul_srca(x: torch.Tensor, a: SrcA, fidelity: str = "HiFi4", fp32_dest_acc: bool = True) -> torch.Tensor:
+    """Emulated device matmul with prepared weights: x (..., M, K) @ a (..., K, N) -> (..., M, N) float32."""
+    if fidelity not in FIDELITIES:
+        raise ValueError(f"math fidelity must be one of {FIDELITIES}, not {fidelity!r}")
+    x = x.float()
+    b_hi, b_lo = split_operand(x, 6, 4) if fidelity != "HiFi4" else (None, None)
+    pairs = {
+        "LoFi": lambda: [(b_hi, a.hi)],
+        "HiFi2": lambda: [(b_hi, a.full)],
+        "HiFi3": lambda: [(b_hi, a.full), (b_lo, a.hi)],
+        "HiFi4": lambda: [(truncate_mantissa(x, 10), a.full)],
+    }[fidelity]()
+    return _accumulate(pairs, fp32_dest_acc)
 
 
 def fidelity_matmul(x: torch.Tensor, w: torch.Tensor, fidelity: str = "HiFi4",
@@ -53,13 +85,4 @@ def fidelity_matmul(x: torch.Tensor, w: torch.Tensor, fidelity: str = "HiFi4",
     """Emulated device matmul: activations x (..., K) @ weights w (K, N) -> (..., N) float32."""
     if fidelity not in FIDELITIES:
         raise ValueError(f"math fidelity must be one of {FIDELITIES}, not {fidelity!r}")
-    a_hi, a_lo = split_operand(w, 4, 5)
-    b_hi, b_lo = split_operand(x, 6, 4)
-    a = a_hi + a_lo
-    pairs = {
-        "LoFi": [(b_hi, a_hi)],
-        "HiFi2": [(b_hi, a)],
-        "HiFi3": [(b_hi, a), (b_lo, a_hi)],
-        "HiFi4": [(b_hi + b_lo, a)],
-    }[fidelity]
-    return _accumulate(pairs, fp32_dest_acc)
+    return fidelity_matmul_srca(x, SrcA.of(w), fidelity, fp32_dest_acc)

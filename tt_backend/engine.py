@@ -1,0 +1,132 @@
+"""`--target tt` on the CPU: the Llama-family decoder with Tenstorrent numerics (DESIGN section 7).
+
+Per op, what the device does and how it is emulated (B batch, T new tokens, S filled cache slots):
+  weights      the values of the converted block-float / bf16 tensors (weights.py), [K, N]
+  matmul       fidelity.py: SrcA = weights (or K^T, V in attention), SrcB = activations, the op group's math
+               fidelity and accumulation (a call with T == 1 uses the *_decode groups, otherwise *_prefill)
+  activations  every op's output is written in the config's activation format: bf16 (rounded to nearest even)
+               or bfloat8_b (device-pack rounding, blocks of 16 along the last dim)
+  RMSNorm      fp32 statistics, bf16 weight, output in the activation format
+  RoPE         rotate-half with bf16 cos/sin tables from the model's own rotary module, fp32 math, then rounded
+  KV cache     (B, kv_heads, max_seq_len, head_dim) holding what the device stores: bf16 values or bfloat8_b /
+               bfloat4_b by device-pack rounding (blocks of 16 along head_dim)
+  SDPA         scores = Q @ K^T and out = P @ V with the sdpa op group's fidelity; scale, mask and softmax in
+               fp32; P rounded to bf16 before the second matmul; GQA by repeating KV heads
+  lm_head      the lm_head tensor's format with li_lm_head's fidelity; logits rounded to bf16
+Softmax and SiLU use exact exp (the device's approximate modes are not emulated).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.attention import attention_mask as build_mask
+from ..kernels.attention import rotate_half
+from ..runtime.fusion import head_dim, layer_windows
+from ..runtime.model_loader import LoadedModel
+from ..runtime.module_paths import get_module
+from .device_pack import device_round_trip
+from .fidelity import SrcA, fidelity_matmul_srca
+from .precision import FIDELITY_SETTINGS, FORMAT_BITS, LayerPrecision, PrecisionConfig
+from .weights import TTWeights
+
+
+def bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).to(torch.float32)
+
+
+def stored(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """x as the device writes it in format `fmt` (bf16, or block float by device-pack rounding), float32."""
+    return bf16(x) if fmt == "bf16" else device_round_trip(x, FORMAT_BITS[fmt])
+
+
+class TTEngine:
+    def __init__(self, loaded: LoadedModel, config: PrecisionConfig, weights: TTWeights) -> None:
+        c = loaded.config
+        self.config, self.weights = config, weights
+        self.name = f"tt-emulation ({config.name})"
+        self.nh, self.nkv, self.hd = c.num_attention_heads, c.num_key_value_heads, head_dim(c)
+        self.windows = layer_windows(c)
+        self.eps = float(getattr(c, "rms_norm_eps", 1e-6))
+        self.n_layers = c.num_hidden_layers
+        self.max_context = loaded.max_context
+        w = weights.tensors
+        self.embed = w["embed"]                                                  # (V, D), bf16 values
+        self.srca = {n: SrcA.of(t) for n, t in w.items() if n in weights.formats}   # linears, [K, N]
+        rotary = get_module(loaded.model, loaded.family.rotary)
+        with torch.no_grad():
+            cos, sin = rotary(torch.zeros(1, 1, dtype=torch.float32), torch.arange(self.max_context)[None])
+        self.cos, self.sin = bf16(cos[0].float()), bf16(sin[0].float())          # (positions, hd)
+        self.weight_bytes_per_token = sum(weights.stored_bytes[n] for n in weights.formats)
+        self.k = self.v = None
+        self.length = 0
+
+    def start(self, batch: int, max_seq_len: int) -> None:
+        shape = (self.n_layers, batch, self.nkv, max_seq_len, self.hd)
+        if self.k is None or self.k.shape != shape:
+            self.k, self.v = torch.zeros(shape), torch.zeros(shape)
+        self.length = 0
+
+    # --- ops ----------------------------------------------------------------------------------------------
+    def linear(self, x: torch.Tensor, name: str, fidelity: tuple[str, bool]) -> torch.Tensor:
+        """x (..., K) -> (..., N) float32 (before the output is written)."""
+        return fidelity_matmul_srca(x, self.srca[name], *fidelity)
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, act: str) -> torch.Tensor:
+        return stored(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * weight, act)
+
+    def attention(self, i: int, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, start: int,
+                  p: LayerPrecision, mode: str) -> torch.Tensor:
+        B, T, _ = x.shape
+        act, kv = p.tensors["activation"], p.tensors["kv_cache"]
+        qkv = self.linear(x, f"layers.{i}.wqkv", p.fidelity(f"li_qkv_{mode}"))       # (B, T, (nh + 2 nkv) hd)
+        if f"layers.{i}.bqkv" in self.weights.tensors:
+            qkv = qkv + self.weights.tensors[f"layers.{i}.bqkv"]
+        qkv = stored(qkv, act)
+        q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
+        q = q.view(B, T, self.nh, self.hd).transpose(1, 2)                           # (B, nh, T, hd)
+        k = k.view(B, T, self.nkv, self.hd).transpose(1, 2)                          # (B, nkv, T, hd)
+        v = v.view(B, T, self.nkv, self.hd).transpose(1, 2)
+        cos, sin = self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)  # (B, 1, T, hd)
+        q = stored(q * cos + rotate_half(q) * sin, act)
+        k = k * cos + rotate_half(k) * sin
+        S = start + T
+        self.k[i, :, :, start:S] = stored(k, kv)
+        self.v[i, :, :, start:S] = stored(v, kv)
+        keys = self.k[i, :, :, :S].repeat_interleave(self.nh // self.nkv, dim=1)      # (B, nh, S, hd)
+        values = self.v[i, :, :, :S].repeat_interleave(self.nh // self.nkv, dim=1)
+        fid = p.fidelity(f"sdpa_{mode}")
+        scores = fidelity_matmul_srca(q, SrcA.of(keys.transpose(-1, -2)), *fid) * self.hd ** -0.5  # (B, nh, T, S)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        probs = bf16(torch.softmax(scores, dim=-1))
+        out = stored(fidelity_matmul_srca(probs, SrcA.of(values), *fid), act)         # (B, nh, T, hd)
+        out = out.transpose(1, 2).reshape(B, T, self.nh * self.hd)
+        return stored(self.linear(out, f"layers.{i}.wo", p.fidelity(f"li_o_{mode}")), act)
+
+    def mlp(self, i: int, x: torch.Tensor, p: LayerPrecision, mode: str) -> torch.Tensor:
+        act, fid = p.tensors["activation"], p.fidelity("li_ff1_3")
+        gate = stored(self.linear(x, f"layers.{i}.ff1", fid), act)
+        up = stored(self.linear(x, f"layers.{i}.ff3", fid), act)
+        hidden = stored(stored(F.silu(gate), act) * up, act)
+        return stored(self.linear(hidden, f"layers.{i}.ff2", p.fidelity("li_ff2")), act)
+
+    # --- the engine interface (runtime/engines.py) ---------------------------------------------------------
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                last_only: bool = True) -> torch.Tensor:
+        """input_ids, position_ids (B, T); attention_mask (B, S) -> logits (B, T or 1, V) float32."""
+        w, start, T = self.weights.tensors, self.length, input_ids.shape[1]
+        mode = "decode" if T == 1 else "prefill"
+        masks = {win: build_mask(attention_mask, start, win) for win in set(self.windows)}   # (B, 1, T, S)
+        h = self.embed[input_ids]                                                    # (B, T, D)
+        for i, p in enumerate(self.config.layers):
+            act = p.tensors["activation"]
+            x = self.rms_norm(h, w[f"layers.{i}.attn_norm"], act)
+            h = stored(h + self.attention(i, x, position_ids, masks[self.windows[i]], start, p, mode), act)
+            x = self.rms_norm(h, w[f"layers.{i}.ffn_norm"], act)
+            h = stored(h + self.mlp(i, x, p, mode), act)
+        self.length = start + T
+        if last_only:
+            h = h[:, -1:]
+        x = self.rms_norm(h, w["norm"], self.config.layers[-1].tensors["activation"])
+        return bf16(self.linear(x, "lm_head", FIDELITY_SETTINGS[self.config.li_lm_head]))   # (B, T or 1, V)
