@@ -117,9 +117,11 @@ def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengt
                                                "lm_head_group_size": loaded.quant.lm_head_group_size}
     source = str(loaded.source)
     engine = backend.make_engine(loaded, options)
-    if profile and engine.name.startswith("onnxruntime"):
-        raise UserError("--profile times PyTorch modules; this run uses the ONNX Runtime graph.",
-                        "Add --engine torch to profile the PyTorch engine.")
+    if profile and engine.name not in ("transformers", "static-cache"):
+        raise UserError(f"--profile times PyTorch modules; this run uses the {engine.name} engine.",
+                        "Use --target cpu --engine torch to profile the PyTorch engine.")
+    # engines that hold their own weight copy (tt: block-float tiles) know the bytes they read per token
+    bytes_per_token = getattr(engine, "weight_bytes_per_token", bytes_per_token)
     release_free_memory()
     runnable = [L for L in lengths if L not in too_long]
     if runnable:
