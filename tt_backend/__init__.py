@@ -1,7 +1,10 @@
-"""Tenstorrent numerics (block-float weight formats, math-fidelity matmul emulation, precision configs).
+"""Tenstorrent numerics and the `tt` target (CPU emulation; docs/tenstorrent.md).
 
-Status: the block-float formats (blockfloat.py: bfloat8_b / bfloat4_b / bfloat2_b encoder, decoder and tile
-byte layout, tested bit-exactly) and the math-fidelity matmul emulation (fidelity.py) exist; the rest of issue 6
-(device-pack rounding, precision configs, weight cache, the `tt` target, accuracy reports) is not written yet, so
-`tt` is not in the backend registry.
+blockfloat.py   bfloat8_b / bfloat4_b / bfloat2_b host encoder, decoder and tile byte layout (bit-exact with ttnn)
+device_pack.py  the device's own block-float rounding (KV-cache writes, op outputs)
+fidelity.py     math-fidelity matmul emulation (LoFi, HiFi2, HiFi3, HiFi4; fp32 or bf16 accumulation)
+precision.py    precision configs (tt-metal demo defaults, JSON files with per-layer overrides)
+weights.py      conversion of a checkpoint's weights per config, cached on disk
+engine.py       the decoder with Tenstorrent numerics (the engine behind --target tt)
+backend.py      config -> weights -> engine, for the backend registry
 """

@@ -10,15 +10,18 @@ import sys
 from ..errors import UserError
 from ..runtime.model_loader import LoadedModel
 from .engine import TTEngine
-from .precision import load_precision
+from .precision import PrecisionConfig, load_precision
 from .weights import ensure_weights
 
 
-def make_tt_engine(loaded: LoadedModel, precision: str, flash_attention: bool = False) -> TTEngine:
+def make_tt_engine(loaded: LoadedModel, precision: "str | PrecisionConfig",
+                   flash_attention: bool = False) -> TTEngine:
+    """`precision`: a --tt_precision value (name or JSON path) or a resolved config."""
     if flash_attention:
         raise UserError("--flash_attention selects the PyTorch engine of the cpu target; the tt target runs its "
                         "own attention with a KV cache in the config's format.", "Drop --flash_attention.")
-    config = load_precision(precision, loaded.family.model_type, loaded.config.num_hidden_layers)
+    config = precision if isinstance(precision, PrecisionConfig) else load_precision(
+        precision, loaded.family.model_type, loaded.config.num_hidden_layers)
     weights = ensure_weights(loaded, config)
     engine = TTEngine(loaded, config, weights)
     print(f"[tt] CPU emulation of Tenstorrent numerics, precision {config.describe()}", file=sys.stderr)
