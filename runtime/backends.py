@@ -27,6 +27,7 @@ class EngineOptions:
     onnx_dir: Path | None = None         # npu: export folder (None = the export cache)
     accuracy_level: int = 4              # npu: MatMulNBits accuracy_level of the export
     tt_precision: str = "performance"    # tt: performance, accuracy or a precision JSON file
+    tt_device: bool = False              # tt: Linears on a Tenstorrent card through ttnn (untested here)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def _npu_engine(loaded: LoadedModel, options: EngineOptions):
 def _tt_engine(loaded: LoadedModel, options: EngineOptions):
     from ..tt_backend.backend import make_tt_engine
 
-    return make_tt_engine(loaded, options.tt_precision, options.flash_attention)
+    return make_tt_engine(loaded, options.tt_precision, options.flash_attention, options.tt_device)
 
 
 def _npu_unavailable() -> str | None:

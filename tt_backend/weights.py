@@ -90,7 +90,10 @@ def source_tensors(loaded: LoadedModel):
 def _ttnn_version() -> str | None:
     if importlib.util.find_spec("ttnn") is None:
         return None
-    return importlib.metadata.version("ttnn")
+    try:
+        return importlib.metadata.version("ttnn")
+    except importlib.metadata.PackageNotFoundError:      # an importable ttnn without an installed distribution
+        return None
 
 
 def _write_tensorbin(path: Path, w_kn: torch.Tensor, fmt: str) -> None:
