@@ -7,7 +7,8 @@ Op groups (math fidelity): li_ff1_3, li_ff2, li_qkv_decode, li_o_decode, sdpa_de
 li_o_prefill, sdpa_prefill, and li_lm_head (top level only). A call with one new token per row is decode, more is
 prefill. Fidelity settings -> (math fidelity, fp32 destination accumulation), as tt-metal's compute-kernel configs:
 lofi (LoFi, bf16), hifi2 (HiFi2, fp32), hifi2na and hifi2fp16 (HiFi2, bf16; the packer's L1 accumulation that
-tells them apart is not emulated), hifi4 and hifi4fp32 (HiFi4, fp32).
+tells them apart is not emulated), hifi4 and hifi4fp32 (HiFi4, fp32); and hifi3 (HiFi3, fp32), which ttnn's
+MathFidelity has but tt-metal's demo settings do not use.
 
 tt-metal LLM demo defaults (models/tt_transformers ModelOptimizations):
   every layer starts from bfp8 weights and KV cache, bf16 activations, MLP hifi2fp16, attention hifi2,
@@ -35,7 +36,8 @@ LAYER_TENSOR_GROUPS = ("ff1_3", "ff2", "wqkv", "wo", "kv_cache", "activation")
 LAYER_OP_GROUPS = ("li_ff1_3", "li_ff2", "li_qkv_decode", "li_o_decode", "sdpa_decode", "li_qkv_prefill",
                    "li_o_prefill", "sdpa_prefill")
 FIDELITY_SETTINGS = {"lofi": ("LoFi", False), "hifi2": ("HiFi2", True), "hifi2na": ("HiFi2", False),
-                     "hifi2fp16": ("HiFi2", False), "hifi4": ("HiFi4", True), "hifi4fp32": ("HiFi4", True)}
+                     "hifi2fp16": ("HiFi2", False), "hifi3": ("HiFi3", True), "hifi4": ("HiFi4", True),
+                     "hifi4fp32": ("HiFi4", True)}
 NAMED = ("performance", "accuracy")
 
 DEFAULT_TENSORS = {"ff1_3": "bfp8", "ff2": "bfp8", "wqkv": "bfp8", "wo": "bfp8", "kv_cache": "bfp8",

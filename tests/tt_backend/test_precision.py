@@ -31,13 +31,14 @@ def test_accuracy_depends_on_the_family():
 
 def test_file_with_base_and_per_layer_overrides(tmp_path):
     f = tmp_path / "mine.json"
-    f.write_text(json.dumps({"base": "accuracy", "tensor_precision": {"ff2": "bfp4"},
+    f.write_text(json.dumps({"base": "accuracy", "tensor_precision": {"ff2": "bfp4"}, "op_fidelity": {"li_ff2": "hifi3"},
                              "decoders": {"1": {"tensor_precision": {"wqkv": "bf16"},
                                                 "op_fidelity": {"li_qkv_decode": "hifi4"}}},
                              "lm_head": "bf16"}))
     cfg = load_precision(str(f), "llama", 3)
     assert cfg.name == "mine" and cfg.lm_head == "bf16"
     assert [l.tensors["ff2"] for l in cfg.layers] == ["bfp4"] * 3
+    assert all(l.fidelity("li_ff2") == ("HiFi3", True) for l in cfg.layers)
     assert [l.tensors["wqkv"] for l in cfg.layers] == ["bfp8", "bf16", "bfp8"]
     assert [l.ops["li_qkv_decode"] for l in cfg.layers] == ["hifi2", "hifi4", "hifi2"]
     assert "layers 1 differ" in cfg.describe()

@@ -23,7 +23,7 @@ from ..test_cli import assert_user_error, run
 def fake_ttnn(devices: int) -> types.ModuleType:
     m = types.ModuleType("ttnn")
     m.bfloat8_b, m.bfloat4_b, m.bfloat16, m.TILE_LAYOUT = "bfp8", "bfp4", "bf16", "tile"
-    m.MathFidelity = types.SimpleNamespace(LoFi="LoFi", HiFi2="HiFi2", HiFi4="HiFi4")
+    m.MathFidelity = types.SimpleNamespace(LoFi="LoFi", HiFi2="HiFi2", HiFi3="HiFi3", HiFi4="HiFi4")
     m.GetNumAvailableDevices = lambda: devices
     m.WormholeComputeKernelConfig = lambda **kw: kw
     m.open_device = lambda device_id: "device0"
