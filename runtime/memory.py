@@ -1,8 +1,10 @@
-"""Give freed heap memory back to the operating system between large steps (glibc only; a no-op elsewhere).
+"""Memory of the process and the machine.
 
+`release_free_memory`: give freed heap memory back to the operating system between large steps (glibc only; a
+no-op elsewhere).
 glibc raises its mmap threshold after large frees, so later tensors of a few MB come from the heap and stay
 resident after they are freed; layer-by-layer passes then creep upward in RSS. `malloc_trim(0)` returns
-those free pages.
+those free pages. `available_bytes`: what the machine can still give (MemAvailable).
 """
 from __future__ import annotations
 
@@ -17,6 +19,18 @@ if _name:
         _libc.malloc_trim  # noqa: B018 (glibc has it; musl and macOS do not)
     except (OSError, AttributeError):
         _libc = None
+
+
+def available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def release_free_memory() -> None:

@@ -9,10 +9,38 @@ import sys
 
 from ..errors import UserError
 from ..runtime.model_loader import LoadedModel
-from .engine import TTEngine
+from ..runtime.memory import available_bytes
+from ..runtime.module_paths import get_module
+from .engine import TTEngine, weights_needing_hi
 from .precision import PrecisionConfig, load_precision
 from .ttnn_device import DeviceTTEngine, require_device
 from .weights import ensure_weights
+
+
+def emulation_bytes(loaded: LoadedModel, config: PrecisionConfig) -> int:
+    """Resident bytes of the emulation's weights: 4 per weight (fp32 SrcA values), 4 more for the weights read at
+    LoFi/HiFi3 (their 5-bit part), 4 per embedding value."""
+    m, f = loaded.model, loaded.family
+    coarse = weights_needing_hi(config)
+    total = 4 * get_module(m, f.embed).weight.numel()
+    for i, layer in enumerate(get_module(m, f.layers)):
+        attn, mlp = getattr(layer, f.attn), getattr(layer, f.mlp)
+        for name, modules in (("wqkv", (getattr(attn, f.q), getattr(attn, f.k), getattr(attn, f.v))),
+                              ("wo", (getattr(attn, f.o),)), ("ff1", (getattr(mlp, f.gate),)),
+                              ("ff3", (getattr(mlp, f.up),)), ("ff2", (getattr(mlp, f.down),))):
+            n = sum(mod.in_features * mod.out_features for mod in modules)
+            total += (8 if f"layers.{i}.{name}" in coarse else 4) * n
+    head = get_module(m, f.lm_head)
+    return total + (8 if "lm_head" in coarse else 4) * head.in_features * head.out_features
+
+
+def check_memory(loaded: LoadedModel, config: PrecisionConfig) -> None:
+    need, free = emulation_bytes(loaded, config), available_bytes()
+    if free is not None and need > free:
+        raise UserError(f"The tt emulation of this model needs about {need / 1e9:.1f} GB for its weights (fp32 "
+                        f"operands, 4-8 bytes per weight) and this machine has {free / 1e9:.1f} GB available.",
+                        "Use a smaller model, or a machine with more memory; the weight cache itself is stored in "
+                        "block-float (about 0.6-1.1 bytes per weight).")
 
 
 def make_tt_engine(loaded: LoadedModel, precision: "str | PrecisionConfig", flash_attention: bool = False,
@@ -25,6 +53,7 @@ def make_tt_engine(loaded: LoadedModel, precision: "str | PrecisionConfig", flas
         require_device()
     config = precision if isinstance(precision, PrecisionConfig) else load_precision(
         precision, loaded.family.model_type, loaded.config.num_hidden_layers)
+    check_memory(loaded, config)
     weights = ensure_weights(loaded, config)
     engine = (DeviceTTEngine if device else TTEngine)(loaded, config, weights)
     where = "Linears on the Tenstorrent card (ttnn), the rest emulated" if device else \

@@ -40,6 +40,20 @@ def stored(x: torch.Tensor, fmt: str) -> torch.Tensor:
     return bf16(x) if fmt == "bf16" else device_round_trip(x, FORMAT_BITS[fmt])
 
 
+# converted linear (weights.py names) -> the op groups that multiply by it
+LINEAR_OPS = {"wqkv": ("li_qkv_decode", "li_qkv_prefill"), "wo": ("li_o_decode", "li_o_prefill"),
+              "ff1": ("li_ff1_3",), "ff3": ("li_ff1_3",), "ff2": ("li_ff2",)}
+
+
+def weights_needing_hi(config: PrecisionConfig) -> set[str]:
+    """Linears some op group multiplies at LoFi or HiFi3 (which read SrcA's 5-bit `hi` part)."""
+    names = {f"layers.{i}.{n}" for i, p in enumerate(config.layers) for n, ops in LINEAR_OPS.items()
+             if any(p.fidelity(o)[0] in ("LoFi", "HiFi3") for o in ops)}
+    if FIDELITY_SETTINGS[config.li_lm_head][0] in ("LoFi", "HiFi3"):
+        names.add("lm_head")
+    return names
+
+
 class TTEngine:
     def __init__(self, loaded: LoadedModel, config: PrecisionConfig, weights: TTWeights) -> None:
         c = loaded.config
@@ -51,8 +65,9 @@ class TTEngine:
         self.n_layers = c.num_hidden_layers
         self.max_context = loaded.max_context
         w = weights.tensors
+        coarse = weights_needing_hi(config)
         self.embed = w["embed"]                                                  # (V, D), bf16 values
-        self.srca = {n: SrcA.of(t) for n, t in w.items() if n in weights.formats}   # linears, [K, N]
+        self.srca = {n: SrcA.of(t, need_hi=n in coarse) for n, t in w.items() if n in weights.formats}  # [K, N]
         rotary = get_module(loaded.model, loaded.family.rotary)
         with torch.no_grad():
             cos, sin = rotary(torch.zeros(1, 1, dtype=torch.float32), torch.arange(self.max_context)[None])

@@ -39,14 +39,20 @@ def split_operand(x: torch.Tensor, hi_bits: int, lo_bits: int) -> tuple[torch.Te
 
 @dataclass(frozen=True)
 class SrcA:
-    """Weights (K, N) float32 as the SrcA register sees them: `full` = hi + lo (9 mantissa bits), `hi` (5)."""
+    """Weights (K, N) float32 as the SrcA register sees them: `full` = hi + lo (9 mantissa bits), `hi` (5).
+
+    `full` is `w` itself (no copy) when w already fits in 9 mantissa bits (bf16 and block-float values do);
+    `hi` is None when built with need_hi=False (then only HiFi2 and HiFi4 can use it)."""
     full: torch.Tensor
-    hi: torch.Tensor
+    hi: torch.Tensor | None
 
     @classmethod
-    def of(cls, w: torch.Tensor) -> "SrcA":
-        hi, lo = split_operand(w, 4, 5)
-        return cls(hi + lo, hi)
+    def of(cls, w: torch.Tensor, need_hi: bool = True) -> "SrcA":
+        w = w.float()
+        full = truncate_mantissa(w, 9)
+        if torch.equal(full, w):
+            full = w
+        return cls(full, truncate_mantissa(w, 4) if need_hi else None)
 
 
 def _accumulate(pairs: list[tuple[torch.Tensor, torch.Tensor]], fp32_dest_acc: bool) -> torch.Tensor:
@@ -69,6 +75,8 @@ def fidelity_matmul_srca(x: torch.Tensor, a: SrcA, fidelity: str = "HiFi4", fp32
     """Emulated device matmul with prepared weights: x (..., M, K) @ a (..., K, N) -> (..., M, N) float32."""
     if fidelity not in FIDELITIES:
         raise ValueError(f"math fidelity must be one of {FIDELITIES}, not {fidelity!r}")
+    if a.hi is None and fidelity in ("LoFi", "HiFi3"):
+        raise ValueError(f"{fidelity} needs SrcA.hi; build the operand with need_hi=True")
     x = x.float()
     b_hi, b_lo = split_operand(x, 6, 4) if fidelity != "HiFi4" else (None, None)
     pairs = {

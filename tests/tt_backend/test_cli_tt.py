@@ -80,3 +80,13 @@ def test_accuracy_mode_beats_performance_mode_on_default_models(model, capsys):
                           EngineOptions(tt_precision=precision), 0)
         top1[precision] = r["top1"]
     assert top1["accuracy"] > top1["performance"], top1
+
+
+def test_too_little_memory_is_refused_before_converting(checkpoints, capsys, monkeypatch):
+    from edgeawq.tt_backend import backend
+
+    monkeypatch.setattr(backend, "available_bytes", lambda: 1000)
+    code, _, err = run(["--task", "decode", "--target", "tt", "--model", str(checkpoints["llama3"]), "--prompt", "x",
+                        "--max_new_tokens", "2"], capsys)
+    assert_user_error(code, err, "needs about", "GB available", "Use a smaller model")
+    assert "[tt] converting" not in err

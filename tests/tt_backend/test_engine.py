@@ -64,7 +64,7 @@ def test_structure_equals_the_reference_without_device_rounding(checkpoints, tmp
     monkeypatch.setattr(engine_module, "bf16", lambda x: x.float())
     monkeypatch.setattr(engine_module, "stored", lambda x, fmt: x.float())
     monkeypatch.setattr(engine_module, "fidelity_matmul_srca", lambda x, a, fidelity, acc: x.float() @ a)
-    monkeypatch.setattr(engine_module.SrcA, "of", staticmethod(lambda t: t.float()))   # no operand truncation
+    monkeypatch.setattr(engine_module.SrcA, "of", staticmethod(lambda t, need_hi=True: t.float()))   # no operand truncation
     got = _run(make_tt_engine(_bf16_exact(checkpoints[family]), _config(tmp_path, LOSSLESS)))
     for a, b in zip(ref, got):
         assert (a - b).abs().max().item() <= 1e-4

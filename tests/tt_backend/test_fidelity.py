@@ -48,3 +48,17 @@ def test_bf16_accumulation_rounds_per_16_chunk():
 def test_unknown_fidelity():
     with pytest.raises(ValueError, match="HiFi"):
         fidelity_matmul(torch.ones(1, 16), torch.ones(16, 1), "HiFi5")
+
+
+def test_srca_shares_exact_weights_and_builds_hi_only_when_asked():
+    from edgeawq.tt_backend.fidelity import SrcA, fidelity_matmul_srca
+
+    w = round_trip(torch.randn(64, 32), 8)
+    a = SrcA.of(w, need_hi=False)
+    assert a.full.data_ptr() == w.data_ptr() and a.hi is None          # block-float values fit in 9 bits: no copy
+    x = torch.randn(3, 64)
+    assert torch.equal(fidelity_matmul_srca(x, a, "HiFi2"), fidelity_matmul(x, w, "HiFi2"))
+    with pytest.raises(ValueError, match="needs SrcA.hi"):
+        fidelity_matmul_srca(x, a, "LoFi")
+    odd = torch.full((16, 1), 1.0 + 2 ** -12)                           # 12 mantissa bits: truncated copy
+    assert SrcA.of(odd).full[0, 0].item() == 1.0
