@@ -112,3 +112,13 @@ def test_error_of_the_largest_value_in_a_block(bits, max_rel):
     absmax = x.abs().amax(dim=1, keepdim=True)
     assert (err <= absmax * max_rel + 1e-12).all()
     assert math.isclose(float(round_trip(torch.ones(1, 16) * 3.0, 2)[0, 0]), 2.0)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_chunked_conversion_equals_one_pass(bits):
+    from edgeawq.tt_backend.blockfloat import _chunk_rows, _pack_tiles
+
+    x = torch.randn(_chunk_rows(300) + 70, 300)                  # more rows than one chunk, ragged last chunk
+    packed = pack_tiles(x, bits)
+    assert torch.equal(packed, _pack_tiles(x, bits))
+    assert torch.equal(unpack_tiles(packed, bits, *x.shape), round_trip(x, bits))
