@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..kernels.qlinear import QLinearPerGrp
+from .memory import proc_kb_field
 
 
 @dataclass
@@ -68,14 +69,8 @@ def reset_peak_rss() -> None:
 
 def peak_rss_bytes() -> int:
     """Peak resident memory since the last `reset_peak_rss` (VmHWM), else since the process started."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = proc_kb_field("/proc/self/status", "VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 @torch.inference_mode()

@@ -21,16 +21,21 @@ if _name:
         _libc = None
 
 
-def available_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo (Linux), or None where it cannot be read."""
+def proc_kb_field(path: str, key: str) -> int | None:
+    """A "Key:   N kB" line of a /proc file (meminfo, self/status) in bytes, or None where it cannot be read."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return None
+
+
+def available_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), or None where it cannot be read."""
+    return proc_kb_field("/proc/meminfo", "MemAvailable")
 
 
 def release_free_memory() -> None:
