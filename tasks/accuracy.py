@@ -48,7 +48,10 @@ def accuracy_task(model_path: str | None, target: str, dtype: str, act_dtype: st
 def per_token_rows(report: AccuracyReport, tokenizer, count: int) -> list[dict]:
     """The first `count` decode positions of the first window (the demo README's per-token table)."""
     rows = [r for r in report.rows if r.window == 0 and r.mode == "decode"][:count]
-    text = lambda t: tokenizer.decode([t]).replace("\n", "\\n").replace("|", "/")
+
+    def text(token: int) -> str:                       # one table cell: newlines and pipes made visible
+        return tokenizer.decode([token]).replace("\n", "\\n").replace("|", "/")
+
     return [{"position": r.position, "input": text(r.token), "reference_top1": text(r.reference_top1),
              "target_top1": text(r.target_top1), "match": r.reference_top1 == r.target_top1, "pcc": r.pcc}
             for r in rows]
