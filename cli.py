@@ -26,9 +26,9 @@ TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplex
 @click.option("--tt_precision", default="performance", show_default=True,
               help="tt: precision config: performance, accuracy (tt-metal LLM demo defaults) or a JSON file with "
                    "per-layer overrides (docs/tenstorrent.md).")
-@click.option("--tt_device", is_flag=True,
-              help="tt: run the Linears on a Tenstorrent card through ttnn (needs ttnn and a card; untested by this "
-                   "project). Without it the tt target is a CPU emulation.")
+@click.option("--tt_device", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="tt: run the Linears on a Tenstorrent card through ttnn (untested by this project). auto: when "
+                   "ttnn sees a card, else the CPU emulation; on: the card or an error; off: always the emulation.")
 @click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
               help="cpu: onnx = the exported ONNX Runtime graph on the CPU provider (fast path); torch = PyTorch "
                    "(the reference). auto: onnx for quantized checkpoints, torch for float ones, --flash_attention "
@@ -136,7 +136,7 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
         calib_dataset: str | None, n_samples: int, seqlen: int | None, duo_scaling: bool, dataset: str,
         nsamples: int | None, compare: bool, float_model: str | None, fmt: str, prompt_lengths: str | None,
         new_tokens: int, repeats: int, random_weights: bool, profile: str | None, act_dtype: str,
-        engine: str, tt_precision: str, tt_device: bool, pcc_tokens: int, ep: str | None, strict_ep: bool, onnx_dir: str | None, accuracy_level: int, compare_target: str | None,
+        engine: str, tt_precision: str, tt_device: str, pcc_tokens: int, ep: str | None, strict_ep: bool, onnx_dir: str | None, accuracy_level: int, compare_target: str | None,
         debug: bool) -> None:
     """Quantize Llama-family models with AWQ and run them on CPU, NPU and Tenstorrent targets.
 

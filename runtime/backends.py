@@ -27,7 +27,7 @@ class EngineOptions:
     onnx_dir: Path | None = None         # npu: export folder (None = the export cache)
     accuracy_level: int = 4              # npu: MatMulNBits accuracy_level of the export
     tt_precision: str = "performance"    # tt: performance, accuracy or a precision JSON file
-    tt_device: bool = False              # tt: Linears on a Tenstorrent card through ttnn (untested here)
+    tt_device: str = "auto"              # tt: Linears on a Tenstorrent card through ttnn: auto, on, off
 
 
 @dataclass(frozen=True)

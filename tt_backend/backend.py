@@ -1,7 +1,8 @@
 """The tt target's engine factory: precision config -> converted weights (cached) -> engine.
 
-The engine is the CPU emulation (engine.py), or with `--tt_device` the same engine with its Linears on a
-Tenstorrent card through ttnn (ttnn_device.py; untested here: no ttnn wheel for Python 3.11, no card).
+The engine is the CPU emulation (engine.py), or the same engine with its Linears on a Tenstorrent card through
+ttnn (ttnn_device.py; untested here: no ttnn wheel for Python 3.11, no card): `--tt_device auto` uses the card when
+ttnn sees one, `on` requires it, `off` always emulates.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ..runtime.memory import available_bytes
 from ..runtime.module_paths import get_module
 from .engine import TTEngine, weights_needing_hi
 from .precision import PrecisionConfig, load_precision
-from .ttnn_device import DeviceTTEngine, require_device
+from .ttnn_device import DeviceTTEngine, require_device, unavailable_reason
 from .weights import ensure_weights
 
 
@@ -44,19 +45,22 @@ def check_memory(loaded: LoadedModel, config: PrecisionConfig) -> None:
 
 
 def make_tt_engine(loaded: LoadedModel, precision: "str | PrecisionConfig", flash_attention: bool = False,
-                   device: bool = False) -> TTEngine:
+                   device: str = "off") -> TTEngine:
     """`precision`: a --tt_precision value (name or JSON path) or a resolved config; `device`: --tt_device."""
     if flash_attention:
         raise UserError("--flash_attention selects the PyTorch engine of the cpu target; the tt target runs its "
                         "own attention with a KV cache in the config's format.", "Drop --flash_attention.")
-    if device:
+    if device not in ("auto", "on", "off"):
+        raise UserError(f"--tt_device {device!r} is not auto, on or off.", "Use one of those.")
+    if device == "on":
         require_device()
+    on_card = device == "on" or (device == "auto" and unavailable_reason() is None)
     config = precision if isinstance(precision, PrecisionConfig) else load_precision(
         precision, loaded.family.model_type, loaded.config.num_hidden_layers)
     check_memory(loaded, config)
     weights = ensure_weights(loaded, config)
-    engine = (DeviceTTEngine if device else TTEngine)(loaded, config, weights)
-    where = "Linears on the Tenstorrent card (ttnn), the rest emulated" if device else \
+    engine = (DeviceTTEngine if on_card else TTEngine)(loaded, config, weights)
+    where = "Linears on the Tenstorrent card (ttnn), the rest emulated" if on_card else \
         "CPU emulation of Tenstorrent numerics"
     print(f"[tt] {where}, precision {config.describe()}", file=sys.stderr)
     loaded.model.to("meta")          # release the PyTorch weights: the engine holds the device-side values

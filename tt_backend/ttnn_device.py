@@ -1,4 +1,4 @@
-"""Matmuls on a real Tenstorrent card through ttnn (`--tt_device`). UNTESTED here: ttnn has no wheel for this
+"""Matmuls on a real Tenstorrent card through ttnn (`--tt_device auto|on`). UNTESTED here: ttnn has no wheel for this
 project's Python (3.11) and no card is available; everything around it (the capability check, the errors) is tested.
 
 With a card present, `DeviceTTEngine` runs every Linear (q/k/v, o, gate, up, down, lm_head) as `ttnn.matmul` on
@@ -34,8 +34,8 @@ def unavailable_reason() -> str | None:
 def require_device() -> None:
     reason = unavailable_reason()
     if reason:
-        raise UserError(f"--tt_device needs a Tenstorrent card through ttnn: {reason}.",
-                        "Drop --tt_device to run the CPU emulation of the card's numerics.")
+        raise UserError(f"--tt_device on needs a Tenstorrent card through ttnn: {reason}.",
+                        "Use --tt_device auto or off to run the CPU emulation of the card's numerics.")
 
 
 class DeviceTTEngine(TTEngine):

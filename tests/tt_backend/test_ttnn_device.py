@@ -1,4 +1,4 @@
-"""--tt_device: the capability check and its errors (this machine has neither ttnn nor a card), and the wiring of
+"""--tt_device auto|on|off: the capability check and its errors (this machine has neither ttnn nor a card), and the wiring of
 DeviceTTEngine against a stand-in ttnn module whose matmul is the project's own fidelity emulation. The real
 ttnn calls are untested here (see tt_backend/ttnn_device.py)."""
 from __future__ import annotations
@@ -48,9 +48,12 @@ def with_fake_ttnn(monkeypatch):
 def test_cli_without_ttnn(checkpoints, capsys):
     if importlib.util.find_spec("ttnn") is not None:
         pytest.skip("ttnn is installed here")
-    code, _, err = run(["--task", "decode", "--target", "tt", "--tt_device", "--model", str(checkpoints["llama3"]),
-                        "--prompt", "x", "--max_new_tokens", "2"], capsys)
-    assert_user_error(code, err, "ttnn is not installed", "Drop --tt_device")
+    code, _, err = run(["--task", "decode", "--target", "tt", "--tt_device", "on", "--model",
+                        str(checkpoints["llama3"]), "--prompt", "x", "--max_new_tokens", "2"], capsys)
+    assert_user_error(code, err, "ttnn is not installed", "Use --tt_device auto or off")
+    code, out, err = run(["--task", "decode", "--target", "tt", "--model", str(checkpoints["llama3"]), "--prompt", "x",
+                          "--max_new_tokens", "2", "--ignore_eos"], capsys)         # auto: the emulation
+    assert code == 0 and "[tt] CPU emulation" in err
 
 
 def test_no_card_and_mock_cluster_are_refused(with_fake_ttnn, monkeypatch):
@@ -66,7 +69,7 @@ def test_device_engine_wiring_matches_the_emulation(checkpoints, with_fake_ttnn,
     with_fake_ttnn(devices=1)
     ids = torch.tensor([list(range(10, 22))])
     outs = []
-    for device in (False, True):
+    for device in ("off", "on"):
         engine = make_tt_engine(load_model(checkpoints["qwen2"], "fp32", "fp32"), "performance", device=device)
         engine.start(1, 16)
         outs.append(engine.forward(ids, torch.arange(12)[None], torch.ones_like(ids), last_only=False))
@@ -79,4 +82,11 @@ def test_bfp2_has_no_ttnn_dtype(checkpoints, with_fake_ttnn, tmp_path):
     spec = tmp_path / "p.json"
     spec.write_text(json.dumps({"tensor_precision": {"ff2": "bfp2"}}))
     with pytest.raises(UserError, match="no dtype for bfp2"):
-        make_tt_engine(load_model(checkpoints["llama3"], "fp32", "fp32"), str(spec), device=True)
+        make_tt_engine(load_model(checkpoints["llama3"], "fp32", "fp32"), str(spec), device="on")
+
+
+@pytest.mark.parametrize("devices, expected", [(1, "Linears on the Tenstorrent card"), (0, "CPU emulation")])
+def test_auto_uses_the_card_only_when_ttnn_sees_one(checkpoints, with_fake_ttnn, capsys, devices, expected):
+    with_fake_ttnn(devices=devices)
+    make_tt_engine(load_model(checkpoints["llama3"], "fp32", "fp32"), "accuracy", device="auto")
+    assert f"[tt] {expected}" in capsys.readouterr().err
