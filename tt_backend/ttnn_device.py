@@ -45,6 +45,7 @@ class DeviceTTEngine(TTEngine):
         super().__init__(*args, **kwargs)
         import ttnn
 
+        self.name = f"tt-device ({self.config.name})"
         self.ttnn = ttnn
         self.device = ttnn.open_device(device_id=0)
         dtypes = {"bfp8": ttnn.bfloat8_b, "bfp4": ttnn.bfloat4_b, "bf16": ttnn.bfloat16}

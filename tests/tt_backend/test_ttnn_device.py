@@ -73,6 +73,7 @@ def test_device_engine_wiring_matches_the_emulation(checkpoints, with_fake_ttnn,
         engine = make_tt_engine(load_model(checkpoints["qwen2"], "fp32", "fp32"), "performance", device=device)
         engine.start(1, 16)
         outs.append(engine.forward(ids, torch.arange(12)[None], torch.ones_like(ids), last_only=False))
+        assert engine.name == ("tt-device (performance)" if device == "on" else "tt-emulation (performance)")
     assert "Linears on the Tenstorrent card" in capsys.readouterr().err
     assert torch.equal(outs[0], outs[1])
 
