@@ -14,7 +14,7 @@ from ..runtime.accuracy import AccuracyReport, teacher_forced_accuracy
 from ..runtime.backends import EngineOptions, require
 from ..runtime.model_loader import load_model
 from ..runtime.perplexity import eval_windows, load_eval_text
-from .perplexity import _recorded_source
+from .perplexity import recorded_source
 
 
 def accuracy_task(model_path: str | None, target: str, dtype: str, act_dtype: str, dataset: str, seqlen: int,
@@ -22,7 +22,7 @@ def accuracy_task(model_path: str | None, target: str, dtype: str, act_dtype: st
                   pcc_tokens: int = 16) -> dict:
     backend = require(target)
     loaded = load_model(model_path, dtype, act_dtype)
-    reference_path = float_model or (_recorded_source(loaded.source) if loaded.quant is not None else
+    reference_path = float_model or (recorded_source(loaded.source) if loaded.quant is not None else
                                      str(loaded.source))
     reference = load_model(reference_path, "fp32", "fp32")
     if reference.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():

@@ -43,7 +43,7 @@ def perplexity_task(model_path: str | None, target: str, dtype: str, act_dtype: 
             if loaded.quant is None:
                 raise UserError("--compare needs a quantized --model (or --float_model to compare against).",
                                 "Pass a quantized checkpoint, or name the other model with --float_model.")
-            source = _recorded_source(loaded.source)
+            source = recorded_source(loaded.source)
         f_loaded, _, _, f_ppl, f_nll = _evaluate(source, target, dtype, act_dtype, flash_attention, windows=windows,
                                                   engine_options=engine_options)
         if f_loaded.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
@@ -55,7 +55,7 @@ def perplexity_task(model_path: str | None, target: str, dtype: str, act_dtype: 
     return result
 
 
-def _recorded_source(folder) -> str:
+def recorded_source(folder) -> str:
     raw = json.loads((folder / "config.json").read_text())
     source = raw.get("quantization_config", {}).get("source_model")
     if not source:

@@ -15,24 +15,17 @@ from ..runtime.module_paths import get_module
 from .engine import TTEngine, weights_needing_hi
 from .precision import PrecisionConfig, load_precision
 from .ttnn_device import DeviceTTEngine, require_device, unavailable_reason
-from .weights import ensure_weights
+from .weights import ensure_weights, linear_modules
 
 
 def emulation_bytes(loaded: LoadedModel, config: PrecisionConfig) -> int:
     """Resident bytes of the emulation's weights: 4 per weight (fp32 SrcA values), 4 more for the weights read at
     LoFi/HiFi3 (their 5-bit part), 4 per embedding value."""
-    m, f = loaded.model, loaded.family
     coarse = weights_needing_hi(config)
-    total = 4 * get_module(m, f.embed).weight.numel()
-    for i, layer in enumerate(get_module(m, f.layers)):
-        attn, mlp = getattr(layer, f.attn), getattr(layer, f.mlp)
-        for name, modules in (("wqkv", (getattr(attn, f.q), getattr(attn, f.k), getattr(attn, f.v))),
-                              ("wo", (getattr(attn, f.o),)), ("ff1", (getattr(mlp, f.gate),)),
-                              ("ff3", (getattr(mlp, f.up),)), ("ff2", (getattr(mlp, f.down),))):
-            n = sum(mod.in_features * mod.out_features for mod in modules)
-            total += (8 if f"layers.{i}.{name}" in coarse else 4) * n
-    head = get_module(m, f.lm_head)
-    return total + (8 if "lm_head" in coarse else 4) * head.in_features * head.out_features
+    total = 4 * get_module(loaded.model, loaded.family.embed).weight.numel()
+    for name, modules in linear_modules(loaded):
+        total += (8 if name in coarse else 4) * sum(mod.in_features * mod.out_features for mod in modules)
+    return total
 
 
 def check_memory(loaded: LoadedModel, config: PrecisionConfig) -> None:

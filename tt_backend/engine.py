@@ -111,10 +111,11 @@ class TTEngine:
         keys = self.k[i, :, :, :S].repeat_interleave(self.nh // self.nkv, dim=1)      # (B, nh, S, hd)
         values = self.v[i, :, :, :S].repeat_interleave(self.nh // self.nkv, dim=1)
         fid = p.fidelity(f"sdpa_{mode}")
-        scores = fidelity_matmul_srca(q, SrcA.of(keys.transpose(-1, -2)), *fid) * self.hd ** -0.5  # (B, nh, T, S)
+        coarse = fid[0] in ("LoFi", "HiFi3")                  # only these read SrcA's 5-bit part
+        scores = fidelity_matmul_srca(q, SrcA.of(keys.transpose(-1, -2), coarse), *fid) * self.hd ** -0.5  # (B,nh,T,S)
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = bf16(torch.softmax(scores, dim=-1))
-        out = stored(fidelity_matmul_srca(probs, SrcA.of(values), *fid), act)         # (B, nh, T, hd)
+        out = stored(fidelity_matmul_srca(probs, SrcA.of(values, coarse), *fid), act)  # (B, nh, T, hd)
         out = out.transpose(1, 2).reshape(B, T, self.nh * self.hd)
         return stored(self.linear(out, f"layers.{i}.wo", p.fidelity(f"li_o_{mode}")), act)
 

@@ -67,24 +67,32 @@ def _float_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach().float()
 
 
+def linear_modules(loaded: LoadedModel):
+    """Yield (converted name, the source modules it concatenates along the output) for every converted linear:
+    layers.{i}.wqkv (q, k, v), .wo, .ff1 (gate), .ff3 (up), .ff2 (down), then lm_head."""
+    m, f = loaded.model, loaded.family
+    for i, layer in enumerate(get_module(m, f.layers)):
+        attn, mlp = getattr(layer, f.attn), getattr(layer, f.mlp)
+        yield f"layers.{i}.wqkv", tuple(getattr(attn, n) for n in (f.q, f.k, f.v))
+        yield f"layers.{i}.wo", (getattr(attn, f.o),)
+        yield f"layers.{i}.ff1", (getattr(mlp, f.gate),)
+        yield f"layers.{i}.ff3", (getattr(mlp, f.up),)
+        yield f"layers.{i}.ff2", (getattr(mlp, f.down),)
+    yield "lm_head", (get_module(m, f.lm_head),)
+
+
 def source_tensors(loaded: LoadedModel):
     """Yield (name, float32 tensor, is_linear) of everything the tt engine needs; linears as [K, N]."""
     m, f = loaded.model, loaded.family
     yield "embed", get_module(m, f.embed).weight.detach().float(), False
+    for name, modules in linear_modules(loaded):
+        yield name, torch.cat([_float_weight(p) for p in modules]).t(), True
+        if name.endswith(".wqkv") and modules[0].bias is not None:
+            yield name[:-4] + "bqkv", torch.cat([p.bias.detach().float() for p in modules]), False
     for i, layer in enumerate(get_module(m, f.layers)):
-        attn, mlp = getattr(layer, f.attn), getattr(layer, f.mlp)
-        q, k, v = (getattr(attn, n) for n in (f.q, f.k, f.v))
-        yield f"layers.{i}.wqkv", torch.cat([_float_weight(p) for p in (q, k, v)]).t(), True
-        if q.bias is not None:
-            yield f"layers.{i}.bqkv", torch.cat([p.bias.detach().float() for p in (q, k, v)]), False
-        yield f"layers.{i}.wo", _float_weight(getattr(attn, f.o)).t(), True
-        yield f"layers.{i}.ff1", _float_weight(getattr(mlp, f.gate)).t(), True
-        yield f"layers.{i}.ff3", _float_weight(getattr(mlp, f.up)).t(), True
-        yield f"layers.{i}.ff2", _float_weight(getattr(mlp, f.down)).t(), True
         yield f"layers.{i}.attn_norm", getattr(layer, f.input_norm).weight.detach().float(), False
         yield f"layers.{i}.ffn_norm", getattr(layer, f.post_attn_norm).weight.detach().float(), False
     yield "norm", get_module(m, f.final_norm).weight.detach().float(), False
-    yield "lm_head", _float_weight(get_module(m, f.lm_head)).t(), True
 
 
 def _ttnn_version() -> str | None:
