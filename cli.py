@@ -29,10 +29,12 @@ TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplex
 @click.option("--tt_device", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="tt: run the Linears on a Tenstorrent card through ttnn (untested by this project). auto: when "
                    "ttnn sees a card, else the CPU emulation; on: the card or an error; off: always the emulation.")
-@click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto", show_default=True,
-              help="cpu: onnx = the exported ONNX Runtime graph on the CPU provider (fast path); torch = PyTorch "
-                   "(the reference). auto: onnx for quantized checkpoints, torch for float ones, --flash_attention "
-                   "and --act_dtype aie.")
+@click.option("--engine", type=click.Choice(["auto", "native", "onnx", "torch"]), default="auto",
+              show_default=True,
+              help="cpu: native = the project's own C++ decoder (int8 x 2/3/4-bit kernels, built at first use); "
+                   "onnx = the exported ONNX Runtime graph on the CPU provider; torch = PyTorch (the reference). "
+                   "auto: native for quantized checkpoints it can run (else onnx), torch for float ones, "
+                   "--flash_attention and --act_dtype aie.")
 @click.option("--ep", default=None,
               help="npu: execution-provider preference list, comma-separated (short or full names). Default: "
                    "VitisAI,QNN,OpenVINO,DML,CPU.")

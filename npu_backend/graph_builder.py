@@ -32,7 +32,7 @@ from torch import nn
 
 from ..kernels.formats import native_format, unpack
 from ..kernels.qlinear import QLinearPerGrp
-from ..runtime.fusion import head_dim, layer_windows
+from ..runtime.fusion import head_dim, layer_windows, rope_half_tables
 from ..runtime.model_loader import LoadedModel
 from ..runtime.module_paths import get_module
 from .matmulnbits import to_matmulnbits
@@ -129,14 +129,8 @@ class DecoderGraphBuilder:
         return w.node("GatherND", [h, idx], name="keep_logit_positions", batch_dims=1)                  # (B, n, D)
 
     def rope_tables(self) -> tuple[str, str]:
-        hd = head_dim(self.c)
-        n = int(getattr(self.c, "max_position_embeddings", 2048))
-        rotary = get_module(self.m, self.f.rotary)
-        probe = torch.zeros(1, 1, hd, dtype=torch.float32)
-        with torch.no_grad():
-            cos, sin = rotary(probe, torch.arange(n)[None])          # (1, n, hd) each, rotate-half layout
-        return (self.w.weight("rope.cos", cos[0, :, : hd // 2].float().contiguous()),
-                self.w.weight("rope.sin", sin[0, :, : hd // 2].float().contiguous()))
+        cos, sin = rope_half_tables(self.m, self.c, self.f)
+        return self.w.weight("rope.cos", cos), self.w.weight("rope.sin", sin)
 
     def embedding(self, input_ids: str) -> str:
         table = get_module(self.m, self.f.embed).weight.detach()

@@ -15,12 +15,13 @@ from .engines import make_engine
 from .model_loader import LoadedModel
 
 
-CPU_ENGINES = ("auto", "onnx", "torch")
+CPU_ENGINES = ("auto", "native", "onnx", "torch")
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    engine: str = "auto"                 # cpu: onnx (whole-graph ONNX Runtime), torch (PyTorch reference), auto
+    engine: str = "auto"                 # cpu: native (own C++ decoder), onnx (whole-graph ONNX Runtime), torch
+                                         # (PyTorch reference), auto
     flash_attention: bool = False        # cpu torch engine: grouped QKV + static KV cache
     ep: str | None = None                # npu: execution-provider preference list (None = the default list)
     strict_ep: bool = False              # npu: a fallback to the CPU provider is an error
@@ -39,23 +40,39 @@ class Backend:
 
 
 def cpu_engine_choice(loaded: LoadedModel, options: EngineOptions) -> str:
-    """auto -> onnx for quantized checkpoints with the reference numerics (the fast path), else torch.
-    --flash_attention or --act_dtype aie name the PyTorch engine explicitly."""
+    """auto -> native for quantized checkpoints with the reference numerics when the native kernels can run them
+    (the fast path), else onnx, else torch. --flash_attention or --act_dtype aie name the PyTorch engine."""
     if options.engine not in CPU_ENGINES:
         raise UserError(f"Unknown --engine {options.engine!r}.", f"Use one of: {', '.join(CPU_ENGINES)}.")
     aie = any(getattr(m, "numerics", "") == "aie" for m in loaded.model.modules())
-    if options.engine == "onnx":
+    if options.engine in ("onnx", "native"):
         if options.flash_attention or aie:
-            raise UserError("--engine onnx runs the exported ONNX Runtime graph; --flash_attention and --act_dtype "
-                            "aie select PyTorch engines.", "Drop one of them (or use --engine torch).")
-        return "onnx"
+            raise UserError(f"--engine {options.engine} runs its own graph; --flash_attention and --act_dtype aie "
+                            "select PyTorch engines.", "Drop one of them (or use --engine torch).")
+        if options.engine == "native":
+            from .native_engine import native_problem
+
+            problem = native_problem(loaded)
+            if problem:
+                raise UserError(f"--engine native cannot run this model: {problem}.",
+                                "Use --engine onnx or --engine torch (or --engine auto, which picks one).")
+        return options.engine
     if options.engine == "torch" or options.flash_attention or aie or loaded.quant is None:
         return "torch"
+    from .native_engine import native_problem
+
+    if native_problem(loaded) is None:
+        return "native"
     return "onnx" if _npu_unavailable() is None else "torch"
 
 
 def _cpu_engine(loaded: LoadedModel, options: EngineOptions):
-    if cpu_engine_choice(loaded, options) == "onnx":
+    choice = cpu_engine_choice(loaded, options)
+    if choice == "native":
+        from .native_engine import NativeEngine
+
+        return NativeEngine(loaded)
+    if choice == "onnx":
         from ..npu_backend.backend import make_npu_engine
 
         return make_npu_engine(loaded, replace(options, ep="CPU", strict_ep=False), label="cpu")

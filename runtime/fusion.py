@@ -5,6 +5,7 @@ Module names come from the family table; after fusion each decoder layer has `<a
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..kernels.fused_modules import FusedGateUpMLP, GroupedQKVAttention
@@ -26,6 +27,17 @@ def layer_windows(config) -> list[int | None]:
 
 def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+@torch.no_grad()
+def rope_half_tables(model: nn.Module, config, family: Family) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin float32 (max_position_embeddings, head_dim / 2) from the model's own rotary module (so Llama-3
+    scaling and the like are included): row p is position p, column i the angle of rotate-half pair (i, i+hd/2)."""
+    hd = head_dim(config)
+    n = int(getattr(config, "max_position_embeddings", 2048))
+    probe = torch.zeros(1, 1, hd, dtype=torch.float32)
+    cos, sin = get_module(model, family.rotary)(probe, torch.arange(n)[None])     # (1, n, hd) each
+    return cos[0, :, : hd // 2].float().contiguous(), sin[0, :, : hd // 2].float().contiguous()
 
 
 def fuse_model(model: nn.Module, config, family: Family) -> None:

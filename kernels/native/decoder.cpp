@@ -1,0 +1,521 @@
+// The cpu target's native engine: the whole Llama-family decoder for per-group 4-bit-container weights
+// (2/3/4-bit codes), int8 activations per weight group (the int8 path MatMulNBits takes at accuracy_level 4 and
+// llama.cpp takes with Q8_0), fp32 everything else. Built at first use by kernels/native_build.py.
+//
+// Weight layout of one quantized Linear (N outputs, K inputs, group size g, R = ceil(N/16) blocks of 16 rows,
+// G = K/g groups; kernels/native_pack.py writes it):
+//   lines uint8 (R, G, g/8, 64): for row block r, group j, step p: byte 4*i + b (i = row in block 0..15,
+//       b = 0..3) holds code[16r + i, j*g + 8p + b] in its low nibble and code[16r + i, j*g + 8p + 4 + b] in its
+//       high nibble. One 64-byte line = 16 rows x 8 codes.
+//   meta uint8 (R, G, 48): 16 fp16 scales (rows 16r..16r+15 of group j), then 16 uint8 zero points.
+// Rows past N (padding of the last block) have code 0, scale 0, zero 0.
+// W[n, k] = (code - zero) * scale. Activations per token and group: s = max|x| / 127, q = round-half-even(x / s)
+// (0 when s == 0), so y[n] = sum_j scale[n,j] * s_j * (sum_k code*q - zero[n,j] * sum_k q), exact in int32.
+#include <torch/extension.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define EDGEAWQ_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define EDGEAWQ_AVX512 0
+#else
+#error "edgeawq native kernels need AVX2 + FMA + F16C (or AVX-512 VNNI)"
+#endif
+
+namespace {
+
+// ---- a small spin pool: the caller plus (threads - 1) workers, spinning only inside a session ----------------
+class Pool {
+  public:
+    explicit Pool(int threads) : n_(std::max(1, threads)) {
+        for (int i = 1; i < n_; ++i) workers_.emplace_back([this, i] { loop(i); });
+    }
+    ~Pool() {
+        { std::lock_guard<std::mutex> l(m_); stop_ = true; }
+        cv_.notify_all();
+        for (auto& t : workers_) t.join();
+    }
+    int size() const { return n_; }
+    // Workers spin for jobs between open() and close() and sleep otherwise.
+    void open() { { std::lock_guard<std::mutex> l(m_); active_ = true; } cv_.notify_all(); }
+    void close() { std::lock_guard<std::mutex> l(m_); active_ = false; }
+    // fn(begin, end) over [0, n) split into size() contiguous parts; returns when all parts are done.
+    // fn must not throw (it runs on worker threads).
+    void run(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+        if (n_ == 1 || n <= 1) { fn(0, n); return; }
+        job_ = &fn; total_ = n;
+        pending_.store(n_ - 1, std::memory_order_relaxed);
+        generation_.fetch_add(1, std::memory_order_release);
+        part(0, fn);
+        while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+    }
+  private:
+    void part(int i, const std::function<void(int64_t, int64_t)>& fn) {
+        int64_t b = total_ * i / n_, e = total_ * (i + 1) / n_;
+        if (b < e) fn(b, e);
+    }
+    void loop(int i) {
+        uint64_t seen = 0;                      // generation_ starts at 0 when the pool is made
+        for (;;) {
+            {
+                std::unique_lock<std::mutex> l(m_);
+                cv_.wait(l, [this] { return active_.load() || stop_.load(); });
+                if (stop_) return;
+            }
+            while (active_.load(std::memory_order_relaxed) && !stop_.load(std::memory_order_relaxed)) {
+                const uint64_t g = generation_.load(std::memory_order_acquire);
+                if (g != seen) {
+                    seen = g;
+                    part(i, *job_);
+                    pending_.fetch_sub(1, std::memory_order_acq_rel);
+                } else {
+                    _mm_pause();
+                }
+            }
+        }
+    }
+    int n_;
+    std::vector<std::thread> workers_;
+    std::mutex m_;
+    std::condition_variable cv_;
+    std::atomic<bool> active_{false}, stop_{false};
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int> pending_{0};
+    const std::function<void(int64_t, int64_t)>* job_ = nullptr;
+    int64_t total_ = 0;
+};
+
+// One pool per process (the decoder and the lm_head share it, so no two pools ever spin against each other).
+Pool& shared_pool(int threads) {
+    static std::unique_ptr<Pool> pool;
+    if (!pool || pool->size() != std::max(1, threads)) pool = std::make_unique<Pool>(threads);
+    return *pool;
+}
+
+// Opens the pool for the scope of one call.
+struct Session {
+    Pool& pool;
+    explicit Session(Pool& p) : pool(p) { pool.open(); }
+    ~Session() { pool.close(); }
+};
+
+// ---- int8 activations ------------------------------------------------------------------------------------
+struct QActs {
+    std::vector<int8_t> q;      // (M, K)
+    std::vector<float> scale;   // (M, G)
+    std::vector<int32_t> sum;   // (M, G)
+};
+
+void quantize_rows(const float* x, int64_t M, int64_t K, int64_t g, QActs& a, Pool& pool) {
+    const int64_t G = K / g;
+    a.q.resize(M * K); a.scale.resize(M * G); a.sum.resize(M * G);
+    pool.run(M * G, [&](int64_t b, int64_t e) {
+        for (int64_t mg = b; mg < e; ++mg) {
+            const float* xs = x + mg * g;                         // row m, group j: contiguous since K = G * g
+            float amax = 0.f;
+            for (int64_t k = 0; k < g; ++k) amax = std::max(amax, std::fabs(xs[k]));
+            const float s = amax / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
+            int8_t* q = a.q.data() + mg * g;
+            int32_t sum = 0;
+            for (int64_t k = 0; k < g; ++k) {
+                const int v = (int)std::nearbyint(xs[k] * inv);
+                q[k] = (int8_t)v; sum += v;
+            }
+            a.scale[mg] = s; a.sum[mg] = sum;
+        }
+    });
+}
+
+// ---- quantized matmul: y (M, N) = x (M, K) @ W^T (+ bias) -------------------------------------------------
+struct QLinear {
+    torch::Tensor lines, meta, bias;   // bias: float32 (N,) or undefined
+    int64_t N = 0, K = 0, g = 0;
+};
+
+#if EDGEAWQ_AVX512
+// T tokens x one 16-row block over all groups; y rows strided by ldy.
+template <int T>
+inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
+    const int64_t G = w.K / w.g, steps = w.g / 8;
+    const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * 64;
+    const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * 48;
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    __m512 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < G; ++j) {
+        __m512i ia[T], ib[T];
+        for (int t = 0; t < T; ++t) { ia[t] = _mm512_setzero_si512(); ib[t] = _mm512_setzero_si512(); }
+        const uint8_t* L = lines + j * steps * 64;
+        for (int64_t p = 0; p < steps; ++p) {
+            if (T == 1) _mm_prefetch((const char*)(L + p * 64 + 2048), _MM_HINT_NTA);
+            const __m512i v = _mm512_loadu_si512(L + p * 64);
+            const __m512i lo = _mm512_and_si512(v, low);
+            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            for (int t = 0; t < T; ++t) {
+                const int32_t* xq = reinterpret_cast<const int32_t*>(a.q.data() + (m0 + t) * w.K + j * w.g + 8 * p);
+                ia[t] = _mm512_dpbusd_epi32(ia[t], lo, _mm512_set1_epi32(xq[0]));
+                ib[t] = _mm512_dpbusd_epi32(ib[t], hi, _mm512_set1_epi32(xq[1]));
+            }
+        }
+        const uint8_t* mj = meta + j * 48;
+        const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj)));
+        const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 32)));
+        for (int t = 0; t < T; ++t) {
+            const int64_t mg = (m0 + t) * G + j;
+            __m512i d = _mm512_sub_epi32(_mm512_add_epi32(ia[t], ib[t]),
+                                         _mm512_mullo_epi32(z, _mm512_set1_epi32(a.sum[mg])));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, _mm512_set1_ps(a.scale[mg])), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
+}
+#else
+// AVX2: the 64-byte line as two halves of 8 rows; u8 x s8 pairs with maddubs, then pairs of int16 with madd.
+template <int T>
+inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
+    const int64_t G = w.K / w.g, steps = w.g / 8;
+    const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * 64;
+    const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * 48;
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 acc[T][2];
+    for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < G; ++j) {
+        __m256i ia[T][2];
+        for (int t = 0; t < T; ++t) ia[t][0] = ia[t][1] = _mm256_setzero_si256();
+        const uint8_t* L = lines + j * steps * 64;
+        for (int64_t p = 0; p < steps; ++p) {
+            for (int h = 0; h < 2; ++h) {
+                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(L + p * 64 + 32 * h));
+                const __m256i lo = _mm256_and_si256(v, low);
+                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                for (int t = 0; t < T; ++t) {
+                    const int32_t* xq = reinterpret_cast<const int32_t*>(a.q.data() + (m0 + t) * w.K + j * w.g + 8 * p);
+                    const __m256i pl = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xq[0]));
+                    const __m256i ph = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xq[1]));
+                    ia[t][h] = _mm256_add_epi32(ia[t][h], _mm256_madd_epi16(_mm256_add_epi16(pl, ph), ones));
+                }
+            }
+        }
+        const uint8_t* mj = meta + j * 48;
+        for (int h = 0; h < 2; ++h) {
+            const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 16 * h)));
+            const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mj + 32 + 8 * h)));
+            for (int t = 0; t < T; ++t) {
+                const int64_t mg = (m0 + t) * G + j;
+                __m256i d = _mm256_sub_epi32(ia[t][h], _mm256_mullo_epi32(z, _mm256_set1_epi32(a.sum[mg])));
+                acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s, _mm256_set1_ps(a.scale[mg])),
+                                            acc[t][h]);
+            }
+        }
+    }
+    for (int t = 0; t < T; ++t) {
+        _mm256_storeu_ps(y + t * ldy, acc[t][0]);
+        _mm256_storeu_ps(y + t * ldy + 8, acc[t][1]);
+    }
+}
+#endif
+
+#if EDGEAWQ_AVX512
+constexpr int TILE = 8;
+#else
+constexpr int TILE = 4;
+#endif
+
+void tile_kernel(int rows, const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
+    switch (rows) {
+        case 1: block_kernel<1>(w, a, m0, r, y, ldy); break;
+        case 2: block_kernel<2>(w, a, m0, r, y, ldy); break;
+        case 3: block_kernel<3>(w, a, m0, r, y, ldy); break;
+        case 4: block_kernel<4>(w, a, m0, r, y, ldy); break;
+#if EDGEAWQ_AVX512
+        case 5: block_kernel<5>(w, a, m0, r, y, ldy); break;
+        case 6: block_kernel<6>(w, a, m0, r, y, ldy); break;
+        case 7: block_kernel<7>(w, a, m0, r, y, ldy); break;
+        case 8: block_kernel<8>(w, a, m0, r, y, ldy); break;
+#endif
+        default: TORCH_CHECK(false, "tile of ", rows, " rows");
+    }
+}
+
+// y (M, ldy >= 16 R) gets x @ W^T in its first N columns (+ bias); x already quantized in `a`.
+void qmatmul(const QLinear& w, const QActs& a, int64_t M, float* y, int64_t ldy, Pool& pool) {
+    const int64_t R = (w.N + 15) / 16;
+    const int64_t chunk = 128;                         // tokens per pass over the weights (activations stay in L2)
+    for (int64_t c0 = 0; c0 < M; c0 += chunk) {
+        const int64_t c1 = std::min(M, c0 + chunk);
+        pool.run(R, [&](int64_t rb, int64_t re) {
+            float tmp[TILE * 16];
+            for (int64_t r = rb; r < re; ++r) {
+                const bool full = 16 * r + 16 <= w.N;
+                for (int64_t m = c0; m < c1; m += TILE) {
+                    const int rows = (int)std::min<int64_t>(TILE, c1 - m);
+                    if (full) {
+                        tile_kernel(rows, w, a, m, r, y + m * ldy + 16 * r, ldy);
+                    } else {
+                        tile_kernel(rows, w, a, m, r, tmp, 16);
+                        for (int t = 0; t < rows; ++t)
+                            for (int64_t i = 0; i < w.N - 16 * r; ++i) y[(m + t) * ldy + 16 * r + i] = tmp[t * 16 + i];
+                    }
+                }
+            }
+        });
+    }
+    if (w.bias.defined()) {
+        const float* b = w.bias.data_ptr<float>();
+        for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < w.N; ++n) y[m * ldy + n] += b[n];
+    }
+}
+
+QLinear make_linear(torch::Tensor lines, torch::Tensor meta, c10::optional<torch::Tensor> bias, int64_t N, int64_t K,
+                    int64_t g) {
+    TORCH_CHECK(lines.dtype() == torch::kUInt8 && lines.is_contiguous(), "lines: contiguous uint8");
+    TORCH_CHECK(meta.dtype() == torch::kUInt8 && meta.is_contiguous(), "meta: contiguous uint8");
+    TORCH_CHECK(g % 8 == 0 && K % g == 0, "group size must divide K and be a multiple of 8");
+    const int64_t R = (N + 15) / 16, G = K / g;
+    TORCH_CHECK(lines.numel() == R * G * (g / 8) * 64, "lines has ", lines.numel(), " bytes, expected ",
+                R * G * (g / 8) * 64);
+    TORCH_CHECK(meta.numel() == R * G * 48, "meta has ", meta.numel(), " bytes, expected ", R * G * 48);
+    QLinear w;
+    w.lines = lines; w.meta = meta; w.N = N; w.K = K; w.g = g;
+    if (bias && bias->defined()) {
+        TORCH_CHECK(bias->dtype() == torch::kFloat32 && bias->numel() == N, "bias: float32 (N,)");
+        w.bias = bias->contiguous();
+    }
+    return w;
+}
+
+// ---- the decoder -----------------------------------------------------------------------------------------
+struct Layer {
+    torch::Tensor input_norm, post_norm;    // float32 (D,)
+    QLinear qkv, o, gate_up, down;
+    int64_t window = 0;                     // 0 = full attention, else sliding window length
+};
+
+class Decoder {
+  public:
+    Decoder(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t ffn, double eps,
+            torch::Tensor cos, torch::Tensor sin, int64_t threads)
+        : D_(hidden), nh_(heads), kvh_(kv_heads), hd_(head_dim), F_(ffn), eps_((float)eps),
+          cos_(cos.contiguous()), sin_(sin.contiguous()), threads_((int)threads) {
+        TORCH_CHECK(cos_.dtype() == torch::kFloat32 && cos_.dim() == 2 && cos_.size(1) == head_dim / 2,
+                    "cos: float32 (positions, head_dim / 2)");
+        TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0, "heads must be a multiple of kv_heads");
+    }
+
+    void add_layer(torch::Tensor input_norm, torch::Tensor post_norm, std::vector<torch::Tensor> qkv,
+                   c10::optional<torch::Tensor> qkv_bias, std::vector<torch::Tensor> o,
+                   std::vector<torch::Tensor> gate_up, std::vector<torch::Tensor> down, int64_t g_qkv, int64_t g_o,
+                   int64_t g_gu, int64_t g_down, int64_t window) {
+        const int64_t qkv_n = (nh_ + 2 * kvh_) * hd_;
+        Layer L;
+        L.input_norm = input_norm.to(torch::kFloat32).contiguous();
+        L.post_norm = post_norm.to(torch::kFloat32).contiguous();
+        L.qkv = make_linear(qkv.at(0), qkv.at(1), qkv_bias, qkv_n, D_, g_qkv);
+        L.o = make_linear(o.at(0), o.at(1), c10::nullopt, D_, nh_ * hd_, g_o);
+        L.gate_up = make_linear(gate_up.at(0), gate_up.at(1), c10::nullopt, 2 * F_, D_, g_gu);
+        L.down = make_linear(down.at(0), down.at(1), c10::nullopt, D_, F_, g_down);
+        L.window = window;
+        layers_.push_back(std::move(L));
+    }
+
+    // keys / values: per layer float32 (B, kv_heads, slots, head_dim), updated in place.
+    void set_cache(std::vector<torch::Tensor> keys, std::vector<torch::Tensor> values) {
+        TORCH_CHECK(keys.size() == layers_.size() && values.size() == layers_.size(), "one cache per layer");
+        for (auto& t : keys) TORCH_CHECK(t.dtype() == torch::kFloat32 && t.is_contiguous() && t.dim() == 4, "cache");
+        for (auto& t : values) TORCH_CHECK(t.dtype() == torch::kFloat32 && t.is_contiguous() && t.dim() == 4, "cache");
+        keys_ = std::move(keys); values_ = std::move(values);
+    }
+
+    // h: float32 (M, D) embedded tokens, updated in place through every layer (not the final norm).
+    // rows, slots: int64 (M,): each token's batch row and its cache slot (= its RoPE position); a token sees
+    // the slots of its row up to its own (and within the layer's window).
+    void forward(torch::Tensor h, torch::Tensor rows, torch::Tensor slots) {
+        TORCH_CHECK(h.dtype() == torch::kFloat32 && h.is_contiguous() && h.dim() == 2 && h.size(1) == D_, "h");
+        const int64_t M = h.size(0);
+        TORCH_CHECK(rows.numel() == M && slots.numel() == M, "rows/slots");
+        auto rows_c = rows.to(torch::kInt64).contiguous(), slots_c = slots.to(torch::kInt64).contiguous();
+        const int64_t* row = rows_c.data_ptr<int64_t>();
+        const int64_t* slot = slots_c.data_ptr<int64_t>();
+        TORCH_CHECK(!keys_.empty(), "set_cache first");
+        const int64_t B = keys_[0].size(0), S = keys_[0].size(2);
+        for (int64_t m = 0; m < M; ++m) {
+            TORCH_CHECK(row[m] >= 0 && row[m] < B, "row out of range");
+            TORCH_CHECK(slot[m] >= 0 && slot[m] < S && slot[m] < cos_.size(0), "slot ", slot[m], " out of range");
+        }
+        const int64_t qkv_n = (nh_ + 2 * kvh_) * hd_;
+        std::vector<float> x(M * D_), qkv(M * (16 * ((qkv_n + 15) / 16))), att(M * nh_ * hd_),
+            gu(M * 2 * F_ + 16), act(M * F_), out(M * D_);
+        const int64_t ld_qkv = 16 * ((qkv_n + 15) / 16);
+        float* hp = h.data_ptr<float>();
+        pool_ = &shared_pool(threads_);
+        Session session(*pool_);
+        {
+            for (size_t li = 0; li < layers_.size(); ++li) {
+                const Layer& L = layers_[li];
+                rms_norm(hp, L.input_norm, M, x.data());
+                quantize_rows(x.data(), M, D_, L.qkv.g, acts_, *pool_);
+                qmatmul(L.qkv, acts_, M, qkv.data(), ld_qkv, *pool_);
+                rope_and_store(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li]);
+                attention(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li], L.window, att.data());
+                quantize_rows(att.data(), M, nh_ * hd_, L.o.g, acts_, *pool_);
+                qmatmul(L.o, acts_, M, out.data(), D_, *pool_);
+                for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
+                rms_norm(hp, L.post_norm, M, x.data());
+                quantize_rows(x.data(), M, D_, L.gate_up.g, acts_, *pool_);
+                qmatmul(L.gate_up, acts_, M, gu.data(), 2 * F_, *pool_);
+                silu_mul(gu.data(), M, act.data());
+                quantize_rows(act.data(), M, F_, L.down.g, acts_, *pool_);
+                qmatmul(L.down, acts_, M, out.data(), D_, *pool_);
+                for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
+            }
+        }
+    }
+
+  private:
+    void rms_norm(const float* h, const torch::Tensor& w, int64_t M, float* y) {
+        const float* wp = w.data_ptr<float>();
+        for (int64_t m = 0; m < M; ++m) {
+            const float* r = h + m * D_;
+            double ss = 0;
+            for (int64_t i = 0; i < D_; ++i) ss += (double)r[i] * r[i];
+            const float inv = 1.f / std::sqrt((float)(ss / D_) + eps_);
+            for (int64_t i = 0; i < D_; ++i) y[m * D_ + i] = wp[i] * (r[i] * inv);
+        }
+    }
+
+    void silu_mul(const float* gu, int64_t M, float* y) {
+        pool_->run(M, [&](int64_t b, int64_t e) {
+            for (int64_t m = b; m < e; ++m) {
+                const float* g = gu + m * 2 * F_;
+                const float* u = g + F_;
+                float* o = y + m * F_;
+                for (int64_t i = 0; i < F_; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+            }
+        });
+    }
+
+    // RoPE (rotate-half pairs (i, i + hd/2)) on q and k in place; k and v written to their cache slots.
+    void rope_and_store(float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot,
+                        torch::Tensor& keys, torch::Tensor& values) {
+        const int64_t half = hd_ / 2, S = keys.size(2);
+        float* K = keys.data_ptr<float>();
+        float* V = values.data_ptr<float>();
+        for (int64_t m = 0; m < M; ++m) {
+            const float* c = cos_.data_ptr<float>() + slot[m] * half;
+            const float* s = sin_.data_ptr<float>() + slot[m] * half;
+            float* t = qkv + m * ld;
+            for (int64_t head = 0; head < nh_ + kvh_; ++head) {
+                float* x = t + head * hd_;
+                for (int64_t i = 0; i < half; ++i) {
+                    const float a = x[i], b = x[i + half];
+                    x[i] = a * c[i] - b * s[i];
+                    x[i + half] = b * c[i] + a * s[i];
+                }
+            }
+            for (int64_t kv = 0; kv < kvh_; ++kv) {
+                const int64_t dst = ((row[m] * kvh_ + kv) * S + slot[m]) * hd_;
+                std::copy(t + (nh_ + kv) * hd_, t + (nh_ + kv + 1) * hd_, K + dst);
+                std::copy(t + (nh_ + kvh_ + kv) * hd_, t + (nh_ + kvh_ + kv + 1) * hd_, V + dst);
+            }
+        }
+    }
+
+    void attention(const float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot,
+                   const torch::Tensor& keys, const torch::Tensor& values, int64_t window, float* out) {
+        const int64_t S = keys.size(2), group = nh_ / kvh_;
+        const float* K = keys.data_ptr<float>();
+        const float* V = values.data_ptr<float>();
+        const float scale = 1.f / std::sqrt((float)hd_);
+        pool_->run(M * nh_, [&](int64_t b, int64_t e) {
+            std::vector<float> p(S), acc(hd_);
+            for (int64_t mh = b; mh < e; ++mh) {
+                const int64_t m = mh / nh_, head = mh % nh_, kv = head / group;
+                const int64_t hi = slot[m], lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;
+                const float* q = qkv + m * ld + head * hd_;
+                const float* Kb = K + (row[m] * kvh_ + kv) * S * hd_;
+                const float* Vb = V + (row[m] * kvh_ + kv) * S * hd_;
+                float mx = -INFINITY;
+                for (int64_t j = lo; j <= hi; ++j) {
+                    const float* k = Kb + j * hd_;
+                    float d = 0.f;
+#pragma omp simd reduction(+ : d)
+                    for (int64_t i = 0; i < hd_; ++i) d += q[i] * k[i];
+                    p[j] = d * scale;
+                    mx = std::max(mx, p[j]);
+                }
+                float total = 0.f;
+                for (int64_t j = lo; j <= hi; ++j) { p[j] = std::exp(p[j] - mx); total += p[j]; }
+                std::fill(acc.begin(), acc.end(), 0.f);
+                for (int64_t j = lo; j <= hi; ++j) {
+                    const float w = p[j];
+                    const float* v = Vb + j * hd_;
+#pragma omp simd
+                    for (int64_t i = 0; i < hd_; ++i) acc[i] += w * v[i];
+                }
+                float* o = out + m * nh_ * hd_ + head * hd_;
+                const float inv = 1.f / total;
+                for (int64_t i = 0; i < hd_; ++i) o[i] = acc[i] * inv;
+            }
+        });
+    }
+
+    int64_t D_, nh_, kvh_, hd_, F_;
+    float eps_;
+    torch::Tensor cos_, sin_;
+    std::vector<Layer> layers_;
+    std::vector<torch::Tensor> keys_, values_;
+    int threads_;
+    Pool* pool_ = nullptr;
+    QActs acts_;
+};
+
+// A standalone quantized Linear (the lm_head, and the tests): x float32 (M, K) -> float32 (M, N).
+class Linear {
+  public:
+    Linear(torch::Tensor lines, torch::Tensor meta, c10::optional<torch::Tensor> bias, int64_t N, int64_t K,
+           int64_t g, int64_t threads)
+        : w_(make_linear(lines, meta, bias, N, K, g)), threads_((int)threads) {}
+    torch::Tensor forward(torch::Tensor x) {
+        TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) == w_.K, "x: float32 (M, K)");
+        auto xc = x.contiguous();
+        const int64_t M = x.size(0), R = (w_.N + 15) / 16;
+        auto y = torch::empty({M, 16 * R}, torch::kFloat32);
+        Pool& pool = shared_pool(threads_);
+        Session session(pool);
+        quantize_rows(xc.data_ptr<float>(), M, w_.K, w_.g, acts_, pool);
+        qmatmul(w_, acts_, M, y.data_ptr<float>(), 16 * R, pool);
+        return 16 * R == w_.N ? y : y.narrow(1, 0, w_.N).contiguous();
+    }
+  private:
+    QLinear w_;
+    int threads_;
+    QActs acts_;
+};
+
+}  // namespace
+
+std::string isa() { return EDGEAWQ_AVX512 ? "avx512vnni" : "avx2"; }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.def("isa", &isa, "the instruction set this build uses: avx512vnni or avx2");
+    py::class_<Linear>(m, "Linear")
+        .def(py::init<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, int64_t, int64_t, int64_t,
+                      int64_t>())
+        .def("forward", &Linear::forward, py::call_guard<py::gil_scoped_release>());
+    py::class_<Decoder>(m, "Decoder")
+        .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, torch::Tensor, torch::Tensor, int64_t>())
+        .def("add_layer", &Decoder::add_layer)
+        .def("set_cache", &Decoder::set_cache)
+        .def("forward", &Decoder::forward, py::call_guard<py::gil_scoped_release>());
+}

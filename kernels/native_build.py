@@ -1,0 +1,75 @@
+"""Build and load the native CPU kernels (kernels/native/decoder.cpp) with torch.utils.cpp_extension.
+
+The extension is compiled once per (source, torch version, instruction set) into
+`$EDGEAWQ_CACHE/native/<key>` (about a minute the first time) and loaded from there afterwards. Instruction sets:
+
+* ``avx512vnni``: AVX-512 F/BW/VL + VNNI (vpdpbusd on 16 rows at once); chosen when the CPU reports them.
+* ``avx2``: AVX2 + FMA + F16C (vpmaddubsw/vpmaddwd on 8 rows at once).
+
+`unavailable_reason()` says why the native kernels cannot run here (not x86-64 Linux, CPU without AVX2/FMA/F16C,
+no C++ compiler or ninja), or None.
+"""
+from __future__ import annotations
+
+import hashlib
+import platform
+import shutil
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..runtime.model_identity import cache_root
+
+SOURCE = Path(__file__).resolve().parent / "native" / "decoder.cpp"
+ISA_FLAGS = {
+    "avx512vnni": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c"],
+}
+CPU_FLAGS = {"avx512vnni": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
+             "avx2": {"avx2", "fma", "f16c"}}
+COMMON_FLAGS = ["-O3", "-std=c++17", "-fopenmp-simd", "-fno-math-errno"]
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def best_isa() -> str | None:
+    """The fastest instruction set of ISA_FLAGS this CPU supports, or None."""
+    flags = cpu_flags()
+    return next((isa for isa, need in CPU_FLAGS.items() if need <= flags), None)
+
+
+def unavailable_reason() -> str | None:
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"the native kernels are written for x86-64 Linux, this is {platform.system()} {platform.machine()}"
+    if best_isa() is None:
+        return "this CPU lacks AVX2, FMA or F16C, which the native kernels need"
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        return "no C++ compiler was found to build the native kernels (install g++, e.g. apt install g++)"
+    if shutil.which("ninja") is None:
+        return "ninja was not found to build the native kernels (pip install ninja)"
+    return None
+
+
+@lru_cache(maxsize=None)
+def load(isa: str | None = None):
+    """The compiled extension module for `isa` (default: best_isa()). Raises RuntimeError when it cannot build."""
+    from torch.utils.cpp_extension import load as load_extension
+
+    isa = isa or best_isa()
+    if isa not in ISA_FLAGS:
+        raise RuntimeError(f"unknown instruction set {isa!r}")
+    flags = COMMON_FLAGS + ISA_FLAGS[isa]
+    key = hashlib.sha256(SOURCE.read_bytes() + f"{torch.__version__}|{' '.join(flags)}".encode()).hexdigest()[:16]
+    name = f"edgeawq_native_{isa}_{key}"
+    folder = cache_root() / "native" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return load_extension(name, [str(SOURCE)], extra_cflags=flags, build_directory=str(folder), verbose=False)

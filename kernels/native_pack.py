@@ -1,0 +1,86 @@
+"""Per-group codes -> the native kernels' weight layout, and the exact math those kernels compute (the oracle
+their tests compare with).
+
+Layout (kernels/native/decoder.cpp states it too): for N outputs, K inputs, group size g (a multiple of 8 that
+divides K), R = ceil(N / 16) blocks of 16 rows, G = K / g groups:
+
+* lines uint8 (R, G, g/8, 64): byte 4*i + b of line (r, j, p) holds code[16r + i, j*g + 8p + b] in its low
+  nibble and code[16r + i, j*g + 8p + 4 + b] in its high nibble (i = row in block, b = 0..3);
+* meta uint8 (R, G, 48): the 16 rows' fp16 scales of group j (32 bytes, little-endian), then their 16 uint8
+  zero points.
+
+Rows past N are padding: code 0, scale 0, zero 0. Codes must be < 16 (2-, 3- and 4-bit checkpoints).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class NativeWeights:
+    lines: torch.Tensor      # uint8 (R, G, g/8, 64)
+    meta: torch.Tensor       # uint8 (R, G, 48)
+    N: int
+    K: int
+    group: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.lines.numel() + self.meta.numel()
+
+
+def layout_problem(N: int, K: int, group: int, bits: int, scales: torch.Tensor) -> str | None:
+    """Why codes of this shape cannot use the native layout, or None."""
+    if bits > 4:
+        return f"{bits}-bit codes (the native kernels take codes < 16: 2-, 3- and 4-bit)"
+    if group % 8 or K % group:
+        return f"group size {group} with K={K} (it must be a multiple of 8 that divides K)"
+    if scales.dtype != torch.float16 and not torch.equal(scales.to(torch.float16).to(scales.dtype), scales):
+        return "scales that are not exact in fp16"
+    return None
+
+
+def pack_native(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> NativeWeights:
+    """codes uint8 (N, K) < 16; scales (N, G) exact in fp16; zeros uint8 (N, G) -> NativeWeights."""
+    N, K = codes.shape
+    G = scales.shape[1]
+    g = K // G
+    R = (N + 15) // 16
+    pad = 16 * R - N
+    c = torch.nn.functional.pad(codes.to(torch.uint8), (0, 0, 0, pad))                  # (16R, K)
+    s = torch.nn.functional.pad(scales.to(torch.float16), (0, 0, 0, pad))              # (16R, G)
+    z = torch.nn.functional.pad(zeros.to(torch.uint8), (0, 0, 0, pad))                 # (16R, G)
+    c = c.view(R, 16, G, g // 8, 2, 4)                       # k = j*g + 8p + 4*half + b
+    lines = (c[..., 0, :] | (c[..., 1, :] << 4)).permute(0, 2, 3, 1, 4).reshape(R, G, g // 8, 64)
+    s = s.view(R, 16, G).permute(0, 2, 1).contiguous().view(torch.uint8)                # (R, G, 32)
+    z = z.view(R, 16, G).permute(0, 2, 1)                                               # (R, G, 16)
+    meta = torch.cat([s, z], dim=-1).contiguous()                                       # (R, G, 48)
+    return NativeWeights(lines.contiguous(), meta, N, K, g)
+
+
+def quantize_activations(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x float32 (M, K) -> (q int8 values as int32 (M, K), s float32 (M, K/group)): per group s = max|x| / 127
+    (fp32), q = round-half-even(x * (1 / s)), 0 where s == 0."""
+    M, K = x.shape
+    xg = x.float().reshape(M, K // group, group)
+    s = xg.abs().amax(-1) / 127.0                                                      # (M, G) fp32
+    inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
+    q = torch.round(xg * inv[..., None]).to(torch.int32)                                # half to even
+    return q.reshape(M, K), s
+
+
+def native_matmul_reference(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+                            zeros: torch.Tensor) -> torch.Tensor:
+    """What the native quantized matmul computes, in float64: x float32 (M, K), codes (N, K), scales/zeros (N, G)
+    -> (M, N) = sum_j scale[n,j] * s[m,j] * (sum_k code[n,k] q[m,k] - zero[n,j] * sum_k q[m,k])."""
+    N, K = codes.shape
+    G = scales.shape[1]
+    g = K // G
+    q, s = quantize_activations(x, g)
+    qd = q.double().reshape(-1, G, g)                                                  # (M, G, g)
+    cd = codes.double().reshape(N, G, g)                                               # (N, G, g)
+    dots = torch.einsum("mjk,njk->mnj", qd, cd)                                        # (M, N, G)
+    dots = dots - zeros.double()[None] * qd.sum(-1)[:, None, :]
+    return (dots * scales.to(torch.float16).double()[None] * s.double()[:, None, :]).sum(-1)
