@@ -1,7 +1,8 @@
 """Build and load the native CPU kernels (kernels/native/decoder.cpp) with torch.utils.cpp_extension.
 
 The extension is compiled once per (source, torch version, instruction set) into
-`$EDGEAWQ_CACHE/native/<key>` (about a minute the first time) and loaded from there afterwards. Instruction sets:
+`$EDGEAWQ_NATIVE_BUILD/<name>` (default `$EDGEAWQ_CACHE/native-build`; about 30 s per instruction set the first
+time) and loaded from there afterwards. Instruction sets:
 
 * ``avx512vnni``: AVX-512 F/BW/VL + VNNI (vpdpbusd on 16 rows at once); chosen when the CPU reports them.
 * ``avx2``: AVX2 + FMA + F16C (vpmaddubsw/vpmaddwd on 8 rows at once).
@@ -12,6 +13,7 @@ no C++ compiler or ninja), or None.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import shutil
 from functools import lru_cache
@@ -70,6 +72,6 @@ def load(isa: str | None = None):
     flags = COMMON_FLAGS + ISA_FLAGS[isa]
     key = hashlib.sha256(SOURCE.read_bytes() + f"{torch.__version__}|{' '.join(flags)}".encode()).hexdigest()[:16]
     name = f"edgeawq_native_{isa}_{key}"
-    folder = cache_root() / "native" / name
+    folder = Path(os.environ.get("EDGEAWQ_NATIVE_BUILD") or cache_root() / "native-build") / name
     folder.mkdir(parents=True, exist_ok=True)
     return load_extension(name, [str(SOURCE)], extra_cflags=flags, build_directory=str(folder), verbose=False)

@@ -31,19 +31,19 @@ class NativeWeights:
         return self.lines.numel() + self.meta.numel()
 
 
-def layout_problem(N: int, K: int, group: int, bits: int, scales: torch.Tensor) -> str | None:
-    """Why codes of this shape cannot use the native layout, or None."""
+def layout_problem(N: int, K: int, group: int, bits: int, scale_dtype: torch.dtype) -> str | None:
+    """Why codes of this shape and scale dtype cannot use the native layout, or None."""
     if bits > 4:
         return f"{bits}-bit codes (the native kernels take codes < 16: 2-, 3- and 4-bit)"
     if group % 8 or K % group:
         return f"group size {group} with K={K} (it must be a multiple of 8 that divides K)"
-    if scales.dtype != torch.float16 and not torch.equal(scales.to(torch.float16).to(scales.dtype), scales):
-        return "scales that are not exact in fp16"
+    if scale_dtype != torch.float16:
+        return f"{scale_dtype} scales (the native layout keeps the checkpoint's fp16 scales)"
     return None
 
 
 def pack_native(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> NativeWeights:
-    """codes uint8 (N, K) < 16; scales (N, G) exact in fp16; zeros uint8 (N, G) -> NativeWeights."""
+    """codes uint8 (N, K) < 16; scales (N, G) fp16; zeros uint8 (N, G) -> NativeWeights."""
     N, K = codes.shape
     G = scales.shape[1]
     g = K // G

@@ -50,7 +50,7 @@ def cpu_engine_choice(loaded: LoadedModel, options: EngineOptions) -> str:
             raise UserError(f"--engine {options.engine} runs its own graph; --flash_attention and --act_dtype aie "
                             "select PyTorch engines.", "Drop one of them (or use --engine torch).")
         if options.engine == "native":
-            from .native_engine import native_problem
+            from .native_state import native_problem
 
             problem = native_problem(loaded)
             if problem:
@@ -59,7 +59,7 @@ def cpu_engine_choice(loaded: LoadedModel, options: EngineOptions) -> str:
         return options.engine
     if options.engine == "torch" or options.flash_attention or aie or loaded.quant is None:
         return "torch"
-    from .native_engine import native_problem
+    from .native_state import native_problem
 
     if native_problem(loaded) is None:
         return "native"
@@ -70,8 +70,9 @@ def _cpu_engine(loaded: LoadedModel, options: EngineOptions):
     choice = cpu_engine_choice(loaded, options)
     if choice == "native":
         from .native_engine import NativeEngine
+        from .native_state import native_state
 
-        return NativeEngine(loaded)
+        return NativeEngine(*native_state(loaded))
     if choice == "onnx":
         from ..npu_backend.backend import make_npu_engine
 

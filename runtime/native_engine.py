@@ -11,129 +11,52 @@ Layout handled as by the ONNX Runtime engine: the caller's left-padded rows are 
 tokens only), a token's cache slot and RoPE position are the count of its row's earlier real tokens, logits come
 back right-aligned (padding positions of full-sequence logits are zero).
 
-After packing, the PyTorch weights of the decoder are released (the engine holds only the native layout plus
-the embedding table and a float lm_head).
+The weights come from a native state (runtime/native_state.py: packed once, then cached); the PyTorch model is
+released, so the engine holds one copy: the native layout plus the embedding table and a float lm_head.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..kernels import native_build
-from ..kernels.formats import native_format, unpack
-from ..kernels.native_pack import layout_problem, pack_native
-from ..kernels.qlinear import QLinearPerGrp
-from .fusion import head_dim, layer_windows, rope_half_tables
-from .model_loader import LoadedModel
-from .module_paths import get_module
-
-SUPPORTED_ACTIVATIONS = ("silu",)
-
-
-def _groups(loaded: LoadedModel) -> list[tuple[str, list[nn.Module]]]:
-    """(name, parts) of every grouped Linear of every layer, in execution order."""
-    f = loaded.family
-    out = []
-    for i, layer in enumerate(get_module(loaded.model, f.layers)):
-        attn, mlp = getattr(layer, f.attn), getattr(layer, f.mlp)
-        out += [(f"layers.{i}.qkv", [getattr(attn, f.q), getattr(attn, f.k), getattr(attn, f.v)]),
-                (f"layers.{i}.o", [getattr(attn, f.o)]),
-                (f"layers.{i}.gate_up", [getattr(mlp, f.gate), getattr(mlp, f.up)]),
-                (f"layers.{i}.down", [getattr(mlp, f.down)])]
-    return out
-
-
-def native_problem(loaded: LoadedModel) -> str | None:
-    """Why the native engine cannot run this model, or None."""
-    reason = native_build.unavailable_reason()
-    if reason:
-        return reason
-    c = loaded.config
-    if getattr(c, "hidden_act", "silu") not in SUPPORTED_ACTIVATIONS:
-        return f"hidden_act {c.hidden_act!r} (the native decoder implements SiLU)"
-    for name, parts in _groups(loaded):
-        if not all(isinstance(p, QLinearPerGrp) for p in parts):
-            return f"{name} is not quantized (the native decoder runs quantized decoder Linears only)"
-        if len({(p.spec.bits, p.spec.group(p.in_features)) for p in parts}) != 1:
-            return f"{name} groups Linears with different bits or group sizes"
-        p = parts[0]
-        problem = layout_problem(p.out_features, p.in_features, p.spec.group(p.in_features), p.spec.bits, p.scales)
-        if problem:
-            return f"{name} has {problem}"
-        if name.endswith((".o", ".gate_up", ".down")) and any(q.bias is not None for q in parts):
-            return f"{name} has a bias (the native decoder adds biases to q/k/v only)"
-    head = get_module(loaded.model, loaded.family.lm_head)
-    if isinstance(head, QLinearPerGrp):
-        problem = layout_problem(head.out_features, head.in_features, head.spec.group(head.in_features),
-                                 head.spec.bits, head.scales)
-        if problem:
-            return f"lm_head has {problem}"
-    return None
-
-
-def _pack_group(parts: list[QLinearPerGrp]):
-    """-> (lines, meta, N, K, group, bias float32 or None) of the parts stacked along N."""
-    bits = parts[0].spec.bits
-    codes = torch.cat([unpack(p.packed, native_format(bits)) for p in parts])             # (N, K)
-    w = pack_native(codes, torch.cat([p.scales for p in parts]), torch.cat([p.zeros for p in parts]))
-    bias = None
-    if any(p.bias is not None for p in parts):
-        bias = torch.cat([p.bias.detach().float() if p.bias is not None else torch.zeros(p.out_features)
-                          for p in parts])
-    return w, bias
 
 
 class NativeEngine:
-    def __init__(self, loaded: LoadedModel, threads: int | None = None) -> None:
+    def __init__(self, tensors: dict[str, torch.Tensor], spec: dict, threads: int | None = None) -> None:
+        """tensors, spec: a native state (runtime/native_state.py)."""
         ext = native_build.load()
         self.isa = ext.isa()
         self.name = f"native/{self.isa}"
-        c, f, m = loaded.config, loaded.family, loaded.model
+        t = tensors
         self.threads = threads or torch.get_num_threads()
-        self.layers = c.num_hidden_layers
-        self.kv_heads, self.head_dim = c.num_key_value_heads, head_dim(c)
-        cos, sin = rope_half_tables(m, c, f)
-        self.max_positions = cos.shape[0]
-        layers = get_module(m, f.layers)
-        first = layers[0]
-        eps = float(getattr(getattr(first, f.input_norm), "variance_epsilon", 1e-6))
-        ffn = getattr(getattr(first, f.mlp), f.gate).out_features
-        self.decoder = ext.Decoder(c.hidden_size, c.num_attention_heads, self.kv_heads, self.head_dim, ffn, eps,
-                                   cos, sin, self.threads)
-        self.weight_bytes = 0
-        windows = layer_windows(c)
-        groups = _groups(loaded)
-        for i, layer in enumerate(layers):
-            packed = []
-            for _, parts in groups[4 * i: 4 * i + 4]:
-                w, bias = _pack_group(parts)
-                self.weight_bytes += w.nbytes
-                packed.append((w, bias))
-            (qkv, qkv_bias), (o, _), (gu, _), (down, _) = packed
-            self.decoder.add_layer(getattr(layer, f.input_norm).weight.detach().float(),
-                                   getattr(layer, f.post_attn_norm).weight.detach().float(),
-                                   [qkv.lines, qkv.meta], qkv_bias, [o.lines, o.meta], [gu.lines, gu.meta],
-                                   [down.lines, down.meta], qkv.group, o.group, gu.group, down.group,
-                                   windows[i] or 0)
-            layer.to("meta")                                  # the native copy replaces this layer's weights
-        norm = get_module(m, f.final_norm)
-        self.norm_weight = norm.weight.detach().float()
-        self.norm_eps = float(getattr(norm, "variance_epsilon", eps))
-        self.embed = get_module(m, f.embed).weight.detach()                      # (V, D), the model's dtype
-        head = get_module(m, f.lm_head)
-        if isinstance(head, QLinearPerGrp):
-            w, bias = _pack_group([head])
-            self.weight_bytes += w.nbytes
-            self.head = ext.Linear(w.lines, w.meta, bias, w.N, w.K, w.group, self.threads).forward
-            self.vocab = w.N
+        self.layers, self.kv_heads, self.head_dim = spec["layers"], spec["kv_heads"], spec["head_dim"]
+        self.max_positions = t["rope.cos"].shape[0]
+        self.decoder = ext.Decoder(spec["hidden"], spec["heads"], self.kv_heads, self.head_dim, spec["ffn"],
+                                   spec["eps"], t["rope.cos"], t["rope.sin"], self.threads)
+        for i in range(self.layers):
+            L = f"layers.{i}"
+            self.decoder.add_layer(t[f"{L}.input_norm"], t[f"{L}.post_norm"],
+                                   [t[f"{L}.qkv.lines"], t[f"{L}.qkv.meta"]], t.get(f"{L}.qkv.bias"),
+                                   [t[f"{L}.o.lines"], t[f"{L}.o.meta"]],
+                                   [t[f"{L}.gate_up.lines"], t[f"{L}.gate_up.meta"]],
+                                   [t[f"{L}.down.lines"], t[f"{L}.down.meta"]], *spec["groups"][i],
+                                   spec["windows"][i])
+        self.norm_weight, self.norm_eps = t["norm"], spec["norm_eps"]
+        self.embed = t["embed"]                                                  # (V, D), the model's dtype
+        head = spec["lm_head"]
+        if head["kind"] == "quantized":
+            self.head = ext.Linear(t["lm_head.lines"], t["lm_head.meta"], t.get("lm_head.bias"), head["N"],
+                                   head["K"], head["group"], self.threads).forward
+            self.vocab = head["N"]
         else:
-            weight = head.weight.detach().float()                                # (V, D)
-            bias = None if head.bias is None else head.bias.detach().float()
-            self.weight_bytes += weight.numel() * 4
+            weight = t["embed"].float() if head["kind"] == "tied" else t["lm_head.weight"]   # (V, D) float32
+            bias = t.get("lm_head.bias")
             self.head = lambda x: torch.nn.functional.linear(x, weight, bias)
             self.vocab = weight.shape[0]
-        m.to("meta")                                          # the engine holds what it needs
+        self.weight_bytes = sum(v.numel() * v.element_size() for k, v in t.items() if k.endswith((".lines", ".meta")))
+        if head["kind"] != "quantized":
+            self.weight_bytes += weight.numel() * 4
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.lengths = np.zeros(0, np.int64)

@@ -81,10 +81,16 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
 
 
 def _runs_existing_export(target: str, loaded, options: EngineOptions) -> bool:
-    """True when the target will run an ONNX export of `loaded` that already exists (no weights needed)."""
+    """True when the target will run an ONNX export or native state of `loaded` that already exists (no weights
+    needed)."""
     from ..runtime.backends import cpu_engine_choice
 
-    if target not in ("cpu", "npu") or (target == "cpu" and cpu_engine_choice(loaded, options) != "onnx"):
+    choice = cpu_engine_choice(loaded, options) if target == "cpu" else None
+    if choice == "native":
+        from ..runtime.native_state import cached
+
+        return cached(loaded)
+    if target not in ("cpu", "npu") or choice not in (None, "onnx"):
         return False
     from ..npu_backend.backend import export_exists
 

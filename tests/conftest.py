@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random-weight checkpoints of every supported family, written as real HF folders."""
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,10 @@ import torch
 import transformers
 
 from edgeawq.default_models import DEFAULT_MODELS
+
+# One build of the native kernels for every test and subprocess (tests point EDGEAWQ_CACHE at temporary folders);
+# the build folder name carries the source hash, so an edited kernel is rebuilt.
+os.environ.setdefault("EDGEAWQ_NATIVE_BUILD", str(Path(tempfile.gettempdir()) / f"edgeawq-native-build-{os.getuid()}"))
 
 TOKENIZER_SOURCE = DEFAULT_MODELS["default-llama"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")

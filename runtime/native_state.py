@@ -1,0 +1,187 @@
+"""What the native engine runs: a loaded model's weights in the native kernels' layout, and their cache.
+
+State = (tensors, spec):
+  spec     {"format": "edgeawq-native", "format_version", "source_fingerprint", "hidden", "heads", "kv_heads",
+            "head_dim", "ffn", "layers", "eps", "norm_eps", "windows": [int, 0 = full attention],
+            "groups": [[qkv, o, gate_up, down] group size per layer], "qkv_bias": bool,
+            "lm_head": {"kind": "quantized", "N", "K", "group"}, {"kind": "float"} or {"kind": "tied"} (the
+            embedding table as float32), "vocab"}
+  tensors  "rope.cos", "rope.sin" float32 (positions, head_dim/2); "embed" (V, D) in the model's dtype;
+           "norm" float32 (D,); per layer i: "layers.{i}.input_norm", "layers.{i}.post_norm" float32 (D,) and
+           "layers.{i}.{qkv,o,gate_up,down}.{lines,meta}" uint8 (kernels/native_pack.py) plus
+           "layers.{i}.qkv.bias" float32 when the model has q/k/v biases; "lm_head.lines"/"lm_head.meta"
+           (quantized) or "lm_head.weight" float32 (V, D); "lm_head.bias" float32 when present.
+
+Cache: `$EDGEAWQ_CACHE/native/<key>` (key from format version and the source fingerprint) holding
+weights.safetensors and native.json (the spec); written atomically, reused by later runs (random-weight shapes
+then need no weights at all); a damaged folder is named with the fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoints.directory import atomic_directory
+from ..errors import UserError
+from ..kernels.formats import native_format, unpack
+from ..kernels.native_pack import layout_problem, pack_native
+from ..kernels.qlinear import QLinearPerGrp
+from .fusion import head_dim, layer_windows, rope_half_tables
+from .model_identity import cache_root, fingerprint_of
+from .model_loader import LoadedModel
+from .module_paths import get_module
+
+FORMAT = "edgeawq-native"
+FORMAT_VERSION = 1
+SPEC_FILE, WEIGHTS_FILE = "native.json", "weights.safetensors"
+SUPPORTED_ACTIVATIONS = ("silu",)
+GROUP_NAMES = ("qkv", "o", "gate_up", "down")
+
+
+def _layer_groups(layer: nn.Module, f) -> list[list[nn.Module]]:
+    attn, mlp = getattr(layer, f.attn), getattr(layer, f.mlp)
+    return [[getattr(attn, f.q), getattr(attn, f.k), getattr(attn, f.v)], [getattr(attn, f.o)],
+            [getattr(mlp, f.gate), getattr(mlp, f.up)], [getattr(mlp, f.down)]]
+
+
+def native_problem(loaded: LoadedModel) -> str | None:
+    """Why the native kernels cannot run this model, or None (checks shapes and formats only, never values)."""
+    from ..kernels import native_build
+
+    reason = native_build.unavailable_reason()
+    if reason:
+        return reason
+    c, f = loaded.config, loaded.family
+    if getattr(c, "hidden_act", "silu") not in SUPPORTED_ACTIVATIONS:
+        return f"hidden_act {c.hidden_act!r} (the native decoder implements SiLU)"
+    for i, layer in enumerate(get_module(loaded.model, f.layers)):
+        for name, parts in zip(GROUP_NAMES, _layer_groups(layer, f)):
+            where = f"layers.{i}.{name}"
+            if not all(isinstance(p, QLinearPerGrp) for p in parts):
+                return f"{where} is not quantized (the native decoder runs quantized decoder Linears only)"
+            if len({(p.spec.bits, p.spec.group(p.in_features), p.scales.dtype) for p in parts}) != 1:
+                return f"{where} groups Linears with different bits, group sizes or scale dtypes"
+            p = parts[0]
+            problem = layout_problem(p.out_features, p.in_features, p.spec.group(p.in_features), p.spec.bits,
+                                     p.scales.dtype)
+            if problem:
+                return f"{where} has {problem}"
+            if name != "qkv" and any(q.bias is not None for q in parts):
+                return f"{where} has a bias (the native decoder adds biases to q/k/v only)"
+    head = get_module(loaded.model, f.lm_head)
+    if isinstance(head, QLinearPerGrp):
+        problem = layout_problem(head.out_features, head.in_features, head.spec.group(head.in_features),
+                                 head.spec.bits, head.scales.dtype)
+        if problem:
+            return f"lm_head has {problem}"
+    return None
+
+
+def _pack(parts: list[QLinearPerGrp], prefix: str, tensors: dict) -> int:
+    """Stack `parts` along N into the native layout under `prefix`; -> group size."""
+    bits = parts[0].spec.bits
+    codes = torch.cat([unpack(p.packed, native_format(bits)) for p in parts])                 # (N, K) uint8
+    w = pack_native(codes, torch.cat([p.scales for p in parts]), torch.cat([p.zeros for p in parts]))
+    tensors[f"{prefix}.lines"], tensors[f"{prefix}.meta"] = w.lines, w.meta
+    if any(p.bias is not None for p in parts):
+        tensors[f"{prefix}.bias"] = torch.cat([p.bias.detach().float() if p.bias is not None
+                                               else torch.zeros(p.out_features) for p in parts])
+    return w.group
+
+
+def build_state(loaded: LoadedModel) -> tuple[dict[str, torch.Tensor], dict]:
+    """Pack a loaded model (native_problem must be None). Releases each decoder layer's PyTorch weights as it
+    goes (they move to the meta device), so the peak stays near one copy."""
+    c, f, m = loaded.config, loaded.family, loaded.model
+    layers = get_module(m, f.layers)
+    first = layers[0]
+    eps = float(getattr(getattr(first, f.input_norm), "variance_epsilon", 1e-6))
+    norm = get_module(m, f.final_norm)
+    cos, sin = rope_half_tables(m, c, f)
+    tensors: dict[str, torch.Tensor] = {"rope.cos": cos, "rope.sin": sin,
+                                        "embed": get_module(m, f.embed).weight.detach(),
+                                        "norm": norm.weight.detach().float()}
+    groups = []
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            tensors[f"layers.{i}.input_norm"] = getattr(layer, f.input_norm).weight.detach().float()
+            tensors[f"layers.{i}.post_norm"] = getattr(layer, f.post_attn_norm).weight.detach().float()
+            groups.append([_pack(parts, f"layers.{i}.{name}", tensors)
+                           for name, parts in zip(GROUP_NAMES, _layer_groups(layer, f))])
+            layer.to("meta")
+        head = get_module(m, f.lm_head)
+        if isinstance(head, QLinearPerGrp):
+            group = _pack([head], "lm_head", tensors)
+            lm_head = {"kind": "quantized", "N": head.out_features, "K": head.in_features, "group": group}
+        else:
+            if head.weight.data_ptr() == tensors["embed"].data_ptr():
+                lm_head = {"kind": "tied"}                   # the embedding table, as float32
+            else:
+                tensors["lm_head.weight"] = head.weight.detach().float()
+                lm_head = {"kind": "float"}
+            if head.bias is not None:
+                tensors["lm_head.bias"] = head.bias.detach().float()
+    spec = {"format": FORMAT, "format_version": FORMAT_VERSION, "source_fingerprint": fingerprint_of(loaded),
+            "hidden": c.hidden_size, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
+            "head_dim": head_dim(c), "ffn": getattr(getattr(first, f.mlp), f.gate).out_features,
+            "layers": len(layers), "eps": eps, "norm_eps": float(getattr(norm, "variance_epsilon", eps)),
+            "windows": [w or 0 for w in layer_windows(c)], "groups": groups,
+            "qkv_bias": "layers.0.qkv.bias" in tensors, "lm_head": lm_head, "vocab": c.vocab_size}
+    return tensors, spec
+
+
+def cache_folder(fingerprint: str) -> Path:
+    key = hashlib.sha256(f"{FORMAT}:{FORMAT_VERSION}:{fingerprint}".encode()).hexdigest()[:20]
+    return cache_root() / "native" / key
+
+
+def cached(loaded: LoadedModel) -> bool:
+    """True when the native cache holds this model (then no weights are needed to run it)."""
+    return (cache_folder(fingerprint_of(loaded)) / SPEC_FILE).exists()
+
+
+def save_state(folder: Path, tensors: dict[str, torch.Tensor], spec: dict) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_directory(folder) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
+        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=1))
+
+
+def load_state(folder: Path, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+
+    fix = f"Delete {folder} (it is a cache; the next run rebuilds it)."
+    try:
+        spec = json.loads((folder / SPEC_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"The native weight cache {folder} is damaged ({SPEC_FILE}: {e}).", fix) from None
+    if spec.get("format_version") != FORMAT_VERSION or spec.get("source_fingerprint") != fingerprint:
+        raise UserError(f"The native weight cache {folder} belongs to another model or format version.", fix)
+    try:
+        tensors = {}
+        with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
+            for name in f.keys():
+                tensors[name] = f.get_tensor(name).clone()      # private memory, not the file mapping
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise UserError(f"The native weight cache {folder} is damaged ({WEIGHTS_FILE}: {e}).", fix) from None
+    return tensors, spec
+
+
+def native_state(loaded: LoadedModel) -> tuple[dict[str, torch.Tensor], dict]:
+    """The model's native state from the cache, else packed now and cached."""
+    fingerprint = fingerprint_of(loaded)
+    folder = cache_folder(fingerprint)
+    if (folder / SPEC_FILE).exists():
+        state = load_state(folder, fingerprint)
+    else:
+        print(f"[native] packing {loaded.source} into {folder}", file=sys.stderr)
+        state = build_state(loaded)
+        save_state(folder, *state)
+    loaded.model.to("meta")                  # the engine holds what it needs
+    return state

@@ -1,0 +1,49 @@
+"""The compiled native kernels (both instruction sets this CPU can run) against the exact math of
+kernels/native_pack.native_matmul_reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeawq.kernels import native_build
+from edgeawq.kernels.native_pack import native_matmul_reference, pack_native
+
+from .test_native_pack import random_weights
+
+REASON = native_build.unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native kernels cannot build here: {REASON}")
+ISAS = [isa for isa, need in native_build.CPU_FLAGS.items() if need <= native_build.cpu_flags()]
+
+
+@pytest.fixture(scope="module", params=ISAS)
+def ext(request):
+    module = native_build.load(request.param)
+    assert module.isa() == request.param
+    return module
+
+
+# M covers decode (1), partial tiles, several tiles and more than one 128-token chunk; N covers padded blocks.
+@pytest.mark.parametrize("M,N,K,g", [(1, 40, 256, 128), (3, 37, 96, 32), (9, 64, 512, 64), (20, 33, 64, 8),
+                                     (130, 48, 256, 256), (2, 16, 128, 16)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_quantized_matmul_equals_the_exact_int8_math(ext, M, N, K, g, threads):
+    codes, scales, zeros = random_weights(N, K, g, seed=M + N)
+    x = torch.randn(M, K) * 3
+    x[0, :g] = 0.0                                   # a group of zeros: scale 0
+    bias = torch.randn(N)
+    w = pack_native(codes, scales, zeros)
+    got = ext.Linear(w.lines, w.meta, bias, N, K, g, threads).forward(x)
+    expected = native_matmul_reference(x, codes, scales, zeros) + bias.double()
+    assert got.shape == (M, N)
+    assert ((got.double() - expected).abs().max() / expected.abs().max()).item() < 1e-6
+
+
+def test_best_isa_is_what_the_cpu_reports():
+    assert native_build.best_isa() == ISAS[0]
+
+
+def test_bad_layout_is_refused_with_a_message(ext):
+    codes, scales, zeros = random_weights(16, 64, 32)
+    w = pack_native(codes, scales, zeros)
+    with pytest.raises(RuntimeError, match="lines has"):
+        ext.Linear(w.lines.flatten()[:64].clone(), w.meta, None, 16, 64, 32, 1)

@@ -1,0 +1,134 @@
+"""The native engine (--engine native) against the PyTorch reference, every family.
+
+Exactness: the reference engine with each quantized Linear computing the native kernels' int8 math
+(kernels/native_pack.native_matmul_reference) equals the native engine up to fp32 summation order, for a
+left-padded batch, prefill then decode steps, float and quantized lm_head. Accuracy: against the plain fp32
+reference the logits keep PCC >= 0.999. The cache: a second engine loads the packed state without the weights.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeawq.errors import UserError
+from edgeawq.kernels import native_build
+from edgeawq.kernels.formats import native_format, unpack
+from edgeawq.kernels.native_pack import native_matmul_reference
+from edgeawq.kernels.qlinear import QLinearPerGrp
+from edgeawq.runtime import native_state
+from edgeawq.runtime.engines import StaticCacheEngine
+from edgeawq.runtime.generate import left_pad
+from edgeawq.runtime.model_loader import load_model
+from edgeawq.runtime.native_engine import NativeEngine
+from edgeawq.runtime.parity import pcc
+
+from ..conftest import FAMILY_CONFIGS, quantize_tiny
+
+REASON = native_build.unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"native kernels cannot build here: {REASON}")
+PROMPTS = [list(range(5, 25)), list(range(40, 52)), [7, 8, 9]]  # lengths 20, 12, 3 (longer than the window 8)
+
+
+@pytest.fixture(scope="module")
+def quantized(checkpoints, tmp_path_factory):
+    """family -> (w4 g32 checkpoint with float lm_head, w3 per-channel checkpoint with a quantized g64 lm_head)."""
+    root = tmp_path_factory.mktemp("native")
+    out = {}
+    for family in FAMILY_CONFIGS:
+        a, b = root / f"{family}-w4", root / f"{family}-w3-head"
+        quantize_tiny(checkpoints[family], a, algorithm="rtn", awq_mode="none")
+        quantize_tiny(checkpoints[family], b, algorithm="rtn", awq_mode="none", w_bit=3, group_size=-1,
+                      lm_head=True, lm_head_group_size=64)
+        out[family] = (a, b)
+    return out
+
+
+def native_math_forward(self, x):
+    """QLinearPerGrp.forward computing the native kernels' int8 math (float64, then float32)."""
+    c = unpack(self.packed, native_format(self.spec.bits))
+    y = native_matmul_reference(x.reshape(-1, x.shape[-1]).float(), c, self.scales, self.zeros).float()
+    if self.bias is not None:
+        y = y + self.bias.float()
+    return y.reshape(*x.shape[:-1], -1)
+
+
+def run(engine, ids, mask, positions, steps=4):
+    """Prefill (all positions), then `steps` greedy decode steps -> (prefill logits, [step logits])."""
+    engine.start(ids.shape[0], 64)
+    first = engine.forward(ids, positions, mask, last_only=False)
+    out, nxt, pos = [], first[:, -1].argmax(-1), positions[:, -1:]
+    for _ in range(steps):
+        mask = torch.cat([mask, torch.ones(ids.shape[0], 1, dtype=torch.long)], 1)
+        pos = pos + 1
+        logits = engine.forward(nxt[:, None], pos, mask)
+        out.append(logits)
+        nxt = logits[:, -1].argmax(-1)
+    return first, out
+
+
+def native_engine(path, monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEAWQ_CACHE", str(tmp_path / "cache"))
+    loaded = load_model(path, "fp32", "fp32")
+    assert native_state.native_problem(loaded) is None
+    return NativeEngine(*native_state.native_state(loaded))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+@pytest.mark.parametrize("variant", [0, 1], ids=["w4g32", "w3-channel-qhead"])
+def test_native_engine_equals_the_reference_with_native_math(quantized, family, variant, monkeypatch, tmp_path):
+    path = quantized[family][variant]
+    ids, mask, positions = left_pad(PROMPTS, pad_id=2)
+    native = run(native_engine(path, monkeypatch, tmp_path), ids, mask, positions)
+    monkeypatch.setattr(QLinearPerGrp, "forward", native_math_forward)
+    reference = run(StaticCacheEngine(load_model(path, "fp32", "fp32")), ids, mask, positions)
+    real = mask.bool()
+    scale = reference[0][real].abs().max()
+    assert (native[0][real] - reference[0][real]).abs().max() <= 2e-4 * scale
+    for a, b in zip(native[1], reference[1]):
+        assert (a - b).abs().max() <= 2e-4 * scale
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_native_engine_tracks_the_fp32_reference(quantized, family, monkeypatch, tmp_path):
+    path = quantized[family][0]
+    ids, mask, positions = left_pad(PROMPTS, pad_id=2)
+    native = run(native_engine(path, monkeypatch, tmp_path), ids, mask, positions, steps=2)
+    reference = run(StaticCacheEngine(load_model(path, "fp32", "fp32")), ids, mask, positions, steps=2)
+    real = mask.bool()
+    assert pcc(native[0][real], reference[0][real]) >= 0.999
+
+
+def test_token_by_token_equals_one_prefill(quantized, monkeypatch, tmp_path):
+    engine = native_engine(quantized["llama3"][0], monkeypatch, tmp_path)
+    ids, mask, positions = left_pad(PROMPTS, pad_id=2)
+    engine.start(3, 64)
+    full = engine.forward(ids, positions, mask, last_only=False)
+    engine.start(3, 64)
+    steps = [engine.forward(ids[:, :6], positions[:, :6], mask[:, :6], last_only=False)]
+    for t in range(6, ids.shape[1]):
+        steps.append(engine.forward(ids[:, t:t + 1], positions[:, t:t + 1], mask[:, :t + 1]))
+    got = torch.cat(steps, 1)
+    real = mask.bool()
+    assert (got[real] - full[real]).abs().max() <= 1e-4 * full[real].abs().max()
+
+
+def test_cached_state_runs_without_weights_and_damage_is_named(quantized, monkeypatch, tmp_path):
+    path = quantized["qwen2"][1]
+    ids, mask, positions = left_pad(PROMPTS, pad_id=2)
+    first = run(native_engine(path, monkeypatch, tmp_path), ids, mask, positions, steps=1)
+    loaded = load_model(path, "fp32", "fp32")
+    assert native_state.cached(loaded)
+    loaded.model.to("meta")                                     # nothing left to pack from
+    again = run(NativeEngine(*native_state.native_state(loaded)), ids, mask, positions, steps=1)
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1][0], again[1][0])
+    folder = native_state.cache_folder(native_state.fingerprint_of(loaded))
+    (folder / native_state.WEIGHTS_FILE).write_bytes(b"damaged")
+    with pytest.raises(UserError, match="damaged"):
+        native_state.native_state(load_model(path, "fp32", "fp32"))
+
+
+def test_unsupported_models_are_named(checkpoints, quantized, tmp_path):
+    assert "not quantized" in native_state.native_problem(load_model(checkpoints["llama2"]))
+    w8 = tmp_path / "w8"
+    quantize_tiny(checkpoints["llama2"], w8, algorithm="rtn", awq_mode="none", w_bit=8)
+    assert "8-bit" in native_state.native_problem(load_model(w8))
