@@ -109,6 +109,40 @@ struct Session {
     ~Session() { pool.close(); }
 };
 
+// ---- 8-wide helpers (AVX2 + FMA; both builds) -------------------------------------------------------------
+// exp(x) for x in float32: 2^n * p(r), n = round(x / ln 2), r = x - n ln 2 (two-part ln 2), p a degree-6
+// polynomial (relative error < 2e-7 on the clamped range [-87.3, 88.7]).
+inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+inline int32_t hsum8i(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
 // ---- int8 activations ------------------------------------------------------------------------------------
 struct QActs {
     std::vector<int8_t> q;      // (M, K)
@@ -119,19 +153,24 @@ struct QActs {
 void quantize_rows(const float* x, int64_t M, int64_t K, int64_t g, QActs& a, Pool& pool) {
     const int64_t G = K / g;
     a.q.resize(M * K); a.scale.resize(M * G); a.sum.resize(M * G);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
     pool.run(M * G, [&](int64_t b, int64_t e) {
         for (int64_t mg = b; mg < e; ++mg) {
             const float* xs = x + mg * g;                         // row m, group j: contiguous since K = G * g
-            float amax = 0.f;
-            for (int64_t k = 0; k < g; ++k) amax = std::max(amax, std::fabs(xs[k]));
-            const float s = amax / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
+            __m256 vmax = _mm256_setzero_ps();
+            for (int64_t k = 0; k < g; k += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xs + k)));
+            const float s = hmax8(vmax) / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
+            const __m256 vinv = _mm256_set1_ps(inv);
             int8_t* q = a.q.data() + mg * g;
-            int32_t sum = 0;
-            for (int64_t k = 0; k < g; ++k) {
-                const int v = (int)std::nearbyint(xs[k] * inv);
-                q[k] = (int8_t)v; sum += v;
+            __m256i vsum = _mm256_setzero_si256();
+            for (int64_t k = 0; k < g; k += 8) {
+                // cvtps rounds half to even (the default MXCSR mode), like nearbyint
+                const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xs + k), vinv));
+                vsum = _mm256_add_epi32(vsum, v);
+                const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packs_epi16(w, w));
             }
-            a.scale[mg] = s; a.sum[mg] = sum;
+            a.scale[mg] = s; a.sum[mg] = hsum8i(vsum);
         }
     });
 }
@@ -311,6 +350,7 @@ class Decoder {
         TORCH_CHECK(cos_.dtype() == torch::kFloat32 && cos_.dim() == 2 && cos_.size(1) == head_dim / 2,
                     "cos: float32 (positions, head_dim / 2)");
         TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0, "heads must be a multiple of kv_heads");
+        TORCH_CHECK(hidden % 8 == 0 && ffn % 8 == 0, "hidden and ffn sizes must be multiples of 8");
     }
 
     void add_layer(torch::Tensor input_norm, torch::Tensor post_norm, std::vector<torch::Tensor> qkv,
@@ -385,22 +425,26 @@ class Decoder {
   private:
     void rms_norm(const float* h, const torch::Tensor& w, int64_t M, float* y) {
         const float* wp = w.data_ptr<float>();
-        for (int64_t m = 0; m < M; ++m) {
-            const float* r = h + m * D_;
-            double ss = 0;
-            for (int64_t i = 0; i < D_; ++i) ss += (double)r[i] * r[i];
-            const float inv = 1.f / std::sqrt((float)(ss / D_) + eps_);
-            for (int64_t i = 0; i < D_; ++i) y[m * D_ + i] = wp[i] * (r[i] * inv);
-        }
+        pool_->run(M, [&](int64_t b, int64_t e) {
+            for (int64_t m = b; m < e; ++m) {
+                const float* r = h + m * D_;
+                double ss = 0;
+                for (int64_t i = 0; i < D_; ++i) ss += (double)r[i] * r[i];
+                const float inv = 1.f / std::sqrt((float)(ss / D_) + eps_);
+                for (int64_t i = 0; i < D_; ++i) y[m * D_ + i] = wp[i] * (r[i] * inv);
+            }
+        });
     }
 
     void silu_mul(const float* gu, int64_t M, float* y) {
-        pool_->run(M, [&](int64_t b, int64_t e) {
-            for (int64_t m = b; m < e; ++m) {
-                const float* g = gu + m * 2 * F_;
-                const float* u = g + F_;
-                float* o = y + m * F_;
-                for (int64_t i = 0; i < F_; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+        pool_->run(M * (F_ / 8), [&](int64_t b, int64_t e) {
+            const int64_t per_row = F_ / 8;
+            const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
+            for (int64_t c = b; c < e; ++c) {
+                const int64_t m = c / per_row, i = 8 * (c % per_row);
+                const __m256 g = _mm256_loadu_ps(gu + m * 2 * F_ + i), u = _mm256_loadu_ps(gu + m * 2 * F_ + F_ + i);
+                const __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, g))));
+                _mm256_storeu_ps(y + m * F_ + i, _mm256_mul_ps(_mm256_mul_ps(g, sig), u));
             }
         });
     }

