@@ -70,11 +70,13 @@ class NativeEngine:
     def start(self, batch: int, max_seq_len: int) -> None:
         if max_seq_len > self.max_positions:
             raise ValueError(f"{max_seq_len} cache slots exceed the model's {self.max_positions} positions")
-        shape = (batch, self.kv_heads, max_seq_len, self.head_dim)
-        if not self.keys or tuple(self.keys[0].shape) != shape:
-            self.keys = [torch.zeros(shape) for _ in range(self.layers)]
+        slots = -(-max_seq_len // 16) * 16
+        shape = (batch, self.kv_heads, slots, self.head_dim)                   # values; keys in blocks of 16
+        if not self.values or tuple(self.values[0].shape) != shape:
+            self.keys = [torch.zeros(batch, self.kv_heads, slots // 16, self.head_dim, 16) for _ in range(self.layers)]
             self.values = [torch.zeros(shape) for _ in range(self.layers)]
             self.decoder.set_cache(self.keys, self.values)
+        self.capacity = max_seq_len
         self.lengths = np.zeros(batch, np.int64)
 
     @torch.inference_mode()
@@ -82,8 +84,8 @@ class NativeEngine:
                 last_only: bool = True) -> torch.Tensor:
         B, T = input_ids.shape
         new = attention_mask[:, -T:].sum(1).numpy()                               # (B,) real tokens per row
-        if int((self.lengths + new).max()) > self.keys[0].shape[2]:
-            raise ValueError(f"KV cache of {self.keys[0].shape[2]} slots is full")
+        if int((self.lengths + new).max()) > self.capacity:
+            raise ValueError(f"KV cache of {self.capacity} slots is full")
         ids = torch.cat([input_ids[b, T - new[b]:] for b in range(B)])            # (M,) compacted
         rows = torch.from_numpy(np.repeat(np.arange(B), new))                     # (M,)
         slots = torch.from_numpy(np.concatenate([self.lengths[b] + np.arange(new[b]) for b in range(B)]))

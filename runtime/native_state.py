@@ -59,6 +59,8 @@ def native_problem(loaded: LoadedModel) -> str | None:
     c, f = loaded.config, loaded.family
     if getattr(c, "hidden_act", "silu") not in SUPPORTED_ACTIVATIONS:
         return f"hidden_act {c.hidden_act!r} (the native decoder implements SiLU)"
+    if head_dim(c) % 16 or c.num_attention_heads % c.num_key_value_heads:
+        return f"head_dim {head_dim(c)} (the native attention needs a multiple of 16)"
     for i, layer in enumerate(get_module(loaded.model, f.layers)):
         for name, parts in zip(GROUP_NAMES, _layer_groups(layer, f)):
             where = f"layers.{i}.{name}"

@@ -143,6 +143,32 @@ inline int32_t hsum8i(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
+// ---- 16-float vectors (GCC vector extensions: one zmm with AVX-512, two ymm with AVX2) -----------------------
+typedef float v16f __attribute__((vector_size(64), aligned(4)));
+typedef int32_t v16i __attribute__((vector_size(64), aligned(4)));
+
+inline v16f splat(float x) { return v16f{} + x; }
+inline v16f load16(const float* p) { v16f v; __builtin_memcpy(&v, p, 64); return v; }
+inline void store16(float* p, v16f v) { __builtin_memcpy(p, &v, 64); }
+
+// exp as exp8 above, 16 lanes; round-to-nearest-even of n by the 1.5 * 2^23 trick (|x / ln 2| < 2^22).
+inline v16f exp16(v16f x) {
+    x = x < -87.3f ? splat(-87.3f) : x;
+    x = x > 88.7f ? splat(88.7f) : x;
+    const v16f n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    v16f r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    v16f p = splat(1.0f / 720.0f);
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const v16i e = (__builtin_convertvector(n, v16i) + 127) << 23;
+    return p * (v16f)e;
+}
+
 // ---- int8 activations ------------------------------------------------------------------------------------
 struct QActs {
     std::vector<int8_t> q;      // (M, K)
@@ -349,7 +375,7 @@ class Decoder {
           cos_(cos.contiguous()), sin_(sin.contiguous()), threads_((int)threads) {
         TORCH_CHECK(cos_.dtype() == torch::kFloat32 && cos_.dim() == 2 && cos_.size(1) == head_dim / 2,
                     "cos: float32 (positions, head_dim / 2)");
-        TORCH_CHECK(heads % kv_heads == 0 && head_dim % 2 == 0, "heads must be a multiple of kv_heads");
+        TORCH_CHECK(heads % kv_heads == 0 && head_dim % 16 == 0, "heads: a multiple of kv_heads; head_dim: of 16");
         TORCH_CHECK(hidden % 8 == 0 && ffn % 8 == 0, "hidden and ffn sizes must be multiples of 8");
     }
 
@@ -369,11 +395,19 @@ class Decoder {
         layers_.push_back(std::move(L));
     }
 
-    // keys / values: per layer float32 (B, kv_heads, slots, head_dim), updated in place.
+    // Per layer, updated in place: values float32 (B, kv_heads, slots, head_dim), slots a multiple of 16; keys
+    // float32 (B, kv_heads, slots / 16, head_dim, 16): key of slot s, dim i at [b, kv, s / 16, i, s % 16].
     void set_cache(std::vector<torch::Tensor> keys, std::vector<torch::Tensor> values) {
         TORCH_CHECK(keys.size() == layers_.size() && values.size() == layers_.size(), "one cache per layer");
-        for (auto& t : keys) TORCH_CHECK(t.dtype() == torch::kFloat32 && t.is_contiguous() && t.dim() == 4, "cache");
-        for (auto& t : values) TORCH_CHECK(t.dtype() == torch::kFloat32 && t.is_contiguous() && t.dim() == 4, "cache");
+        for (size_t i = 0; i < keys.size(); ++i) {
+            const auto& k = keys[i];
+            const auto& v = values[i];
+            TORCH_CHECK(v.dtype() == torch::kFloat32 && v.is_contiguous() && v.dim() == 4 && v.size(1) == kvh_ &&
+                        v.size(3) == hd_ && v.size(2) % 16 == 0, "values: float32 (B, kv_heads, 16n, head_dim)");
+            TORCH_CHECK(k.dtype() == torch::kFloat32 && k.is_contiguous() && k.dim() == 5 && k.size(0) == v.size(0) &&
+                        k.size(1) == kvh_ && k.size(2) * 16 == v.size(2) && k.size(3) == hd_ && k.size(4) == 16,
+                        "keys: float32 (B, kv_heads, slots / 16, head_dim, 16)");
+        }
         keys_ = std::move(keys); values_ = std::move(values);
     }
 
@@ -388,7 +422,7 @@ class Decoder {
         const int64_t* row = rows_c.data_ptr<int64_t>();
         const int64_t* slot = slots_c.data_ptr<int64_t>();
         TORCH_CHECK(!keys_.empty(), "set_cache first");
-        const int64_t B = keys_[0].size(0), S = keys_[0].size(2);
+        const int64_t B = values_[0].size(0), S = values_[0].size(2);
         for (int64_t m = 0; m < M; ++m) {
             TORCH_CHECK(row[m] >= 0 && row[m] < B, "row out of range");
             TORCH_CHECK(slot[m] >= 0 && slot[m] < S && slot[m] < cos_.size(0), "slot ", slot[m], " out of range");
@@ -449,10 +483,11 @@ class Decoder {
         });
     }
 
-    // RoPE (rotate-half pairs (i, i + hd/2)) on q and k in place; k and v written to their cache slots.
+    // RoPE (rotate-half pairs (i, i + hd/2)) on q and k in place; k and v written to their cache slots
+    // (keys transposed in blocks of 16 slots: see set_cache).
     void rope_and_store(float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot,
                         torch::Tensor& keys, torch::Tensor& values) {
-        const int64_t half = hd_ / 2, S = keys.size(2);
+        const int64_t half = hd_ / 2, S = values.size(2);
         float* K = keys.data_ptr<float>();
         float* V = values.data_ptr<float>();
         for (int64_t m = 0; m < M; ++m) {
@@ -468,48 +503,71 @@ class Decoder {
                 }
             }
             for (int64_t kv = 0; kv < kvh_; ++kv) {
-                const int64_t dst = ((row[m] * kvh_ + kv) * S + slot[m]) * hd_;
-                std::copy(t + (nh_ + kv) * hd_, t + (nh_ + kv + 1) * hd_, K + dst);
-                std::copy(t + (nh_ + kvh_ + kv) * hd_, t + (nh_ + kvh_ + kv + 1) * hd_, V + dst);
+                const float* k = t + (nh_ + kv) * hd_;
+                float* kt = K + (((row[m] * kvh_ + kv) * (S / 16) + slot[m] / 16) * hd_) * 16 + slot[m] % 16;
+                for (int64_t i = 0; i < hd_; ++i) kt[16 * i] = k[i];
+                std::copy(t + (nh_ + kvh_ + kv) * hd_, t + (nh_ + kvh_ + kv + 1) * hd_,
+                          V + ((row[m] * kvh_ + kv) * S + slot[m]) * hd_);
             }
         }
     }
 
+    // One task per (token, KV head): the q heads sharing that KV head together. Scores 16 keys at a time from
+    // the transposed key blocks (no horizontal sums); softmax in fp32; values accumulated 16 dims at a time.
     void attention(const float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot,
                    const torch::Tensor& keys, const torch::Tensor& values, int64_t window, float* out) {
-        const int64_t S = keys.size(2), group = nh_ / kvh_;
+        const int64_t S = values.size(2), group = nh_ / kvh_, chunks = hd_ / 16;
         const float* K = keys.data_ptr<float>();
         const float* V = values.data_ptr<float>();
         const float scale = 1.f / std::sqrt((float)hd_);
-        pool_->run(M * nh_, [&](int64_t b, int64_t e) {
-            std::vector<float> p(S), acc(hd_);
-            for (int64_t mh = b; mh < e; ++mh) {
-                const int64_t m = mh / nh_, head = mh % nh_, kv = head / group;
+        pool_->run(M * kvh_, [&](int64_t b, int64_t e) {
+            std::vector<float> scores(group * S);
+            std::vector<v16f> acc(group * chunks);
+            for (int64_t task = b; task < e; ++task) {
+                const int64_t m = task / kvh_, kv = task % kvh_;
                 const int64_t hi = slot[m], lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;
-                const float* q = qkv + m * ld + head * hd_;
-                const float* Kb = K + (row[m] * kvh_ + kv) * S * hd_;
+                const int64_t b0 = lo / 16, b1 = hi / 16;                       // key blocks touched
+                const float* q = qkv + m * ld + kv * group * hd_;                // the group's q heads, adjacent
+                const float* Kb = K + (row[m] * kvh_ + kv) * (S / 16) * hd_ * 16;
                 const float* Vb = V + (row[m] * kvh_ + kv) * S * hd_;
-                float mx = -INFINITY;
-                for (int64_t j = lo; j <= hi; ++j) {
-                    const float* k = Kb + j * hd_;
-                    float d = 0.f;
-#pragma omp simd reduction(+ : d)
-                    for (int64_t i = 0; i < hd_; ++i) d += q[i] * k[i];
-                    p[j] = d * scale;
-                    mx = std::max(mx, p[j]);
+                for (int64_t blk = b0; blk <= b1; ++blk) {
+                    const float* kt = Kb + blk * hd_ * 16;
+                    for (int64_t h = 0; h < group; ++h) {
+                        const float* qh = q + h * hd_;
+                        v16f s0 = splat(0.f), s1 = splat(0.f);
+                        for (int64_t i = 0; i < hd_; i += 2) {
+                            s0 += load16(kt + 16 * i) * qh[i];
+                            s1 += load16(kt + 16 * (i + 1)) * qh[i + 1];
+                        }
+                        store16(scores.data() + h * S + 16 * blk, (s0 + s1) * scale);
+                    }
                 }
-                float total = 0.f;
-                for (int64_t j = lo; j <= hi; ++j) { p[j] = std::exp(p[j] - mx); total += p[j]; }
-                std::fill(acc.begin(), acc.end(), 0.f);
+                for (int64_t h = 0; h < group; ++h) {
+                    float* sc = scores.data() + h * S;
+                    float mx = -INFINITY;
+                    for (int64_t j = lo; j <= hi; ++j) mx = std::max(mx, sc[j]);
+                    float total = 0.f;
+                    int64_t j = lo;
+                    for (; j + 16 <= hi + 1; j += 16) {
+                        const v16f p = exp16(load16(sc + j) - mx);
+                        store16(sc + j, p);
+                        for (int t = 0; t < 16; ++t) total += p[t];
+                    }
+                    for (; j <= hi; ++j) { sc[j] = std::exp(sc[j] - mx); total += sc[j]; }
+                    const float inv = 1.f / total;
+                    for (j = lo; j <= hi; ++j) sc[j] *= inv;
+                }
+                for (auto& a : acc) a = splat(0.f);
                 for (int64_t j = lo; j <= hi; ++j) {
-                    const float w = p[j];
                     const float* v = Vb + j * hd_;
-#pragma omp simd
-                    for (int64_t i = 0; i < hd_; ++i) acc[i] += w * v[i];
+                    for (int64_t c = 0; c < chunks; ++c) {
+                        const v16f vc = load16(v + 16 * c);
+                        for (int64_t h = 0; h < group; ++h) acc[h * chunks + c] += vc * scores[h * S + j];
+                    }
                 }
-                float* o = out + m * nh_ * hd_ + head * hd_;
-                const float inv = 1.f / total;
-                for (int64_t i = 0; i < hd_; ++i) o[i] = acc[i] * inv;
+                for (int64_t h = 0; h < group; ++h)
+                    for (int64_t c = 0; c < chunks; ++c)
+                        store16(out + m * nh_ * hd_ + (kv * group + h) * hd_ + 16 * c, acc[h * chunks + c]);
             }
         });
     }

@@ -86,8 +86,8 @@ def test_native_engine_equals_the_reference_with_native_math(quantized, family, 
     got = torch.cat([native[0][real]] + [a.flatten(0, 1) for a in native[1]])             # (positions, V)
     expected = torch.cat([reference[0][real]] + [b.flatten(0, 1) for b in reference[1]])
     exact = ((got - expected).abs() <= 2e-4 * expected.abs().max()).all(-1)                # (positions,)
-    assert exact.float().mean() >= 0.9                  # a rounding flip perturbs its position and its row's later ones
-    assert pcc(got, expected) >= 0.999999               # int8 vs fp32 activations alone: ~0.9999 (next test)
+    assert exact.float().mean() >= 0.8                  # a rounding flip perturbs its position and its row's later ones
+    assert pcc(got, expected) >= 0.99999                # int8 vs fp32 activations alone: ~0.9999 (next test)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
