@@ -360,6 +360,29 @@ QLinear make_linear(torch::Tensor lines, torch::Tensor meta, c10::optional<torch
     return w;
 }
 
+// out[0:16 CH] = inv * sum_{j = lo..hi} p[j] * V[j, :] (V rows of 16 CH floats); accumulators in registers.
+template <int CH>
+inline void weighted_sum(const float* p, const float* V, int64_t lo, int64_t hi, float inv, float* out) {
+    v16f a[CH];
+    for (int c = 0; c < CH; ++c) a[c] = splat(0.f);
+    for (int64_t j = lo; j <= hi; ++j) {
+        const float* v = V + j * 16 * CH;
+        for (int c = 0; c < CH; ++c) a[c] += load16(v + 16 * c) * p[j];
+    }
+    for (int c = 0; c < CH; ++c) store16(out + 16 * c, a[c] * inv);
+}
+
+inline void weighted_sum_any(const float* p, const float* V, int64_t lo, int64_t hi, int64_t chunks, float inv,
+                             float* out) {
+    for (int64_t c0 = 0; c0 < chunks; c0 += 4) {
+        const int64_t n = std::min<int64_t>(4, chunks - c0);
+        v16f a[4] = {splat(0.f), splat(0.f), splat(0.f), splat(0.f)};
+        for (int64_t j = lo; j <= hi; ++j)
+            for (int64_t c = 0; c < n; ++c) a[c] += load16(V + j * 16 * chunks + 16 * (c0 + c)) * p[j];
+        for (int64_t c = 0; c < n; ++c) store16(out + 16 * (c0 + c), a[c] * inv);
+    }
+}
+
 // ---- the decoder -----------------------------------------------------------------------------------------
 struct Layer {
     torch::Tensor input_norm, post_norm;    // float32 (D,)
@@ -522,7 +545,6 @@ class Decoder {
         const float scale = 1.f / std::sqrt((float)hd_);
         pool_->run(M * kvh_, [&](int64_t b, int64_t e) {
             std::vector<float> scores(group * S);
-            std::vector<v16f> acc(group * chunks);
             for (int64_t task = b; task < e; ++task) {
                 const int64_t m = task / kvh_, kv = task % kvh_;
                 const int64_t hi = slot[m], lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;
@@ -546,28 +568,23 @@ class Decoder {
                     float* sc = scores.data() + h * S;
                     float mx = -INFINITY;
                     for (int64_t j = lo; j <= hi; ++j) mx = std::max(mx, sc[j]);
-                    float total = 0.f;
+                    v16f tot = splat(0.f);
                     int64_t j = lo;
                     for (; j + 16 <= hi + 1; j += 16) {
                         const v16f p = exp16(load16(sc + j) - mx);
                         store16(sc + j, p);
-                        for (int t = 0; t < 16; ++t) total += p[t];
+                        tot += p;
                     }
+                    float total = 0.f;
+                    for (int t = 0; t < 16; ++t) total += tot[t];
                     for (; j <= hi; ++j) { sc[j] = std::exp(sc[j] - mx); total += sc[j]; }
-                    const float inv = 1.f / total;
-                    for (j = lo; j <= hi; ++j) sc[j] *= inv;
-                }
-                for (auto& a : acc) a = splat(0.f);
-                for (int64_t j = lo; j <= hi; ++j) {
-                    const float* v = Vb + j * hd_;
-                    for (int64_t c = 0; c < chunks; ++c) {
-                        const v16f vc = load16(v + 16 * c);
-                        for (int64_t h = 0; h < group; ++h) acc[h * chunks + c] += vc * scores[h * S + j];
+                    float* o = out + m * nh_ * hd_ + (kv * group + h) * hd_;
+                    switch (chunks) {
+                        case 4: weighted_sum<4>(sc, Vb, lo, hi, 1.f / total, o); break;
+                        case 8: weighted_sum<8>(sc, Vb, lo, hi, 1.f / total, o); break;
+                        default: weighted_sum_any(sc, Vb, lo, hi, chunks, 1.f / total, o);
                     }
                 }
-                for (int64_t h = 0; h < group; ++h)
-                    for (int64_t c = 0; c < chunks; ++c)
-                        store16(out + m * nh_ * hd_ + (kv * group + h) * hd_ + 16 * c, acc[h * chunks + c]);
             }
         });
     }
