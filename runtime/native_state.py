@@ -13,8 +13,10 @@ State = (tensors, spec):
            (quantized) or "lm_head.weight" float32 (V, D); "lm_head.bias" float32 when present.
 
 Cache: `$EDGEAWQ_CACHE/native/<key>` (key from format version and the source fingerprint) holding
-weights.safetensors and native.json (the spec); written atomically, reused by later runs (random-weight shapes
-then need no weights at all); a damaged folder is named with the fix.
+weights.safetensors and native.json (the spec); written atomically, then read back (every run holds the same
+memory: private copies of the packed weights, the embedding table memory-mapped so that only the rows a run
+touches are resident); reused by later runs (random-weight shapes then need no weights at all); a damaged folder
+is named with the fix.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from ..kernels.native_pack import layout_problem, pack_native
 from ..kernels.qlinear import QLinearPerGrp
 from .fusion import head_dim, layer_windows, rope_half_tables
 from .model_identity import cache_root, fingerprint_of
+from .memory import release_free_memory
 from .model_loader import LoadedModel
 from .module_paths import get_module
 
@@ -155,7 +158,25 @@ def save_state(folder: Path, tensors: dict[str, torch.Tensor], spec: dict) -> No
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=1))
 
 
+def _mapped(path: Path, name: str) -> torch.Tensor:
+    """Tensor `name` of a safetensors file as a copy-on-write memory map: pages are read (and resident) only when
+    touched, as for the embedding table, of which a run reads a few rows."""
+    import numpy as np
+
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(n))[name]
+    dtypes = {"BF16": (np.uint16, torch.bfloat16), "F16": (np.uint16, torch.float16), "F32": (np.float32, None)}
+    np_dtype, view = dtypes[entry["dtype"]]
+    start, end = entry["data_offsets"]
+    array = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + n + start, shape=tuple(entry["shape"]))
+    assert array.nbytes == end - start
+    t = torch.from_numpy(array)
+    return t.view(view) if view is not None else t
+
+
 def load_state(folder: Path, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The cached state; every tensor in private memory except the embedding table (memory-mapped)."""
     from safetensors import safe_open
 
     fix = f"Delete {folder} (it is a cache; the next run rebuilds it)."
@@ -169,7 +190,9 @@ def load_state(folder: Path, fingerprint: str) -> tuple[dict[str, torch.Tensor],
         tensors = {}
         with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
             for name in f.keys():
-                tensors[name] = f.get_tensor(name).clone()      # private memory, not the file mapping
+                if name != "embed":
+                    tensors[name] = f.get_tensor(name).clone()      # private memory, not the file mapping
+        tensors["embed"] = _mapped(folder / WEIGHTS_FILE, "embed")
     except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise UserError(f"The native weight cache {folder} is damaged ({WEIGHTS_FILE}: {e}).", fix) from None
     return tensors, spec
@@ -179,11 +202,9 @@ def native_state(loaded: LoadedModel) -> tuple[dict[str, torch.Tensor], dict]:
     """The model's native state from the cache, else packed now and cached."""
     fingerprint = fingerprint_of(loaded)
     folder = cache_folder(fingerprint)
-    if (folder / SPEC_FILE).exists():
-        state = load_state(folder, fingerprint)
-    else:
+    if not (folder / SPEC_FILE).exists():
         print(f"[native] packing {loaded.source} into {folder}", file=sys.stderr)
-        state = build_state(loaded)
-        save_state(folder, *state)
-    loaded.model.to("meta")                  # the engine holds what it needs
-    return state
+        save_state(folder, *build_state(loaded))
+    loaded.model.to("meta")                  # the engine holds what it needs, read back from the cache
+    release_free_memory()
+    return load_state(folder, fingerprint)
