@@ -1,8 +1,9 @@
 """Ours (`--target cpu`) against llama.cpp and onnxruntime-genai on the same machine, in one run, interleaved.
 
 For each shape (default: llama-3.2-1b, llama-2-7b) at w4 g128, random weights (speed does not depend on them):
-* ours: `run_awq --task benchmark --random_weights --lm_head --dtype bf16` (RTN w4 g128, lm_head w4 g128 like the genai builder's, the
-  exported ONNX Runtime graph on the CPU provider; exported once into the cache, reused after);
+* ours: `run_awq --task benchmark --random_weights --lm_head --dtype bf16` (RTN w4 g128, lm_head w4 g128 like the
+  genai builder's; the cpu target's default engine, the native one (docs/native_engine.md); weights packed once
+  into the cache, reused after);
 * llama.cpp: `llama-bench` (built by scripts/build_llama_bench.sh; or $LLAMA_BENCH, or on PATH) on a Q4_0 GGUF of
   the shape written with the `gguf` package (every matrix Q4_0, output included);
 * onnxruntime-genai: the builder's int4 output (block 128, accuracy_level 4) of the same random model exported as

@@ -49,6 +49,19 @@ def best_isa() -> str | None:
     return next((isa for isa, need in CPU_FLAGS.items() if need <= flags), None)
 
 
+def _ninja_on_path() -> bool:
+    """True when `ninja` is on PATH (torch's extension builder runs it from there); the `ninja` wheel's binary
+    is put on PATH when it is installed but its folder is not (e.g. a venv used without activating it)."""
+    if shutil.which("ninja"):
+        return True
+    try:
+        import ninja
+    except ImportError:
+        return False
+    os.environ["PATH"] = f"{ninja.BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+    return shutil.which("ninja") is not None
+
+
 def unavailable_reason() -> str | None:
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"the native kernels are written for x86-64 Linux, this is {platform.system()} {platform.machine()}"
@@ -56,8 +69,23 @@ def unavailable_reason() -> str | None:
         return "this CPU lacks AVX2, FMA or F16C, which the native kernels need"
     if shutil.which("c++") is None and shutil.which("g++") is None:
         return "no C++ compiler was found to build the native kernels (install g++, e.g. apt install g++)"
-    if shutil.which("ninja") is None:
+    if not _ninja_on_path():
         return "ninja was not found to build the native kernels (pip install ninja)"
+    return None
+
+
+@lru_cache(maxsize=None)
+def build_problem() -> str | None:
+    """Why the native kernels cannot be built and loaded here (unavailable_reason, or the compiler's complaint),
+    or None once they are loaded."""
+    reason = unavailable_reason()
+    if reason:
+        return reason
+    try:
+        load()
+    except Exception as e:  # noqa: BLE001 - compiler, linker and loader errors all mean "cannot use it"
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        return f"the native kernels failed to build ({lines[-1] if lines else type(e).__name__})"
     return None
 
 

@@ -53,12 +53,18 @@ def _layer_groups(layer: nn.Module, f) -> list[list[nn.Module]]:
 
 
 def native_problem(loaded: LoadedModel) -> str | None:
-    """Why the native kernels cannot run this model, or None (checks shapes and formats only, never values)."""
+    """Why the native kernels cannot run this model, or None (checks shapes and formats, never values; the first
+    call that passes them builds the kernels, about 30 s once per machine)."""
     from ..kernels import native_build
 
     reason = native_build.unavailable_reason()
     if reason:
         return reason
+    problem = _model_problem(loaded)
+    return problem or native_build.build_problem()
+
+
+def _model_problem(loaded: LoadedModel) -> str | None:
     c, f = loaded.config, loaded.family
     if getattr(c, "hidden_act", "silu") not in SUPPORTED_ACTIVATIONS:
         return f"hidden_act {c.hidden_act!r} (the native decoder implements SiLU)"

@@ -72,3 +72,25 @@ def quantize_tiny(src: Path, out: Path, **overrides) -> dict:
                 seed=0, duo_scaling=False, progress=False)
     args.update(overrides)
     return quantize_task(str(src), str(out), **args)
+
+
+PARITY_PROMPTS = ["The hacker ethic", "A bug is", "Kludge: a", "Politeness, n.", "When the system crashed, the"]
+
+
+def assert_engine_parity(reference, candidate, loaded) -> None:
+    """The parity acceptance of the fast engines on a default model: greedy tokens equal on PARITY_PROMPTS (24
+    tokens) or the first divergence has logits PCC >= 0.999; last-token logits PCC >= 0.999 on six 512-token
+    windows of the test split; perplexity within 0.5%."""
+    from edgeawq.data_sources import corpus_split
+    from edgeawq.runtime.parity import greedy_parity, window_parity
+    from edgeawq.runtime.perplexity import eval_windows
+
+    tok = loaded.tokenizer
+    greedy = greedy_parity(reference, candidate, [tok(p)["input_ids"] for p in PARITY_PROMPTS], 24)
+    for d in greedy.first_divergence:
+        assert d is None or d["pcc"] >= 0.999, greedy
+    assert greedy.min_pcc >= 0.999, greedy
+    windows = eval_windows(tok, corpus_split("test").read_text(encoding="utf-8"), 512, 6, loaded.max_context)
+    win = window_parity(reference, candidate, windows)
+    assert win.min_last_token_pcc >= 0.999, win
+    assert win.ppl_rel_diff <= 0.005, win

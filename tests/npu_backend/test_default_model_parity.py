@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from edgeawq.data_sources import corpus_split
 from edgeawq.default_models import DEFAULT_MODELS
 from edgeawq.runtime.backends import EngineOptions, require
 from edgeawq.runtime.model_loader import load_model
-from edgeawq.runtime.parity import greedy_parity, window_parity
-from edgeawq.runtime.perplexity import eval_windows
 
-from ..conftest import quantize_tiny
-
-PROMPTS = ["The hacker ethic", "A bug is", "Kludge: a", "Politeness, n.", "When the system crashed, the"]
+from ..conftest import assert_engine_parity, quantize_tiny
 
 
 @pytest.mark.slow
@@ -32,12 +27,4 @@ def test_npu_matches_cpu_on_default_models(model, bits, tmp_path, monkeypatch):
     cpu_loaded = load_model(ckpt)
     cpu = require("cpu").make_engine(cpu_loaded, EngineOptions(flash_attention=True))
     npu = require("npu").make_engine(load_model(ckpt), EngineOptions(ep="CPU"))
-    tok = cpu_loaded.tokenizer
-    greedy = greedy_parity(cpu, npu, [tok(p)["input_ids"] for p in PROMPTS], 24)
-    for d in greedy.first_divergence:
-        assert d is None or d["pcc"] >= 0.999, greedy
-    assert greedy.min_pcc >= 0.999, greedy
-    windows = eval_windows(tok, corpus_split("test").read_text(encoding="utf-8"), 512, 6, cpu_loaded.max_context)
-    win = window_parity(cpu, npu, windows)
-    assert win.min_last_token_pcc >= 0.999, win
-    assert win.ppl_rel_diff <= 0.005, win
+    assert_engine_parity(cpu, npu, cpu_loaded)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from edgeawq.errors import UserError
+from edgeawq.kernels import native_build
 from edgeawq.runtime.backends import BACKENDS, EngineOptions, cpu_engine_choice, require
 from edgeawq.runtime.model_loader import load_model
 
@@ -23,20 +24,37 @@ def test_registry_lists_cpu_and_npu():
         require("gpu")
 
 
-def test_quantized_checkpoints_default_to_the_onnx_graph(quantized, checkpoints):
-    assert cpu_engine_choice(load_model(quantized), EngineOptions()) == "onnx"
+def test_quantized_checkpoints_default_to_the_native_engine_else_the_onnx_graph(quantized, checkpoints,
+                                                                               monkeypatch):
+    expected = "native" if native_build.build_problem() is None else "onnx"
+    assert cpu_engine_choice(load_model(quantized), EngineOptions()) == expected
+    assert cpu_engine_choice(load_model(quantized), EngineOptions(engine="onnx")) == "onnx"
     assert cpu_engine_choice(load_model(checkpoints["llama2"]), EngineOptions()) == "torch"       # float
     assert cpu_engine_choice(load_model(quantized), EngineOptions(engine="torch")) == "torch"
     assert cpu_engine_choice(load_model(quantized), EngineOptions(flash_attention=True)) == "torch"
     assert cpu_engine_choice(load_model(quantized, "fp32", "aie"), EngineOptions()) == "torch"
 
 
-def test_onnx_engine_with_a_torch_only_option_is_refused(quantized):
-    with pytest.raises(UserError, match="--engine onnx"):
-        cpu_engine_choice(load_model(quantized), EngineOptions(engine="onnx", flash_attention=True))
+def test_without_the_native_kernels_auto_falls_back_and_native_is_refused(quantized, monkeypatch):
+    monkeypatch.setattr(native_build, "unavailable_reason", lambda: "no C++ compiler was found (test)")
+    assert cpu_engine_choice(load_model(quantized), EngineOptions()) == "onnx"
+    with pytest.raises(UserError, match="--engine native cannot run this model: no C\\+\\+ compiler"):
+        cpu_engine_choice(load_model(quantized), EngineOptions(engine="native"))
+
+
+def test_native_engine_for_a_float_model_is_refused(checkpoints):
+    with pytest.raises(UserError, match="llama2|not quantized"):
+        cpu_engine_choice(load_model(checkpoints["llama2"]), EngineOptions(engine="native"))
+
+
+@pytest.mark.parametrize("engine", ["onnx", "native"])
+def test_graph_engines_with_a_torch_only_option_are_refused(quantized, engine):
+    with pytest.raises(UserError, match=f"--engine {engine}"):
+        cpu_engine_choice(load_model(quantized), EngineOptions(engine=engine, flash_attention=True))
 
 
 def test_cpu_onnx_engine_runs_on_the_cpu_provider(quantized, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEAWQ_CACHE", str(tmp_path))
-    engine = require("cpu").make_engine(load_model(quantized), EngineOptions(ep="VitisAI", strict_ep=True))
+    engine = require("cpu").make_engine(load_model(quantized), EngineOptions(engine="onnx", ep="VitisAI",
+                                                                              strict_ep=True))
     assert engine.name == "onnxruntime/CPUExecutionProvider"     # --ep/--strict_ep belong to the npu target
