@@ -74,6 +74,14 @@ def quantize_tiny(src: Path, out: Path, **overrides) -> dict:
     return quantize_task(str(src), str(out), **args)
 
 
+def rtn_default_checkpoint(model: str, bits: int, tmp_path: Path) -> Path:
+    """An RTN w`bits` g128 checkpoint of an embedded default model (parity does not depend on how codes were
+    chosen, and RTN is fast)."""
+    out = tmp_path / f"{model}-w{bits}g128"
+    quantize_tiny(DEFAULT_MODELS[model], out, w_bit=bits, group_size=128, awq_mode="none", algorithm="pergrp")
+    return out
+
+
 PARITY_PROMPTS = ["The hacker ethic", "A bug is", "Kludge: a", "Politeness, n.", "When the system crashed, the"]
 
 
