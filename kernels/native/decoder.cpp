@@ -9,7 +9,7 @@
 //       high nibble. One 64-byte line = 16 rows x 8 codes.
 //   meta uint8 (R, G, 48): 16 fp16 scales (rows 16r..16r+15 of group j), then 16 uint8 zero points.
 // Rows past N (padding of the last block) have code 0, scale 0, zero 0.
-// W[n, k] = (code - zero) * scale. Activations per token and group: s = max|x| / 127, q = round-half-even(x / s)
+// W[n, k] = (code - zero) * scale. Activations per token and group: s = max|x| / 127, q = round-half-even(x * (1/s))
 // (0 when s == 0), so y[n] = sum_j scale[n,j] * s_j * (sum_k code*q - zero[n,j] * sum_k q), exact in int32.
 #include <torch/extension.h>
 #include <immintrin.h>
