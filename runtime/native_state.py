@@ -68,7 +68,7 @@ def _model_problem(loaded: LoadedModel) -> str | None:
     c, f = loaded.config, loaded.family
     if getattr(c, "hidden_act", "silu") not in SUPPORTED_ACTIVATIONS:
         return f"hidden_act {c.hidden_act!r} (the native decoder implements SiLU)"
-    if head_dim(c) % 16 or c.num_attention_heads % c.num_key_value_heads:
+    if head_dim(c) % 16:
         return f"head_dim {head_dim(c)} (the native attention needs a multiple of 16)"
     for i, layer in enumerate(get_module(loaded.model, f.layers)):
         for name, parts in zip(GROUP_NAMES, _layer_groups(layer, f)):
@@ -176,7 +176,8 @@ def _mapped(path: Path, name: str) -> torch.Tensor:
     np_dtype, view = dtypes[entry["dtype"]]
     start, end = entry["data_offsets"]
     array = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + n + start, shape=tuple(entry["shape"]))
-    assert array.nbytes == end - start
+    if array.nbytes != end - start:
+        raise ValueError(f"{name}: {end - start} bytes recorded for shape {entry['shape']} {entry['dtype']}")
     t = torch.from_numpy(array)
     return t.view(view) if view is not None else t
 
