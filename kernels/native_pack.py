@@ -26,10 +26,6 @@ class NativeWeights:
     K: int
     group: int
 
-    @property
-    def nbytes(self) -> int:
-        return self.lines.numel() + self.meta.numel()
-
 
 def layout_problem(N: int, K: int, group: int, bits: int, scale_dtype: torch.dtype) -> str | None:
     """Why codes of this shape and scale dtype cannot use the native layout, or None."""
