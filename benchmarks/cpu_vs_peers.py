@@ -10,7 +10,10 @@ For each shape (default: llama-3.2-1b, llama-2-7b) at w4 g128, random weights (s
   AutoAWQ (benchmarks/peers/genai_model.py); timed by benchmarks/peers/genai_runner.py.
 Measures: decode tok/s at prompt 64 with 32 and 128 new tokens (batch 1), prefill tok/s at prompts 64 and 512.
 Each round runs every engine once per measure in a rotating order (each in its own process, 2 threads); medians
-and min-max over --rounds; ratios ours/peer of the medians. A peer that is not installed is reported as skipped.
+and min-max over --rounds, and every round's value (`samples`, in round order). Two ratios ours/peer: of the
+medians, and the median of the per-round ratios (`median_round_ratio`: each round measures the engines back to
+back, so the machine's bandwidth drift over minutes cancels in the pair). A peer that is not installed is reported
+as skipped.
 Peak RSS: ours from the benchmark's own window over its timed runs; peers from the process (wait4 ru_maxrss).
 Prints JSON lines (one per shape x measure x engine, then one per ratio) and a markdown table at the end.
 Usage: python benchmarks/cpu_vs_peers.py [--shapes llama-3.2-1b llama-2-7b] [--rounds 3] [--work runs/peers]
@@ -161,33 +164,40 @@ def main() -> None:
             for measure in MEASURES:
                 for e in order:
                     samples[(e.name, measure)].append(e.measure(*measure))
-        medians = {}
+        medians, values = {}, {}
         for (name, (kind, prompt, new)), runs in samples.items():
             key = "prefill_tok_s" if kind == "prefill" else "decode_tok_s"
-            values = [s[key] for s in runs]
-            medians[(name, kind, prompt, new)] = statistics.median(values)
+            values[(name, kind, prompt, new)] = tok_s = [s[key] for s in runs]
+            medians[(name, kind, prompt, new)] = statistics.median(tok_s)
             emit({"shape": shape, "engine": name, "measure": kind, "prompt_tokens": prompt,
-                  "new_tokens": new if kind == "decode" else None, "median_tok_s": statistics.median(values),
-                  "min_tok_s": min(values), "max_tok_s": max(values), "rounds": len(values),
+                  "new_tokens": new if kind == "decode" else None, "median_tok_s": statistics.median(tok_s),
+                  "min_tok_s": min(tok_s), "max_tok_s": max(tok_s), "rounds": len(tok_s), "samples": tok_s,
                   "peak_rss_bytes": max(s["peak_rss_bytes"] for s in runs), "threads": THREADS})
+        paired = {}
         for (name, kind, prompt, new), value in medians.items():
-            if name == "ours":
+            ours = values.get(("ours", kind, prompt, new))
+            if name == "ours" or not ours:
                 continue
-            ours = medians.get(("ours", kind, prompt, new))
-            if ours:
-                emit({"shape": shape, "ratio": f"ours/{name}", "measure": kind, "prompt_tokens": prompt,
-                      "new_tokens": new if kind == "decode" else None, "ratio_of_medians": ours / value})
-        table.append((shape, medians))
+            rounds = [a / b for a, b in zip(ours, values[(name, kind, prompt, new)])]
+            paired[(name, kind, prompt, new)] = statistics.median(rounds)
+            emit({"shape": shape, "ratio": f"ours/{name}", "measure": kind, "prompt_tokens": prompt,
+                  "new_tokens": new if kind == "decode" else None,
+                  "ratio_of_medians": medians[("ours", kind, prompt, new)] / value,
+                  "median_round_ratio": statistics.median(rounds), "min_round_ratio": min(rounds),
+                  "max_round_ratio": max(rounds)})
+        table.append((shape, medians, paired))
     if args.save:
         RESULTS.write_text("".join(json.dumps(x) + "\n" for x in lines))
     names = [n for n in args.engines]
-    print("\n| shape | measure | " + " | ".join(f"{n} tok/s" for n in names) + " | ours/peers |")
+    print("\n| shape | measure | " + " | ".join(f"{n} tok/s" for n in names)
+          + " | ours/peers: of the medians (median of the round ratios) |")
     print("|---|---|" + "---|" * len(names) + "---|")
-    for shape, medians in table:
+    for shape, medians, paired in table:
         for kind, prompt, new in MEASURES:
             cells = [medians.get((n, kind, prompt, new)) for n in names]
             ours = medians.get(("ours", kind, prompt, new))
-            ratios = ", ".join(f"{ours / v:.2f}x {n}" for n, v in zip(names, cells) if n != "ours" and v and ours)
+            ratios = ", ".join(f"{ours / v:.2f}x ({paired[(n, kind, prompt, new)]:.2f}x) {n}"
+                               for n, v in zip(names, cells) if n != "ours" and v and ours)
             label = f"decode (prompt {prompt}, {new} new)" if kind == "decode" else f"prefill {prompt}"
             print(f"| {shape} | {label} | " + " | ".join("skipped" if v is None else f"{v:.1f}" for v in cells)
                   + f" | {ratios} |")

@@ -30,7 +30,8 @@ ISA_FLAGS = {
 }
 CPU_FLAGS = {"avx512vnni": {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
              "avx2": {"avx2", "fma", "f16c"}}
-COMMON_FLAGS = ["-O3", "-std=c++17", "-fopenmp-simd", "-fno-math-errno"]
+# -fopenmp: the parallel loops run on the OpenMP runtime PyTorch loaded (decoder.cpp, "threads").
+COMMON_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno"]
 
 
 def cpu_flags() -> set[str]:
@@ -102,4 +103,5 @@ def load(isa: str | None = None):
     name = f"edgeawq_native_{isa}_{key}"
     folder = Path(os.environ.get("EDGEAWQ_NATIVE_BUILD") or cache_root() / "native-build") / name
     folder.mkdir(parents=True, exist_ok=True)
-    return load_extension(name, [str(SOURCE)], extra_cflags=flags, build_directory=str(folder), verbose=False)
+    return load_extension(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                          build_directory=str(folder), verbose=False)

@@ -14,14 +14,11 @@
 #include <torch/extension.h>
 #include <immintrin.h>
 
+#include <omp.h>
+
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <functional>
-#include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -34,79 +31,28 @@
 
 namespace {
 
-// ---- a small spin pool: the caller plus (threads - 1) workers, spinning only inside a session ----------------
+// ---- threads: PyTorch's own OpenMP team ------------------------------------------------------------------
+// The parallel loops run on the OpenMP runtime PyTorch already loaded (libgomp: this module links the same
+// soname, so the process has one runtime and one team). PyTorch's ops and these kernels then share the same
+// `threads` threads: nothing spins against anything. (A pool of our own measured 10-15% slower decode here:
+// libgomp's workers keep spinning for milliseconds after every parallel PyTorch op and took a core from it.)
 class Pool {
   public:
-    explicit Pool(int threads) : n_(std::max(1, threads)) {
-        for (int i = 1; i < n_; ++i) workers_.emplace_back([this, i] { loop(i); });
-    }
-    ~Pool() {
-        { std::lock_guard<std::mutex> l(m_); stop_ = true; }
-        cv_.notify_all();
-        for (auto& t : workers_) t.join();
-    }
+    explicit Pool(int threads) : n_(std::max(1, threads)) {}
     int size() const { return n_; }
-    // Workers spin for jobs between open() and close() and sleep otherwise.
-    void open() { { std::lock_guard<std::mutex> l(m_); active_ = true; } cv_.notify_all(); }
-    void close() { std::lock_guard<std::mutex> l(m_); active_ = false; }
-    // fn(begin, end) over [0, n) split into size() contiguous parts; returns when all parts are done.
+    // fn(begin, end) over [0, n) split into contiguous parts, one per thread; returns when all parts are done.
     // fn must not throw (it runs on worker threads).
-    void run(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    void run(int64_t n, const std::function<void(int64_t, int64_t)>& fn) const {
         if (n_ == 1 || n <= 1) { fn(0, n); return; }
-        job_ = &fn; total_ = n;
-        pending_.store(n_ - 1, std::memory_order_relaxed);
-        generation_.fetch_add(1, std::memory_order_release);
-        part(0, fn);
-        while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
-    }
-  private:
-    void part(int i, const std::function<void(int64_t, int64_t)>& fn) {
-        int64_t b = total_ * i / n_, e = total_ * (i + 1) / n_;
-        if (b < e) fn(b, e);
-    }
-    void loop(int i) {
-        uint64_t seen = 0;                      // generation_ starts at 0 when the pool is made
-        for (;;) {
-            {
-                std::unique_lock<std::mutex> l(m_);
-                cv_.wait(l, [this] { return active_.load() || stop_.load(); });
-                if (stop_) return;
-            }
-            while (active_.load(std::memory_order_relaxed) && !stop_.load(std::memory_order_relaxed)) {
-                const uint64_t g = generation_.load(std::memory_order_acquire);
-                if (g != seen) {
-                    seen = g;
-                    part(i, *job_);
-                    pending_.fetch_sub(1, std::memory_order_acq_rel);
-                } else {
-                    _mm_pause();
-                }
-            }
+#pragma omp parallel num_threads(n_)
+        {
+            const int64_t i = omp_get_thread_num(), k = omp_get_num_threads();
+            const int64_t b = n * i / k, e = n * (i + 1) / k;
+            if (b < e) fn(b, e);
         }
     }
+  private:
     int n_;
-    std::vector<std::thread> workers_;
-    std::mutex m_;
-    std::condition_variable cv_;
-    std::atomic<bool> active_{false}, stop_{false};
-    std::atomic<uint64_t> generation_{0};
-    std::atomic<int> pending_{0};
-    const std::function<void(int64_t, int64_t)>* job_ = nullptr;
-    int64_t total_ = 0;
-};
-
-// One pool per process (the decoder and the lm_head share it, so no two pools ever spin against each other).
-Pool& shared_pool(int threads) {
-    static std::unique_ptr<Pool> pool;
-    if (!pool || pool->size() != std::max(1, threads)) pool = std::make_unique<Pool>(threads);
-    return *pool;
-}
-
-// Opens the pool for the scope of one call.
-struct Session {
-    Pool& pool;
-    explicit Session(Pool& p) : pool(p) { pool.open(); }
-    ~Session() { pool.close(); }
 };
 
 // ---- 8-wide helpers (AVX2 + FMA; both builds) -------------------------------------------------------------
@@ -176,7 +122,7 @@ struct QActs {
     std::vector<int32_t> sum;   // (M, G)
 };
 
-void quantize_rows(const float* x, int64_t M, int64_t K, int64_t g, QActs& a, Pool& pool) {
+void quantize_rows(const float* x, int64_t M, int64_t K, int64_t g, QActs& a, const Pool& pool) {
     const int64_t G = K / g;
     a.q.resize(M * K); a.scale.resize(M * G); a.sum.resize(M * G);
     const __m256 sign = _mm256_set1_ps(-0.0f);
@@ -313,7 +259,7 @@ void tile_kernel(int rows, const QLinear& w, const QActs& a, int64_t m0, int64_t
 }
 
 // y (M, ldy >= 16 R) gets x @ W^T in its first N columns (+ bias); x already quantized in `a`.
-void qmatmul(const QLinear& w, const QActs& a, int64_t M, float* y, int64_t ldy, Pool& pool) {
+void qmatmul(const QLinear& w, const QActs& a, int64_t M, float* y, int64_t ldy, const Pool& pool) {
     const int64_t R = (w.N + 15) / 16;
     const int64_t chunk = 128;                         // tokens per pass over the weights (activations stay in L2)
     for (int64_t c0 = 0; c0 < M; c0 += chunk) {
@@ -395,7 +341,7 @@ class Decoder {
     Decoder(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t ffn, double eps,
             torch::Tensor cos, torch::Tensor sin, int64_t threads)
         : D_(hidden), nh_(heads), kvh_(kv_heads), hd_(head_dim), F_(ffn), eps_((float)eps),
-          cos_(cos.contiguous()), sin_(sin.contiguous()), threads_((int)threads) {
+          cos_(cos.contiguous()), sin_(sin.contiguous()), pool_((int)threads) {
         TORCH_CHECK(cos_.dtype() == torch::kFloat32 && cos_.dim() == 2 && cos_.size(1) == head_dim / 2,
                     "cos: float32 (positions, head_dim / 2)");
         TORCH_CHECK(heads % kv_heads == 0 && head_dim % 16 == 0, "heads: a multiple of kv_heads; head_dim: of 16");
@@ -455,25 +401,23 @@ class Decoder {
             gu(M * 2 * F_ + 16), act(M * F_), out(M * D_);
         const int64_t ld_qkv = 16 * ((qkv_n + 15) / 16);
         float* hp = h.data_ptr<float>();
-        pool_ = &shared_pool(threads_);
-        Session session(*pool_);
         {
             for (size_t li = 0; li < layers_.size(); ++li) {
                 const Layer& L = layers_[li];
                 rms_norm(hp, L.input_norm, M, x.data());
-                quantize_rows(x.data(), M, D_, L.qkv.g, acts_, *pool_);
-                qmatmul(L.qkv, acts_, M, qkv.data(), ld_qkv, *pool_);
+                quantize_rows(x.data(), M, D_, L.qkv.g, acts_, pool_);
+                qmatmul(L.qkv, acts_, M, qkv.data(), ld_qkv, pool_);
                 rope_and_store(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li]);
                 attention(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li], L.window, att.data());
-                quantize_rows(att.data(), M, nh_ * hd_, L.o.g, acts_, *pool_);
-                qmatmul(L.o, acts_, M, out.data(), D_, *pool_);
+                quantize_rows(att.data(), M, nh_ * hd_, L.o.g, acts_, pool_);
+                qmatmul(L.o, acts_, M, out.data(), D_, pool_);
                 for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
                 rms_norm(hp, L.post_norm, M, x.data());
-                quantize_rows(x.data(), M, D_, L.gate_up.g, acts_, *pool_);
-                qmatmul(L.gate_up, acts_, M, gu.data(), 2 * F_, *pool_);
+                quantize_rows(x.data(), M, D_, L.gate_up.g, acts_, pool_);
+                qmatmul(L.gate_up, acts_, M, gu.data(), 2 * F_, pool_);
                 silu_mul(gu.data(), M, act.data());
-                quantize_rows(act.data(), M, F_, L.down.g, acts_, *pool_);
-                qmatmul(L.down, acts_, M, out.data(), D_, *pool_);
+                quantize_rows(act.data(), M, F_, L.down.g, acts_, pool_);
+                qmatmul(L.down, acts_, M, out.data(), D_, pool_);
                 for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
             }
         }
@@ -482,7 +426,7 @@ class Decoder {
   private:
     void rms_norm(const float* h, const torch::Tensor& w, int64_t M, float* y) {
         const float* wp = w.data_ptr<float>();
-        pool_->run(M, [&](int64_t b, int64_t e) {
+        pool_.run(M, [&](int64_t b, int64_t e) {
             for (int64_t m = b; m < e; ++m) {
                 const float* r = h + m * D_;
                 double ss = 0;
@@ -494,7 +438,7 @@ class Decoder {
     }
 
     void silu_mul(const float* gu, int64_t M, float* y) {
-        pool_->run(M * (F_ / 8), [&](int64_t b, int64_t e) {
+        pool_.run(M * (F_ / 8), [&](int64_t b, int64_t e) {
             const int64_t per_row = F_ / 8;
             const __m256 one = _mm256_set1_ps(1.f), zero = _mm256_setzero_ps();
             for (int64_t c = b; c < e; ++c) {
@@ -543,7 +487,7 @@ class Decoder {
         const float* K = keys.data_ptr<float>();
         const float* V = values.data_ptr<float>();
         const float scale = 1.f / std::sqrt((float)hd_);
-        pool_->run(M * kvh_, [&](int64_t b, int64_t e) {
+        pool_.run(M * kvh_, [&](int64_t b, int64_t e) {
             std::vector<float> scores(group * S);
             for (int64_t task = b; task < e; ++task) {
                 const int64_t m = task / kvh_, kv = task % kvh_;
@@ -594,8 +538,7 @@ class Decoder {
     torch::Tensor cos_, sin_;
     std::vector<Layer> layers_;
     std::vector<torch::Tensor> keys_, values_;
-    int threads_;
-    Pool* pool_ = nullptr;
+    Pool pool_;
     QActs acts_;
 };
 
@@ -604,21 +547,19 @@ class Linear {
   public:
     Linear(torch::Tensor lines, torch::Tensor meta, c10::optional<torch::Tensor> bias, int64_t N, int64_t K,
            int64_t g, int64_t threads)
-        : w_(make_linear(lines, meta, bias, N, K, g)), threads_((int)threads) {}
+        : w_(make_linear(lines, meta, bias, N, K, g)), pool_((int)threads) {}
     torch::Tensor forward(torch::Tensor x) {
         TORCH_CHECK(x.dtype() == torch::kFloat32 && x.dim() == 2 && x.size(1) == w_.K, "x: float32 (M, K)");
         auto xc = x.contiguous();
         const int64_t M = x.size(0), R = (w_.N + 15) / 16;
         auto y = torch::empty({M, 16 * R}, torch::kFloat32);
-        Pool& pool = shared_pool(threads_);
-        Session session(pool);
-        quantize_rows(xc.data_ptr<float>(), M, w_.K, w_.g, acts_, pool);
-        qmatmul(w_, acts_, M, y.data_ptr<float>(), 16 * R, pool);
+        quantize_rows(xc.data_ptr<float>(), M, w_.K, w_.g, acts_, pool_);
+        qmatmul(w_, acts_, M, y.data_ptr<float>(), 16 * R, pool_);
         return 16 * R == w_.N ? y : y.narrow(1, 0, w_.N).contiguous();
     }
   private:
     QLinear w_;
-    int threads_;
+    Pool pool_;
     QActs acts_;
 };
 

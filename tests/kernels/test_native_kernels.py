@@ -47,3 +47,14 @@ def test_bad_layout_is_refused_with_a_message(ext):
     w = pack_native(codes, scales, zeros)
     with pytest.raises(RuntimeError, match="lines has"):
         ext.Linear(w.lines.flatten()[:64].clone(), w.meta, None, 16, 64, 32, 1)
+
+
+def test_kernels_share_pytorchs_openmp_runtime(ext):
+    """One OpenMP runtime in the process: the kernels' threads are PyTorch's (no second team spinning)."""
+    codes, scales, zeros = random_weights(32, 128, 32)
+    w = pack_native(codes, scales, zeros)
+    ext.Linear(w.lines, w.meta, None, 32, 128, 32, 2).forward(torch.randn(4, 128))
+    torch.ones(1 << 20).sum()                        # PyTorch's own parallel op
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes
