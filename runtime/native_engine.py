@@ -16,6 +16,8 @@ released, so the engine holds one copy: the native layout plus the embedding tab
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -27,6 +29,7 @@ class NativeEngine:
         """tensors, spec: a native state (runtime/native_state.py)."""
         ext = native_build.load()
         self.isa = ext.isa()
+        self.profile_phases: list[str] = ext.profile_phases()     # per-layer steps Decoder.take_profile() times
         self.name = f"native/{self.isa}"
         t = tensors
         self.threads = threads or torch.get_num_threads()
@@ -60,6 +63,7 @@ class NativeEngine:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.lengths = np.zeros(0, np.int64)
+        self.profiler = None                          # runtime/profiler.NativeProfiler while --profile runs
 
     @property
     def weight_bytes_per_token(self) -> int:
@@ -90,16 +94,21 @@ class NativeEngine:
         rows = torch.from_numpy(np.repeat(np.arange(B), new))                     # (M,)
         slots = torch.from_numpy(np.concatenate([self.lengths[b] + np.arange(new[b]) for b in range(B)]))
         self.lengths = self.lengths + new
+        clock = _Clock(self.profiler)
         h = self.embed[ids].float()                                                # (M, D)
+        clock.lap("model.embed_tokens", "embedding")
         self.decoder.forward(h, rows, slots)
+        clock.layers(self.decoder)
         ends = np.cumsum(new)                                                      # row b's tokens: [end-new, end)
         if last_only:
             x = h[torch.from_numpy(np.maximum(ends - 1, 0))]                       # (B, D)
             logits = self._logits(x)                                               # (B, V)
+            clock.lap("lm_head", "final norm + lm_head")
             if (new == 0).any():
                 logits[torch.from_numpy(new == 0)] = 0.0
             return logits[:, None]                                                 # (B, 1, V)
         logits = self._logits(h)                                                   # (M, V)
+        clock.lap("lm_head", "final norm + lm_head")
         out = torch.zeros(B, T, self.vocab)
         for b in range(B):
             out[b, T - new[b]:] = logits[ends[b] - new[b]: ends[b]]
@@ -109,3 +118,22 @@ class NativeEngine:
         """x float32 (n, D) -> final RMSNorm -> lm_head -> (n, V)."""
         var = x.pow(2).mean(-1, keepdim=True)
         return self.head((x * torch.rsqrt(var + self.norm_eps) * self.norm_weight).contiguous())
+
+
+class _Clock:
+    """Hands one forward call's step times to a NativeProfiler (does nothing without one)."""
+
+    def __init__(self, profiler) -> None:
+        self.profiler = profiler
+        self.t = time.perf_counter() if profiler is not None else 0.0
+
+    def lap(self, name: str, kind: str) -> None:
+        if self.profiler is not None:
+            now = time.perf_counter()
+            self.profiler.add(name, kind, now - self.t)
+            self.t = now
+
+    def layers(self, decoder) -> None:
+        if self.profiler is not None:
+            self.profiler.add_layers(decoder.take_profile())
+            self.t = time.perf_counter()

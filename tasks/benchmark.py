@@ -21,7 +21,7 @@ from ..runtime.memory import release_free_memory
 from ..runtime.model_loader import ACT_MODES, DTYPES, load_model
 from ..runtime.random_model import random_model_shell, random_quantized_model, shape_names
 from ..runtime.module_paths import get_module
-from ..runtime.profiler import ModuleProfiler, write_profile_csv
+from ..runtime.profiler import can_profile, profiler_for, write_profile_csv
 
 DEFAULT_LENGTHS = {"benchmark": (4, 8, 16, 32, 64, 128, 256), "benchmark_long": (512, 1024, 2048, 4096)}
 
@@ -123,9 +123,11 @@ def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengt
                                                "lm_head_group_size": loaded.quant.lm_head_group_size}
     source = str(loaded.source)
     engine = backend.make_engine(loaded, options)
-    if profile and engine.name not in ("transformers", "static-cache"):
-        raise UserError(f"--profile times PyTorch modules; this run uses the {engine.name} engine.",
-                        "Use --target cpu --engine torch to profile the PyTorch engine.")
+    if profile and not can_profile(engine):
+        raise UserError(f"--profile times PyTorch modules or the native engine's steps; this run uses the "
+                        f"{engine.name} engine (one ONNX Runtime graph).",
+                        "Use --target cpu with --engine native (the default when it can run the model) or "
+                        "--engine torch.")
     # engines that hold their own weight copy (tt: block-float tiles) know the bytes they read per token
     bytes_per_token = getattr(engine, "weight_bytes_per_token", bytes_per_token)
     release_free_memory()
@@ -140,7 +142,7 @@ def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengt
         prompt = stream[None, :L]
         rows.append(vars(measure_length(engine, prompt, new_tokens, repeats, bytes_per_token)))
         if profile:
-            profiler = ModuleProfiler(loaded.model)
+            profiler = profiler_for(engine, loaded.model)
             try:
                 generate_timed(engine, prompt, new_tokens, profiler)
             finally:

@@ -17,6 +17,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <vector>
@@ -329,6 +330,16 @@ inline void weighted_sum_any(const float* p, const float* V, int64_t lo, int64_t
     }
 }
 
+// Steps of one decoder layer as --profile reports them (each projection includes quantizing its input; the
+// residual adds are in o_proj and down_proj).
+constexpr int kPhases = 9;
+const char* const kPhaseNames[kPhases] = {"input_norm", "qkv_proj", "rope_kv_store", "attention", "o_proj",
+                                          "post_norm", "gate_up_proj", "silu_mul", "down_proj"};
+
+double seconds_now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 // ---- the decoder -----------------------------------------------------------------------------------------
 struct Layer {
     torch::Tensor input_norm, post_norm;    // float32 (D,)
@@ -401,26 +412,53 @@ class Decoder {
             gu(M * 2 * F_ + 16), act(M * F_), out(M * D_);
         const int64_t ld_qkv = 16 * ((qkv_n + 15) / 16);
         float* hp = h.data_ptr<float>();
-        {
-            for (size_t li = 0; li < layers_.size(); ++li) {
-                const Layer& L = layers_[li];
-                rms_norm(hp, L.input_norm, M, x.data());
-                quantize_rows(x.data(), M, D_, L.qkv.g, acts_, pool_);
-                qmatmul(L.qkv, acts_, M, qkv.data(), ld_qkv, pool_);
-                rope_and_store(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li]);
-                attention(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li], L.window, att.data());
-                quantize_rows(att.data(), M, nh_ * hd_, L.o.g, acts_, pool_);
-                qmatmul(L.o, acts_, M, out.data(), D_, pool_);
-                for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
-                rms_norm(hp, L.post_norm, M, x.data());
-                quantize_rows(x.data(), M, D_, L.gate_up.g, acts_, pool_);
-                qmatmul(L.gate_up, acts_, M, gu.data(), 2 * F_, pool_);
-                silu_mul(gu.data(), M, act.data());
-                quantize_rows(act.data(), M, F_, L.down.g, acts_, pool_);
-                qmatmul(L.down, acts_, M, out.data(), D_, pool_);
-                for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
-            }
+        if (profiling_ && profile_.size() != layers_.size() * kPhases) profile_.assign(layers_.size() * kPhases, 0.0);
+        double t = profiling_ ? seconds_now() : 0.0;
+        auto mark = [&](size_t li, int phase) {              // time since the previous mark -> (layer, phase)
+            if (!profiling_) return;
+            const double now = seconds_now();
+            profile_[li * kPhases + phase] += now - t;
+            t = now;
+        };
+        for (size_t li = 0; li < layers_.size(); ++li) {
+            const Layer& L = layers_[li];
+            rms_norm(hp, L.input_norm, M, x.data());
+            mark(li, 0);
+            quantize_rows(x.data(), M, D_, L.qkv.g, acts_, pool_);
+            qmatmul(L.qkv, acts_, M, qkv.data(), ld_qkv, pool_);
+            mark(li, 1);
+            rope_and_store(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li]);
+            mark(li, 2);
+            attention(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li], L.window, att.data());
+            mark(li, 3);
+            quantize_rows(att.data(), M, nh_ * hd_, L.o.g, acts_, pool_);
+            qmatmul(L.o, acts_, M, out.data(), D_, pool_);
+            for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
+            mark(li, 4);
+            rms_norm(hp, L.post_norm, M, x.data());
+            mark(li, 5);
+            quantize_rows(x.data(), M, D_, L.gate_up.g, acts_, pool_);
+            qmatmul(L.gate_up, acts_, M, gu.data(), 2 * F_, pool_);
+            mark(li, 6);
+            silu_mul(gu.data(), M, act.data());
+            mark(li, 7);
+            quantize_rows(act.data(), M, F_, L.down.g, acts_, pool_);
+            qmatmul(L.down, acts_, M, out.data(), D_, pool_);
+            for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
+            mark(li, 8);
         }
+    }
+
+    // Per-phase wall time (--profile): while on, forward adds each layer's step times to a (layers, kPhases)
+    // table of seconds (phase names: profile_phases()); take_profile() returns it flattened and zeroes it.
+    void set_profiling(bool on) {
+        profiling_ = on;
+        profile_.assign(layers_.size() * kPhases, 0.0);
+    }
+    std::vector<double> take_profile() {
+        std::vector<double> out(profile_);
+        std::fill(profile_.begin(), profile_.end(), 0.0);
+        return out;
     }
 
   private:
@@ -540,6 +578,8 @@ class Decoder {
     std::vector<torch::Tensor> keys_, values_;
     Pool pool_;
     QActs acts_;
+    bool profiling_ = false;
+    std::vector<double> profile_;
 };
 
 // A standalone quantized Linear (the lm_head, and the tests): x float32 (M, K) -> float32 (M, N).
@@ -577,5 +617,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, torch::Tensor, torch::Tensor, int64_t>())
         .def("add_layer", &Decoder::add_layer)
         .def("set_cache", &Decoder::set_cache)
-        .def("forward", &Decoder::forward, py::call_guard<py::gil_scoped_release>());
+        .def("forward", &Decoder::forward, py::call_guard<py::gil_scoped_release>())
+        .def("set_profiling", &Decoder::set_profiling)
+        .def("take_profile", &Decoder::take_profile);
+    m.def("profile_phases", [] { return std::vector<std::string>(kPhaseNames, kPhaseNames + kPhases); },
+          "names of the per-layer phases Decoder.take_profile() reports, in order");
 }

@@ -89,3 +89,33 @@ def test_random_weights_build_quantized_model_of_a_shape(tmp_path, capsys):
     assert with_head.fingerprint != loaded.fingerprint
     with pytest.raises(UserError, match="shape name or a config.json"):
         random_quantized_model("no-such-shape", QuantSpec(4, 32), torch.float32, torch.bfloat16)
+
+
+def test_profile_of_the_native_engine_times_every_layer_step(checkpoints, tmp_path, capsys):
+    from edgeawq.kernels import native_build
+    from edgeawq.runtime.backends import EngineOptions
+
+    from ..conftest import quantize_tiny
+
+    if native_build.build_problem() is not None:
+        pytest.skip(f"native kernels cannot build here: {native_build.build_problem()}")
+    quantize_tiny(checkpoints["llama3"], tmp_path / "q", awq_mode="none")
+    report = benchmark_task("benchmark", str(tmp_path / "q"), "cpu", "fp32", "bf16", False, "8,16", 4, 1, "json",
+                            str(tmp_path / "p.csv"))
+    assert report["engine"].startswith("native/")
+    with open(tmp_path / "p.csv") as f:
+        rows = list(csv.DictReader(f))
+    layers = load_model(tmp_path / "q").model.config.num_hidden_layers
+    steps = native_build.load().profile_phases()
+    assert len(steps) == 9 and "attention" in steps
+    expected = {f"model.layers.{i}.{s}" for i in range(layers) for s in steps} | {"model.embed_tokens", "lm_head"}
+    for length in ("8", "16"):
+        of_length = [r for r in rows if r["prompt_tokens"] == length]
+        assert {r["module"] for r in of_length} == expected and len(of_length) == len(expected)
+        for r in of_length:
+            assert (int(r["prefill_calls"]), int(r["decode_calls"])) == (1, 3)
+            assert float(r["prefill_ms_total"]) >= 0 and float(r["decode_ms_total"]) >= 0
+        assert sum(float(r["decode_ms_total"]) for r in of_length if r["module"].endswith("_proj")) > 0
+    with pytest.raises(UserError, match="--engine native"):
+        benchmark_task("benchmark", str(tmp_path / "q"), "cpu", "fp32", "bf16", False, "8", 4, 1, "json",
+                       str(tmp_path / "o.csv"), engine_options=EngineOptions(engine="onnx"))
