@@ -32,7 +32,7 @@ from torch import nn
 
 from ..kernels.formats import native_format, unpack
 from ..kernels.qlinear import QLinearPerGrp
-from ..runtime.fusion import head_dim, layer_windows, rope_half_tables
+from ..runtime.fusion import head_dim, layer_windows, linear_groups, rope_half_tables
 from ..runtime.model_loader import LoadedModel
 from ..runtime.module_paths import get_module
 from .matmulnbits import to_matmulnbits
@@ -153,12 +153,11 @@ class DecoderGraphBuilder:
         cos, sin = self.rope_tables()
         h = self.embedding(input_ids)
         for i, layer in enumerate(layers):
-            attn, mlp = getattr(layer, f.attn), getattr(layer, f.mlp)
+            groups = linear_groups(layer, f)
             past_k = w.input(f"past_key_values.{i}.key", TensorProto.FLOAT, ["batch", kvh, "past_sequence", hd])
             past_v = w.input(f"past_key_values.{i}.value", TensorProto.FLOAT, ["batch", kvh, "past_sequence", hd])
             x = self.rms_norm(h, getattr(layer, f.input_norm), f"layers.{i}.input_norm")
-            qkv = self.linear(x, [getattr(attn, f.q), getattr(attn, f.k), getattr(attn, f.v)],
-                              f"layers.{i}.attn.qkv_proj")
+            qkv = self.linear(x, groups["qkv"], f"layers.{i}.attn.qkv_proj")
             y, pk, pv = w.node("GroupQueryAttention", [qkv, "", "", past_k, past_v, seqlens, total, cos, sin],
                                n_out=3, domain="com.microsoft", name=f"layers.{i}.attn.gqa", num_heads=nh,
                                kv_num_heads=kvh, scale=float(hd) ** -0.5, do_rotary=1, rotary_interleaved=0,
@@ -167,12 +166,13 @@ class DecoderGraphBuilder:
                      ["batch", kvh, "total_sequence", hd])
             w.output(w.rename_output(pv, f"present.{i}.value"), TensorProto.FLOAT,
                      ["batch", kvh, "total_sequence", hd])
-            h = w.node("Add", [h, self.linear(y, [getattr(attn, f.o)], f"layers.{i}.attn.o_proj")])
+            h = w.node("Add", [h, self.linear(y, groups["o"], f"layers.{i}.attn.o_proj")])
             x = self.rms_norm(h, getattr(layer, f.post_attn_norm), f"layers.{i}.post_attn_norm")
-            gate_up = self.linear(x, [getattr(mlp, f.gate), getattr(mlp, f.up)], f"layers.{i}.mlp.gate_up_proj")
-            gate, up = w.node("Split", [gate_up, w.const([mlp_width(mlp, f)] * 2)], n_out=2, axis=-1)
+            gate_up = self.linear(x, groups["gate_up"], f"layers.{i}.mlp.gate_up_proj")
+            width = groups["gate_up"][0].out_features
+            gate, up = w.node("Split", [gate_up, w.const([width] * 2)], n_out=2, axis=-1)
             act = w.node("Mul", [w.node("Mul", [gate, w.node("Sigmoid", [gate])]), up])
-            h = w.node("Add", [h, self.linear(act, [getattr(mlp, f.down)], f"layers.{i}.mlp.down_proj")])
+            h = w.node("Add", [h, self.linear(act, groups["down"], f"layers.{i}.mlp.down_proj")])
         keep = "num_logits_to_keep"
         if self.keep_input:
             w.inputs.append(_scalar_input(keep))
@@ -184,10 +184,6 @@ class DecoderGraphBuilder:
         w.output(w.rename_output(logits, "logits"), TensorProto.FLOAT, ["batch", "logit_positions", c.vocab_size])
         self.summary.op_counts = dict(w.op_counts)
         return self.summary
-
-
-def mlp_width(mlp: nn.Module, f) -> int:
-    return getattr(mlp, f.gate).out_features
 
 
 def _scalar_input(name: str):

@@ -25,6 +25,16 @@ def layer_windows(config) -> list[int | None]:
     return [None] * n
 
 
+def linear_groups(layer: nn.Module, family: Family) -> dict[str, list[nn.Module]]:
+    """A decoder layer's Linears by the group that shares one input, in execution order: "qkv" [q, k, v], "o" [o],
+    "gate_up" [gate, up], "down" [down] (the grouping of the ONNX graph and of the native decoder)."""
+    attn, mlp = getattr(layer, family.attn), getattr(layer, family.mlp)
+    return {"qkv": [getattr(attn, family.q), getattr(attn, family.k), getattr(attn, family.v)],
+            "o": [getattr(attn, family.o)],
+            "gate_up": [getattr(mlp, family.gate), getattr(mlp, family.up)],
+            "down": [getattr(mlp, family.down)]}
+
+
 def head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 

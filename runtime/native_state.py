@@ -26,14 +26,13 @@ import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..checkpoints.directory import atomic_directory
 from ..errors import UserError
 from ..kernels.formats import native_format, unpack
 from ..kernels.native_pack import layout_problem, pack_native
 from ..kernels.qlinear import QLinearPerGrp
-from .fusion import head_dim, layer_windows, rope_half_tables
+from .fusion import head_dim, layer_windows, linear_groups, rope_half_tables
 from .model_identity import cache_root, fingerprint_of
 from .memory import release_free_memory
 from .model_loader import LoadedModel
@@ -43,13 +42,6 @@ FORMAT = "edgeawq-native"
 FORMAT_VERSION = 1
 SPEC_FILE, WEIGHTS_FILE = "native.json", "weights.safetensors"
 SUPPORTED_ACTIVATIONS = ("silu",)
-GROUP_NAMES = ("qkv", "o", "gate_up", "down")
-
-
-def _layer_groups(layer: nn.Module, f) -> list[list[nn.Module]]:
-    attn, mlp = getattr(layer, f.attn), getattr(layer, f.mlp)
-    return [[getattr(attn, f.q), getattr(attn, f.k), getattr(attn, f.v)], [getattr(attn, f.o)],
-            [getattr(mlp, f.gate), getattr(mlp, f.up)], [getattr(mlp, f.down)]]
 
 
 def native_problem(loaded: LoadedModel) -> str | None:
@@ -71,7 +63,7 @@ def _model_problem(loaded: LoadedModel) -> str | None:
     if head_dim(c) % 16:
         return f"head_dim {head_dim(c)} (the native attention needs a multiple of 16)"
     for i, layer in enumerate(get_module(loaded.model, f.layers)):
-        for name, parts in zip(GROUP_NAMES, _layer_groups(layer, f)):
+        for name, parts in linear_groups(layer, f).items():
             where = f"layers.{i}.{name}"
             if not all(isinstance(p, QLinearPerGrp) for p in parts):
                 return f"{where} is not quantized (the native decoder runs quantized decoder Linears only)"
@@ -123,7 +115,7 @@ def build_state(loaded: LoadedModel) -> tuple[dict[str, torch.Tensor], dict]:
             tensors[f"layers.{i}.input_norm"] = getattr(layer, f.input_norm).weight.detach().float()
             tensors[f"layers.{i}.post_norm"] = getattr(layer, f.post_attn_norm).weight.detach().float()
             groups.append([_pack(parts, f"layers.{i}.{name}", tensors)
-                           for name, parts in zip(GROUP_NAMES, _layer_groups(layer, f))])
+                           for name, parts in linear_groups(layer, f).items()])
             layer.to("meta")
         head = get_module(m, f.lm_head)
         if isinstance(head, QLinearPerGrp):
