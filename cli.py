@@ -124,7 +124,8 @@ TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplex
                    "config.json; random weights are RTN-quantized in memory with --w_bit/--group_size (and "
                    "lm_head with --lm_head/--lm_head_group_size).")
 @click.option("--profile", type=click.Path(dir_okay=False), default=None,
-              help="benchmark: write per-module prefill and per-token times to this CSV file.")
+              help="benchmark: write per-module prefill and per-token times to this CSV file (PyTorch modules, or the "
+                   "native engine's per-layer steps).")
 @click.option("--act_dtype", type=click.Choice(["bf16", "fp32", "aie"]), default="bf16", show_default=True,
               help="Activation dtype inside quantized Linears (bf16 = w4abf16). aie: the Ryzen AI NPU kernel's "
                    "numerics (bf16 activations and scales, int4 weights, fp32 accumulation, bf16 output) on the "
