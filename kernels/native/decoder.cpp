@@ -40,7 +40,6 @@ namespace {
 class Pool {
   public:
     explicit Pool(int threads) : n_(std::max(1, threads)) {}
-    int size() const { return n_; }
     // fn(begin, end) over [0, n) split into contiguous parts, one per thread; returns when all parts are done.
     // fn must not throw (it runs on worker threads).
     void run(int64_t n, const std::function<void(int64_t, int64_t)>& fn) const {
