@@ -63,7 +63,8 @@ TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplex
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--top_p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass, in (0, 1].")
 @click.option("--top_k", type=int, default=0, show_default=True, help="Keep the k most likely tokens; 0 = all.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampler.")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+              help="Seed of the sampler and of the calibration sampling.")
 @click.option("--stop_at_eos/--ignore_eos", default=True, show_default=True,
               help="Stop a sequence when it produces an end-of-sequence token.")
 @click.option("--instruct", is_flag=True, help="Wrap each prompt in the tokenizer's chat template.")
@@ -72,6 +73,10 @@ TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplex
 @click.option("--out", default=None,
               help="quantize / export: folder for the quantized checkpoint or the exported model (written "
                    "atomically).")
+@click.option("--overwrite", is_flag=True,
+              help="quantize / export: replace an --out folder that is not an earlier checkpoint / export of this "
+                   "tool (its contents are lost). Never a file, the current folder, a home folder or a folder "
+                   "holding the source model.")
 @click.option("--w_bit", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True,
               help="quantize: weight bits (3-bit codes are stored in a 4-bit container).")
 @click.option("--group_size", type=click.Choice(["32", "64", "128", "256", "-1"]), default="128",
@@ -134,7 +139,7 @@ TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplex
 def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attention: bool,
         max_seq_len: int | None, prompts: tuple[str, ...], prompts_file: str | None, max_new_tokens: int,
         temperature: float, top_p: float, top_k: int, seed: int, stop_at_eos: bool, instruct: bool,
-        output: str | None, out: str | None, export: str, w_bit: str, group_size: str, symmetric: bool, algorithm: str,
+        output: str | None, out: str | None, overwrite: bool, export: str, w_bit: str, group_size: str, symmetric: bool, algorithm: str,
         awq_mode: str, awq_cache: str | None, dump_awq: str | None, lm_head: bool, lm_head_group_size: str,
         calib_dataset: str | None, n_samples: int, seqlen: int | None, duo_scaling: bool, dataset: str,
         nsamples: int | None, compare: bool, float_model: str | None, fmt: str, prompt_lengths: str | None,
@@ -159,7 +164,7 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
     if task == "export":
         from .tasks.export import export_task
 
-        export_task(model_path, target, out, accuracy_level, fmt)
+        export_task(model_path, target, out, accuracy_level, fmt, overwrite)
     elif task == "quantize":
         from .tasks.quantize import quantize_task
 
@@ -171,7 +176,7 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
                             "Drop it here and pass it to decode, benchmark or perplexity.")
         quantize_task(model_path, out, int(w_bit), int(group_size), not symmetric, algorithm, awq_mode, awq_cache,
                       dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples, seqlen or 512, seed,
-                      duo_scaling, export)
+                      duo_scaling, export, overwrite=overwrite)
     elif task in ("benchmark", "benchmark_long"):
         from .tasks.benchmark import benchmark_task
 
@@ -244,11 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):   # click turns Ctrl-C into Abort (no prompts are used)
+        if debug:
+            raise
+        click.echo("\nInterrupted. Nothing half-written was left: outputs are replaced only when complete.", err=True)
         sys.exit(130)
 
 

@@ -26,13 +26,16 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 
 
 def read_json(path: Path, what: str) -> dict:
-    """Parse a JSON object file; a missing or malformed file is a `UserError` naming it."""
+    """Parse a JSON object file; a missing, unreadable or malformed file is a `UserError` naming it."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{what} {path} is missing.", "Copy it from the original model folder.") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{what} {path} is not valid JSON ({exc}).",
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be read ({exc.strerror or exc}).",
+                        "Check that the file is readable by you (permissions), or copy it again.") from None
+    except (ValueError, RecursionError) as exc:         # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{what} {path} is not valid JSON ({str(exc)[:200]}).",
                         "Replace it with the original file from the model's release.") from None
     if not isinstance(data, dict):
         raise UserError(f"{what} {path} does not hold a JSON object.",
@@ -95,6 +98,34 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
               "BOOL": torch.bool}
 
 
+MAX_HEADER_BYTES = 100 * 2**20   # the safetensors format's own limit on the JSON header
+
+
+def require_finite(name: str, tensor: torch.Tensor, source: Path) -> torch.Tensor:
+    """`tensor`, after checking that a float tensor holds no NaN or infinity (quantizing them gives unusable
+    scales)."""
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise UserError(f"Tensor {name} in {source} holds {bad} NaN or infinite values; a checkpoint quantized from "
+                        "it would produce garbage.", "Use the original, undamaged weights of the model (re-download "
+                        "or re-copy them), or repair the training run that produced them.")
+    return tensor
+
+
+class CheckedTensors(dict):
+    """Tensors already in memory (or memory-mapped) by name; `load(name)` returns one after `require_finite`."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], source: Path) -> None:
+        super().__init__(tensors)
+        self.source = source
+
+    def load(self, name: str) -> torch.Tensor:
+        return require_finite(name, self[name], self.source)
+
+    def shapes(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        return {k: (v.dtype, tuple(v.shape)) for k, v in self.items()}
+
+
 class StreamedSafetensors(dict):
     """Tensor names -> (file, dtype, shape, byte range) of safetensors files; `load(name)` reads one tensor.
 
@@ -108,32 +139,57 @@ class StreamedSafetensors(dict):
         super().__init__()
         for path in files:
             try:
-                with open(path, "rb") as f:
-                    n = int.from_bytes(f.read(8), "little")
-                    header = json.loads(f.read(n))
-                size = path.stat().st_size
-                for name, meta in header.items():
-                    if name == "__metadata__":
-                        continue
-                    begin, end = meta["data_offsets"]
-                    dtype, shape = _ST_DTYPES[meta["dtype"]], tuple(meta["shape"])
-                    if 8 + n + end > size or end - begin != dtype.itemsize * _numel(shape):
-                        raise ValueError(f"tensor {name} lies outside the file")
-                    self[name] = (path, dtype, shape, 8 + n + begin, end - begin)
-            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise UserError(f"Weight file {path} is corrupt or truncated ({exc}).",
+                self._index(path)
+            except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+                raise UserError(f"Weight file {path} is corrupt or truncated ({str(exc)[:200]}).",
                                 "Re-download or re-copy this file; compare its size and sha256 with the original.") \
                     from None
+
+    def _index(self, path: Path) -> None:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n > min(size - 8, MAX_HEADER_BYTES):
+                raise ValueError(f"its header claims {n} bytes; the file has {size}")
+            header = json.loads(f.read(n).decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+        for name, meta in header.items():
+            if name == "__metadata__":
+                continue
+            if not isinstance(meta, dict):
+                raise ValueError(f"the header entry of {name} is not an object")
+            offsets, shape = meta.get("data_offsets"), meta.get("shape")
+            if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+                    or not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)):
+                raise ValueError(f"tensor {name} has malformed offsets or shape")
+            if meta.get("dtype") not in _ST_DTYPES:
+                raise ValueError(f"tensor {name} has an unsupported dtype {meta.get('dtype')!r}")
+            begin, end = offsets
+            dtype, shape = _ST_DTYPES[meta["dtype"]], tuple(shape)
+            if not 0 <= begin <= end or 8 + n + end > size or end - begin != dtype.itemsize * _numel(shape):
+                raise ValueError(f"tensor {name} lies outside the file or does not match its shape")
+            self[name] = (path, dtype, shape, 8 + n + begin, end - begin)
+
+    def shapes(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        return {k: (v[1], v[2]) for k, v in self.items()}
 
     def load(self, name: str) -> torch.Tensor:
         path, dtype, shape, offset, nbytes = self[name]
         buf = bytearray(nbytes)
-        with open(path, "rb") as f:
-            f.seek(offset)
-            f.readinto(buf)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                got = f.readinto(buf)
+        except OSError as exc:
+            raise UserError(f"Weight file {path} cannot be read ({exc.strerror or exc}).",
+                            "Check the file and its permissions, or re-copy it.") from None
+        if got != nbytes:
+            raise UserError(f"Weight file {path} was truncated while it was read (tensor {name}).",
+                            "Re-copy the file and run again.")
         if nbytes == 0:
             return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape)
+        return require_finite(name, torch.frombuffer(buf, dtype=torch.uint8).view(dtype).reshape(shape), path)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -55,10 +55,12 @@ class QuantizedCheckpointWriter:
     Use as a context manager; the folder appears at `destination` only when the block exits without error."""
 
     def __init__(self, destination: Path, config: dict, quantization_config: dict, tokenizer_dir: Path,
-                 max_shard_bytes: int = 512 * 2**20, tensor_fn=None, float_dtype: torch.dtype | None = None) -> None:
+                 max_shard_bytes: int = 512 * 2**20, tensor_fn=None, float_dtype: torch.dtype | None = None,
+                 expected_bytes: int | None = None) -> None:
         """`quantization_config` is stored as given when it names a quant_method (an export format), else as the
         native format's. `tensor_fn(name, QuantizedWeight, bias)` lays out one quantized Linear (default: native);
-        `float_dtype` converts the float tensors (default: kept)."""
+        `float_dtype` converts the float tensors (default: kept); `expected_bytes`: the checkpoint's estimated
+        size (a filesystem with less free space is refused before any work)."""
         self.destination = Path(destination)
         self.config = dict(config)
         if "quant_method" not in quantization_config:
@@ -73,20 +75,23 @@ class QuantizedCheckpointWriter:
         self._pending_bytes = 0
         self._shards: list[tuple[Path, list[str]]] = []
         self._ctx = None
+        self.expected_bytes = expected_bytes
         self.folder: Path | None = None
 
     def __enter__(self) -> "QuantizedCheckpointWriter":
-        self._ctx = atomic_directory(self.destination)
+        self._ctx = atomic_directory(self.destination, self.expected_bytes)
         self.folder = self._ctx.__enter__()
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             try:
                 self._finish()
             except BaseException as err:
-                return self._ctx.__exit__(type(err), err, err.__traceback__)
-        return self._ctx.__exit__(exc_type, exc, tb)
+                self._ctx.__exit__(type(err), err, err.__traceback__)   # removes the temporary (or re-raises)
+                raise
+        self._ctx.__exit__(exc_type, exc, tb)      # an error of the final move into place propagates from here
+        return False
 
     def write(self, floats: dict[str, torch.Tensor], quantized: dict[str, QuantizedWeight]) -> None:
         biases = tuple(f"{q}.bias" for q in quantized)

@@ -16,7 +16,8 @@ from ..runtime.model_loader import LoadedModel
 from .engine import OrtEngine
 from .providers import choose_providers
 from ..runtime.model_identity import fingerprint_of
-from .export_folder import RECORD, cache_folder, export_model, read_record
+from ..checkpoints.output_path import check_output_folder
+from .export_folder import RECORD, cache_folder, export_model, export_problem, read_record
 
 
 def export_exists(loaded: LoadedModel, options: EngineOptions) -> bool:
@@ -38,6 +39,8 @@ def ensure_export(loaded: LoadedModel, onnx_dir: Path | None, accuracy_level: in
         return folder
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         read_record(folder, fingerprint, accuracy_level)     # raises: not an export of this tool
+    if onnx_dir is not None:                                 # never the current folder, a home, the source...
+        check_output_folder(folder, "export", [loaded.source], False, export_problem, flag="--onnx_dir")
     print(f"[onnx] exporting {loaded.source} to {folder} (accuracy_level {accuracy_level})", file=sys.stderr)
     export_model(loaded, folder, accuracy_level, fingerprint)
     return folder

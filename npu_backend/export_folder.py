@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoints.directory import atomic_directory
+from ..checkpoints.output_path import unlisted_files_problem
 from ..errors import UserError
 from ..runtime.fusion import head_dim
 from ..runtime.model_identity import cache_root
@@ -97,6 +98,18 @@ def export_model(loaded: LoadedModel, out: Path, accuracy_level: int, fingerprin
                   "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}}
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def export_problem(folder: Path) -> str | None:
+    """None when `folder` holds an earlier export of this tool and nothing else (an export may replace it); else
+    why it is not one."""
+    try:
+        record = json.loads((folder / RECORD).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return f"it has no readable {RECORD}"
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(record.get("files"), dict):
+        return f"its {RECORD} is not an {FORMAT} record"
+    return unlisted_files_problem(folder, record["files"], RECORD)
 
 
 def read_record(folder: Path, fingerprint: str | None, accuracy_level: int | None) -> dict:

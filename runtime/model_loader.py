@@ -19,9 +19,11 @@ from torch import nn
 from .. import default_models
 from ..checkpoints import autoawq, hf_files, meta_format
 from ..checkpoints.directory import verify_manifest
+from ..checkpoints.hf_files import CheckedTensors
 from ..checkpoints.tokenizer_files import load_tokenizer, meta_eos_ids
 from ..errors import UserError
 from ..kernels.qlinear import QLinearPerGrp
+from .config_check import check_config
 from .families import FAMILIES, Family, supported_types
 from .module_paths import get_module, set_module
 from .quantized_model import QuantLayout, install_qlinears
@@ -82,11 +84,69 @@ def read_config(path: Path) -> tuple[object, Family, dict | None]:
     if model_type not in FAMILIES:
         raise UserError(f"{path / 'config.json'} has model_type {model_type!r}, which this tool does not support.",
                         f"Supported model types: {supported_types()}.")
+    check_config(raw, path / "config.json")
     quant = raw.pop("quantization_config", None)
     if quant is not None and quant.get("quant_method") not in QUANT_READERS:
         raise UserError(f"{path / 'config.json'} declares quantization method {quant.get('quant_method')!r}, which "
                         "this tool cannot load.", f"Supported: {', '.join(QUANT_READERS)} (or a float checkpoint).")
-    return transformers.AutoConfig.for_model(**raw), FAMILIES[model_type], quant
+    return config_from_dict(raw, path / "config.json"), FAMILIES[model_type], quant
+
+
+def config_from_dict(raw: dict, path: Path):
+    """The transformers config of a checked raw config dict; what transformers still refuses is a UserError."""
+    try:
+        return transformers.AutoConfig.for_model(**raw)
+    except Exception as exc:  # noqa: BLE001 - transformers raises ValueError, TypeError, KeyError... for bad values
+        raise UserError(f"{path} describes a model transformers cannot configure ({type(exc).__name__}: "
+                        f"{str(exc)[:300]}).", "Use the config.json that was released with the model's weights.") \
+            from None
+
+
+def build_skeleton(config, family: Family, source: Path) -> nn.Module:
+    """`family.model_class(config)` on the meta device (no memory for weights); a config transformers cannot build
+    a model from is a UserError naming the source."""
+    try:
+        with torch.device("meta"):
+            return getattr(transformers, family.model_class)(config)
+    except Exception as exc:  # noqa: BLE001 - model constructors raise many types for inconsistent configs
+        raise UserError(f"The config of {source} describes a model transformers cannot build "
+                        f"({type(exc).__name__}: {str(exc)[:300]}).",
+                        "Use the config.json that was released with the model's weights.") from None
+
+
+def rebuild_rotary(model: nn.Module, config, family: Family, source: Path) -> None:
+    """Non-persistent buffers (RoPE inverse frequencies) are not in the file: rebuild them on the CPU."""
+    rotary = get_module(model, family.rotary)
+    try:
+        set_module(model, family.rotary, type(rotary)(config=config))
+    except Exception as exc:  # noqa: BLE001 - RoPE initialisers raise KeyError/ValueError for missing settings
+        raise UserError(f"The RoPE settings in the config of {source} are incomplete or invalid "
+                        f"({type(exc).__name__}: {str(exc)[:300]}).",
+                        "Use the config.json that was released with the model's weights.") from None
+
+
+def check_state_fits(expected: dict[str, tuple[int, ...]], actual: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+                     source: Path, optional: tuple[str, ...] = ()) -> None:
+    """The tensors a file holds (name -> (dtype, shape)) against those the config implies (name -> shape): the same
+    names (`optional` may be absent), the same shapes, float values. A mismatch is a UserError naming a tensor."""
+    actual = {k: v for k, v in actual.items() if not k.endswith(IGNORED_KEYS)}
+    missing = [k for k in expected if k not in actual and k not in optional]
+    if missing:
+        raise UserError(f"The weights in {source} lack {len(missing)} tensors the config requires "
+                        f"(first: {missing[0]}).",
+                        "The weight files are incomplete or belong to a different model; copy the complete set.")
+    extra = [k for k in actual if k not in expected]
+    if extra:
+        raise UserError(f"The weights in {source} hold {len(extra)} tensors the config does not describe "
+                        f"(first: {extra[0]}).", "Use the config.json that was released with these weights.")
+    for name, (dtype, shape) in actual.items():
+        if tuple(expected[name]) != tuple(shape):
+            raise UserError(f"Tensor {name} in {source} has shape {list(shape)}, but the config implies "
+                            f"{list(expected[name])} (check vocab_size, hidden_size, intermediate_size and the head "
+                            "counts).", "Use the config.json that was released with these weights.")
+        if not dtype.is_floating_point:
+            raise UserError(f"Tensor {name} in {source} is {dtype}; a float checkpoint holds float tensors.",
+                            "Quantize the float model, not a converted or quantized copy of it.")
 
 
 @dataclass
@@ -110,8 +170,9 @@ def open_checkpoint(path: str | Path | None = None, streamed: bool = False) -> C
     if meta_format.is_meta_folder(folder):
         tokenizer = load_tokenizer(folder, meta_format=True)
         raw, state = meta_format.convert(folder, tokenizer.bos_token_id, meta_eos_ids(tokenizer))
-        return CheckpointSource(folder, transformers.AutoConfig.for_model(**raw), FAMILIES["llama"], None, state,
-                                tokenizer)
+        check_config(raw, folder / "params.json")
+        return CheckpointSource(folder, config_from_dict(raw, folder / "params.json"), FAMILIES["llama"], None,
+                                CheckedTensors(state, folder), tokenizer)
     if not (folder / "config.json").exists():
         raise UserError(f"{folder} is not a model folder: it has no config.json (Hugging Face format) and no "
                         "params.json + consolidated.*.pth (Meta format).",
@@ -132,7 +193,8 @@ def open_checkpoint(path: str | Path | None = None, streamed: bool = False) -> C
     state = hf_files.load_tensors(files)
     if reader is not None:
         state = reader.translate(state)
-    return CheckpointSource(folder, config, family, quant, state, load_tokenizer(folder))
+    return CheckpointSource(folder, config, family, quant, hf_files.CheckedTensors(state, folder),
+                            load_tokenizer(folder))
 
 
 def load_model(path: str | Path | None = None, dtype: str = "fp32", act_dtype: str = "bf16") -> LoadedModel:
@@ -161,9 +223,7 @@ def build_from_state_dict(config, family: Family, state: dict[str, torch.Tensor]
     """Instantiate `family.model_class` on the meta device (with QLinearPerGrp shells where `layout` says) and
     assign `state` to it: float tensors cast to `dtype`, quantized buffers (packed, scales, zeros) as stored."""
     config._attn_implementation = "sdpa"
-    cls = getattr(transformers, family.model_class)
-    with torch.device("meta"):
-        model = cls(config)
+    model = build_skeleton(config, family, source)
     if layout is not None:
         install_qlinears(model, family, layout, act_dtype)
     keep = (".packed", ".scales", ".zeros")
@@ -186,9 +246,7 @@ def build_from_state_dict(config, family: Family, state: dict[str, torch.Tensor]
                         "Use the config.json that was released with these weights.")
     if tied_head:
         get_module(model, family.lm_head).weight = get_module(model, family.embed).weight
-    # Non-persistent buffers (RoPE inverse frequencies) are not in the file: rebuild them on the CPU.
-    rotary = get_module(model, family.rotary)
-    set_module(model, family.rotary, type(rotary)(config=config))
+    rebuild_rotary(model, config, family, source)
     on_meta = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if on_meta:
         raise RuntimeError(f"tensors left on the meta device after loading: {on_meta[:5]}")

@@ -16,13 +16,26 @@ _FIX = ('Write a JSON list such as ["first prompt", "second prompt"] or [{"promp
         'one such item per line.')
 
 
+def check_prompt_text(text: str, where: str) -> str:
+    """A prompt must be text a tokenizer can encode: valid Unicode without unpaired surrogates (JSON escapes such
+    as \\ud800, or command-line bytes that are not UTF-8, produce them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"{where} holds an unpaired surrogate or invalid character at position {exc.start} "
+                        f"({text[exc.start]!r}), which is not text.",
+                        "Fix the prompt's encoding: UTF-8 text, and in JSON only paired \\uXXXX surrogate "
+                        "escapes.") from None
+    return text
+
+
 def _item(value, where: str, path: Path) -> str:
     if isinstance(value, dict):
         value = value.get("prompt")
     if not isinstance(value, str):
         raise UserError(f"Prompts file {path}: {where} is neither a string nor an object with a \"prompt\" string.",
                         _FIX)
-    return value
+    return check_prompt_text(value, f"Prompts file {path}, {where},")
 
 
 def read_prompts_file(path: str | Path) -> list[str]:
@@ -33,6 +46,9 @@ def read_prompts_file(path: str | Path) -> list[str]:
         raise UserError(f"Prompts file {path} does not exist.", "Check the path given to --prompts.") from None
     except (UnicodeDecodeError, IsADirectoryError) as exc:
         raise UserError(f"Prompts file {path} is not a UTF-8 text file ({exc}).", _FIX) from None
+    except OSError as exc:
+        raise UserError(f"Prompts file {path} cannot be read ({exc.strerror or exc}).",
+                        "Check the path and the file's permissions.") from None
     stripped = text.strip()
     if not stripped:
         raise UserError(f"Prompts file {path} is empty.", _FIX)
@@ -41,6 +57,11 @@ def read_prompts_file(path: str | Path) -> list[str]:
             items = json.loads(stripped)
         except json.JSONDecodeError as exc:
             raise UserError(f"Prompts file {path} is not valid JSON ({exc}).", _FIX) from None
+        except RecursionError:
+            raise UserError(f"Prompts file {path} nests JSON lists or objects too deeply to be a prompts file.",
+                            _FIX) from None
+        if not isinstance(items, list):
+            raise UserError(f"Prompts file {path} is not a JSON list.", _FIX)
         prompts = [_item(v, f"item {i}", path) for i, v in enumerate(items)]
     else:
         prompts = []
@@ -51,6 +72,9 @@ def read_prompts_file(path: str | Path) -> list[str]:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"Prompts file {path}, line {n}, is not valid JSON ({exc}).", _FIX) from None
+            except RecursionError:
+                raise UserError(f"Prompts file {path}, line {n}, nests JSON too deeply to be a prompt.", _FIX) \
+                    from None
             prompts.append(_item(value, f"line {n}", path))
     if not prompts:
         raise UserError(f"Prompts file {path} holds no prompts.", _FIX)

@@ -8,6 +8,15 @@ import torch
 from ..errors import UserError
 
 
+MAX_SEED = 2**64 - 1   # torch.Generator.manual_seed takes 64-bit seeds
+
+
+def check_seed(seed: int) -> int:
+    if not (type(seed) is int and 0 <= seed <= MAX_SEED):
+        raise UserError(f"--seed {seed} is invalid.", f"Use an integer from 0 to {MAX_SEED}.")
+    return seed
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 0.0   # 0 = greedy
@@ -23,6 +32,7 @@ class SamplingConfig:
             raise UserError(f"--top_p {self.top_p} is invalid.", "Use a value in (0, 1]; 1 disables nucleus sampling.")
         if self.top_k < 0:
             raise UserError(f"--top_k {self.top_k} is invalid.", "Use 0 (no top-k filter) or a positive integer.")
+        check_seed(self.seed)
         return self
 
 

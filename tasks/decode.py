@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..runtime.backends import EngineOptions, require
 from ..runtime.generate import generate_text
 from ..runtime.model_loader import load_model
-from ..runtime.prompts import read_prompts_file
+from ..runtime.prompts import check_prompt_text, read_prompts_file
 from ..runtime.sampling import SamplingConfig
 
 DEFAULT_CONTEXT = 2048
@@ -32,7 +32,8 @@ def decode_task(model_path: str | None, target: str, dtype: str, flash_attention
                 act_dtype: str = "bf16", engine_options: EngineOptions | None = None) -> None:
     if prompts and prompts_file:
         raise UserError("Both --prompt and --prompts were given.", "Use one of them.")
-    texts = read_prompts_file(prompts_file) if prompts_file else list(prompts)
+    texts = read_prompts_file(prompts_file) if prompts_file else [
+        check_prompt_text(p, f"--prompt {i + 1}") for i, p in enumerate(prompts)]
     if not texts:
         raise UserError("No prompt was given.", "Pass --prompt TEXT (repeatable) or --prompts FILE.")
     sampling = SamplingConfig(temperature, top_p, top_k, seed).validate()

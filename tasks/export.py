@@ -6,8 +6,9 @@ atomically, so exporting twice reuses nothing. `--target npu` then runs it with 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+from .. import default_models
+from ..checkpoints.output_path import check_output_folder
 from ..errors import UserError
 from ..runtime.backends import require
 from ..runtime.model_loader import load_model
@@ -15,18 +16,22 @@ from ..runtime.model_loader import load_model
 EXPORT_TARGETS = ("npu",)
 
 
-def export_task(model_path: str | None, target: str, out: str | None, accuracy_level: int, fmt: str) -> dict:
+def export_task(model_path: str | None, target: str, out: str | None, accuracy_level: int, fmt: str,
+                overwrite: bool = False) -> dict:
+    """Export the checkpoint at `model_path` into the folder `out` (replacing only an earlier export of this tool
+    there, or anything but protected places with `overwrite`: checkpoints/output_path.py)."""
     if target not in EXPORT_TARGETS:
         raise UserError(f"--task export writes ONNX Runtime folders for {', '.join(EXPORT_TARGETS)}; --target "
                         f"{target} has no export.", "Pass --target npu.")
     if out is None:
         raise UserError("--task export needs --out.", "Pass --out FOLDER for the exported model.")
     require(target)
+    from ..npu_backend.export_folder import export_model, export_problem
     from ..runtime.model_identity import fingerprint_of
-    from ..npu_backend.export_folder import export_model
 
+    out_path = check_output_folder(out, "export", [default_models.resolve(model_path)], overwrite, export_problem)
     loaded = load_model(model_path, "fp32", "fp32")
-    record = export_model(loaded, Path(out), accuracy_level, fingerprint_of(loaded))
+    record = export_model(loaded, out_path, accuracy_level, fingerprint_of(loaded))
     if fmt in ("json", "jsonl"):
         print(json.dumps(record, indent=2 if fmt == "json" else None))
     else:

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import torch
-import transformers
 
 from ..awq.calibration import calibration_blocks
 from ..awq.driver import QuantizeJob, quantize_streaming
@@ -17,7 +16,10 @@ from ..checkpoints.quantized_format import QuantizedCheckpointWriter
 from ..errors import UserError
 from ..kernels.formats import native_format
 from ..kernels.quantizer import QuantSpec
-from ..runtime.model_loader import open_checkpoint
+from ..checkpoints.directory import checkpoint_problem
+from ..checkpoints.output_path import check_output_folder
+from ..runtime.model_loader import build_skeleton, check_state_fits, open_checkpoint
+from ..runtime.sampling import check_seed
 from ..runtime.module_paths import get_module
 
 
@@ -32,11 +34,36 @@ def check_group_sizes(skeleton, family, spec: QuantSpec, lm_head: bool, lm_head_
         head_spec.group(get_module(skeleton, family.lm_head).in_features, family.lm_head)
 
 
+def estimated_bytes(skeleton, family, shapes: dict, spec: QuantSpec, lm_head: bool, lm_head_group_size: int,
+                    float_dtype: torch.dtype | None) -> int:
+    """Bytes of the checkpoint to write: quantized Linears as codes (in their container) + fp16 scales + uint8
+    zeros per group, the other tensors in their stored dtype."""
+    container = 4 if spec.bits == 3 else spec.bits
+    quantized = {f"{family.layers}.{i}.{rel}.weight": spec for i in range(len(get_module(skeleton, family.layers)))
+                 for rel in family.linears}
+    if lm_head:
+        quantized[f"{family.lm_head}.weight"] = QuantSpec(spec.bits, lm_head_group_size, spec.zero_point)
+    total = 0
+    for name, (dtype, shape) in shapes.items():
+        numel = 1
+        for d in shape:
+            numel *= d
+        if name in quantized and len(shape) == 2:
+            n, k = shape
+            total += n * k * container // 8 + 3 * n * (k // quantized[name].group(k))
+        else:
+            total += numel * (float_dtype or dtype).itemsize
+    return total
+
+
 def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int, zero_point: bool, algorithm: str,
                   awq_mode: str, awq_cache: str | None, dump_awq: str | None, lm_head: bool,
                   lm_head_group_size: int, calib_dataset: str | None, n_samples: int, seqlen: int, seed: int,
                   duo_scaling: bool, export: str = "native", max_shard_bytes: int = 512 * 2**20,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, overwrite: bool = False) -> dict:
+    """Quantize the float model at `model_path` into a checkpoint folder `out` (replacing only an earlier
+    checkpoint of this tool there, or anything but protected places with `overwrite`: checkpoints/output_path.py).
+    Returns the summary printed as JSON."""
     spec = QuantSpec(w_bit, group_size, zero_point).validate()
     if export == "awq":
         check_exportable(spec.bits, spec.group_size, lm_head)
@@ -47,14 +74,15 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     if dump_awq and awq_mode != "run":
         raise UserError("--dump_awq saves search results, but no search runs with --awq "
                         f"{awq_mode}.", "Use --awq run, or drop --dump_awq.")
+    check_seed(seed)
     src = open_checkpoint(model_path, streamed=True)
     if src.quant is not None:
         raise UserError(f"{src.folder} is already a quantized checkpoint.", "Quantize the float model it came from.")
-    out_path = Path(out).expanduser().absolute()
-    if out_path == src.folder.absolute():
-        raise UserError("--out is the source model folder.", "Write the quantized checkpoint to a new folder.")
-    with torch.device("meta"):
-        skeleton = getattr(transformers, src.family.model_class)(src.config)
+    out_path = check_output_folder(out, "checkpoint", [src.folder], overwrite, checkpoint_problem)
+    skeleton = build_skeleton(src.config, src.family, src.folder)
+    tied = bool(getattr(src.config, "tie_word_embeddings", False))
+    check_state_fits({k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, src.state.shapes(), src.folder,
+                     optional=(f"{src.family.lm_head}.weight",) if tied else ())
     check_group_sizes(skeleton, src.family, spec, lm_head, lm_head_group_size)
     torch.manual_seed(seed)
     search = awq_mode == "run"
@@ -76,13 +104,14 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
         "quantized_modules": list(src.family.linears), "fused_layout": False,
         "source_model": str(src.folder),
     }
-    with torch.device("meta"):
-        skeleton = getattr(transformers, src.family.model_class)(src.config)
     layout = {}
     if export == "awq":
         qconfig = autoawq_quantization_config(spec.group_size)
         layout = {"tensor_fn": autoawq_tensors, "float_dtype": torch.float16}
-    with QuantizedCheckpointWriter(out_path, config, qconfig, src.folder, max_shard_bytes, **layout) as writer:
+    expected = estimated_bytes(skeleton, src.family, src.state.shapes(), spec, lm_head, lm_head_group_size,
+                           layout.get("float_dtype"))
+    with QuantizedCheckpointWriter(out_path, config, qconfig, src.folder, max_shard_bytes, expected_bytes=expected,
+                                   **layout) as writer:
         report = quantize_streaming(skeleton, src.config, src.family, src.state, job, writer)
     if dump_awq:
         save_llm_awq_cache(dump_awq, report.scales, report.clips)

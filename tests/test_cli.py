@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -135,8 +136,15 @@ def test_debug_shows_traceback():
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr
 
 
+def console_script() -> str:
+    """The `run_awq` installed for the interpreter running the tests (a venv's bin/, whether or not it is on PATH)."""
+    script = Path(sys.executable).parent / "run_awq"
+    assert script.is_file(), f"{script} is missing: install the project into this interpreter (pip install -e .)"
+    return str(script)
+
+
 def test_console_script_error_has_no_traceback():
-    proc = subprocess.run(["run_awq", "--task", "decode", "--model", "/nonexistent", "--prompt", "x"],
+    proc = subprocess.run([console_script(), "--task", "decode", "--model", "/nonexistent", "--prompt", "x"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "does not exist" in proc.stderr
 
