@@ -16,6 +16,7 @@ from ..runtime.model_loader import LoadedModel
 from .engine import OrtEngine
 from .providers import choose_providers
 from ..runtime.model_identity import fingerprint_of
+from ..checkpoints.cache_integrity import DamagedArtefact
 from ..checkpoints.output_path import check_output_folder
 from .export_folder import RECORD, cache_folder, export_model, export_problem, read_record
 
@@ -35,14 +36,19 @@ def ensure_export(loaded: LoadedModel, onnx_dir: Path | None, accuracy_level: in
     fingerprint = fingerprint_of(loaded)
     folder = Path(onnx_dir) if onnx_dir is not None else cache_folder(fingerprint, accuracy_level)
     if (folder / RECORD).exists():
-        read_record(folder, fingerprint, accuracy_level)
-        return folder
+        try:
+            read_record(folder, fingerprint, accuracy_level)
+            return folder
+        except DamagedArtefact as damaged:                   # our own export, damaged: write it again
+            print(f"[onnx] {damaged.problem} Exporting it again.", file=sys.stderr)
+            export_model(loaded, folder, accuracy_level, fingerprint, wait=onnx_dir is None)
+            return folder
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         read_record(folder, fingerprint, accuracy_level)     # raises: not an export of this tool
     if onnx_dir is not None:                                 # never the current folder, a home, the source...
         check_output_folder(folder, "export", [loaded.source], False, export_problem, flag="--onnx_dir")
     print(f"[onnx] exporting {loaded.source} to {folder} (accuracy_level {accuracy_level})", file=sys.stderr)
-    export_model(loaded, folder, accuracy_level, fingerprint)
+    export_model(loaded, folder, accuracy_level, fingerprint, wait=onnx_dir is None)
     return folder
 
 

@@ -8,10 +8,12 @@ Folder (an onnxruntime-genai model folder; `og.Model(folder)` runs it):
   edgeawq_export.json           the record: {"format": "edgeawq-onnx", "format_version", "source",
                                 "source_fingerprint", "bits", "group_size", "lm_head_group_size",
                                 "container_bits", "accuracy_level", "matmulnbits_nodes", "quantized_linears",
-                                "float_matmuls", "onnxruntime", "files": {name: size}}
+                                "float_matmuls", "onnxruntime", "files": {name: size},
+                                "hashes": {name: {"size", "xxh3_64"}}}
 A folder is written atomically (checkpoints/directory.py) and always from scratch: exporting twice reuses
 nothing. A folder is used only when its record matches the source checkpoint's fingerprint, this format version
-and the requested accuracy level; otherwise it is stale (or foreign, without a record) and refused by name.
+and the requested accuracy level; otherwise it is stale (or foreign, without a record) and refused by name. Its files
+are checked against the recorded sizes and hashes before every use; a damaged export is written again.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoints.cache_integrity import DamagedArtefact, damage, file_table
 from ..checkpoints.directory import atomic_directory
 from ..checkpoints.output_path import unlisted_files_problem
 from ..errors import UserError
@@ -69,15 +72,16 @@ def genai_config(loaded: LoadedModel, max_length: int) -> dict:
                        "temperature": 1.0, "top_k": 1, "top_p": 1.0}}
 
 
-def export_model(loaded: LoadedModel, out: Path, accuracy_level: int, fingerprint: str) -> dict:
-    """Write the model folder for `loaded` into `out` (atomically, from scratch). Returns the record."""
+def export_model(loaded: LoadedModel, out: Path, accuracy_level: int, fingerprint: str, wait: bool = False) -> dict:
+    """Write the model folder for `loaded` into `out` (atomically, from scratch). Returns the record. `wait`: wait
+    for another run writing the same folder (caches) instead of refusing."""
     if accuracy_level not in ACCURACY_LEVELS:
         raise UserError(f"--accuracy_level {accuracy_level} is invalid.",
                         "Use 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8 activations, the fast CPU path).")
     import onnxruntime
 
     out = Path(out)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, wait=wait) as tmp:
         writer = GraphWriter(tmp)
         summary = DecoderGraphBuilder(loaded, writer, accuracy_level).build()
         writer.save()                                                  # num_logits_to_keep is an input
@@ -96,6 +100,7 @@ def export_model(loaded: LoadedModel, out: Path, accuracy_level: int, fingerprin
                   "quantized_linears": summary.quantized_linears, "float_matmuls": summary.float_matmuls,
                   "op_counts": summary.op_counts, "onnxruntime": onnxruntime.__version__,
                   "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}}
+        record["hashes"] = file_table(tmp, record["files"])
         (tmp / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -134,13 +139,12 @@ def read_record(folder: Path, fingerprint: str | None, accuracy_level: int | Non
                         "as it is now")
     if accuracy_level is not None and record.get("accuracy_level") != accuracy_level:
         problems.append(f"it has accuracy_level {record.get('accuracy_level')}, not the requested {accuracy_level}")
-    for name, size in record.get("files", {}).items():
-        f = folder / name
-        if not f.is_file() or f.stat().st_size != size:
-            problems.append(f"{name} is missing or has the wrong size")
-            break
     if problems:
         raise UserError(f"The export folder {folder} is stale: {'; '.join(problems)}.",
                         "Export again with `run_awq --task export --target npu --model CHECKPOINT --out "
                         f"{folder}` (it replaces the folder), or remove it.")
+    problem = damage(folder, record.get("hashes"))
+    if problem:
+        raise DamagedArtefact(f"The export folder {folder} is damaged: {problem}.",
+                              "Export it again (run_awq rebuilds a damaged export it finds by itself).")
     return record

@@ -13,10 +13,11 @@ State = (tensors, spec):
            (quantized) or "lm_head.weight" float32 (V, D); "lm_head.bias" float32 when present.
 
 Cache: `$EDGEAWQ_CACHE/native/<key>` (key from format version and the source fingerprint) holding
-weights.safetensors and native.json (the spec); written atomically, then read back (every run holds the same
+weights.safetensors and native.json (the spec, plus "files": the size and xxh3_64 of weights.safetensors,
+checkpoints/cache_integrity.py); written atomically, verified before every use (a damaged cache is rebuilt, saying
+so), then read back (every run holds the same
 memory: private copies of the packed weights, the embedding table memory-mapped so that only the rows a run
-touches are resident); reused by later runs (random-weight shapes then need no weights at all); a damaged folder
-is named with the fix.
+touches are resident); reused by later runs (random-weight shapes then need no weights at all).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoints.cache_integrity import damage, file_table
 from ..checkpoints.directory import atomic_directory
 from ..errors import UserError
 from ..kernels.formats import native_format, unpack
@@ -143,16 +145,37 @@ def cache_folder(fingerprint: str) -> Path:
     return cache_root() / "native" / key
 
 
+def cache_problem(folder: Path, fingerprint: str) -> str | None:
+    """None when `folder` holds a complete, undamaged native state of the model `fingerprint`; else what is wrong
+    ("missing" when there is no cache)."""
+    if not (folder / SPEC_FILE).exists():
+        return "missing"
+    try:
+        spec = json.loads((folder / SPEC_FILE).read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        return f"{SPEC_FILE} is unreadable ({e})"
+    if not isinstance(spec, dict):
+        return f"{SPEC_FILE} is not an object"
+    if spec.get("format_version") != FORMAT_VERSION or spec.get("source_fingerprint") != fingerprint:
+        return "it belongs to another model or format version"
+    return damage(folder, spec.get("files"))
+
+
 def cached(loaded: LoadedModel) -> bool:
-    """True when the native cache holds this model (then no weights are needed to run it)."""
-    return (cache_folder(fingerprint_of(loaded)) / SPEC_FILE).exists()
+    """True when the native cache holds this model, undamaged (then no weights are needed to run it)."""
+    fingerprint = fingerprint_of(loaded)
+    return cache_problem(cache_folder(fingerprint), fingerprint) is None
 
 
 def save_state(folder: Path, tensors: dict[str, torch.Tensor], spec: dict) -> None:
+    """Write the cache folder atomically; `spec` gains the files' sizes and hashes (checked before every use)."""
     from safetensors.torch import save_file
 
-    with atomic_directory(folder) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE))
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    expected = sum(v.numel() * v.element_size() for v in tensors.values())
+    with atomic_directory(folder, expected_bytes=expected, wait=True) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE))
+        spec = {**spec, "files": file_table(tmp, [WEIGHTS_FILE])}
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=1))
 
 
@@ -201,8 +224,12 @@ def native_state(loaded: LoadedModel) -> tuple[dict[str, torch.Tensor], dict]:
     """The model's native state from the cache, else packed now and cached."""
     fingerprint = fingerprint_of(loaded)
     folder = cache_folder(fingerprint)
-    if not (folder / SPEC_FILE).exists():
-        print(f"[native] packing {loaded.source} into {folder}", file=sys.stderr)
+    problem = cache_problem(folder, fingerprint)
+    if problem is not None:
+        if problem == "missing":
+            print(f"[native] packing {loaded.source} into {folder}", file=sys.stderr)
+        else:
+            print(f"[native] the weight cache {folder} is damaged ({problem}); rebuilding it", file=sys.stderr)
         save_state(folder, *build_state(loaded))
     loaded.model.to("meta")                  # the engine holds what it needs, read back from the cache
     release_free_memory()

@@ -84,6 +84,8 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     check_state_fits({k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, src.state.shapes(), src.folder,
                      optional=(f"{src.family.lm_head}.weight",) if tied else ())
     check_group_sizes(skeleton, src.family, spec, lm_head, lm_head_group_size)
+    for name in src.state:          # one pass, a tensor at a time, before any work: every value must be finite
+        src.state.load(name)
     torch.manual_seed(seed)
     search = awq_mode == "run"
     calib = calibration_blocks(src.tokenizer, calib_dataset, n_samples, seqlen, seed) if search else None

@@ -12,7 +12,8 @@ not change the weights, so configs that differ only there share a folder). Files
   weights.safetensors   bfp tensors as uint8 (tiles, 1088 | 576 | 320) in the tile byte layout of blockfloat.py;
                         bf16 tensors as bf16 [K, N] (norms, biases and the embedding in their own shapes)
   tt_weights.json       {"format_version", "source_fingerprint", "formats", "tensors": {name: {"format",
-                        "shape"}}, "ttnn": version or null}
+                        "shape"}}, "ttnn": version or null, "files": {file: {"size", "xxh3_64"}}} (checked before
+                        every use: a damaged cache is converted again, saying so)
   ttnn/<name>.tensorbin when `ttnn` is importable: the block-float tensors written by ttnn itself (Tensor +
                         dump_tensor, loadable with ttnn.load_tensor); ttnn is not installable on this project's
                         Python 3.11, so that branch is untested here (scripts/make_ttnn_golden.py uses the same
@@ -32,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checkpoints.cache_integrity import damage, file_table
 from ..checkpoints.directory import atomic_directory
 from ..errors import UserError
 from ..kernels.qlinear import QLinearPerGrp
@@ -117,7 +119,7 @@ def convert(loaded: LoadedModel, formats: dict[str, str], folder: Path, fingerpr
     """Write the cache folder (atomically). Returns the record."""
     ttnn_version = _ttnn_version()
     tensors, table = {}, {}
-    with atomic_directory(folder) as tmp:
+    with atomic_directory(folder, wait=True) as tmp:
         for name, t, is_linear in source_tensors(loaded):
             fmt = formats[name] if is_linear else "bf16"
             if fmt in FORMAT_BITS:
@@ -129,8 +131,9 @@ def convert(loaded: LoadedModel, formats: dict[str, str], folder: Path, fingerpr
                 tensors[name] = t.to(torch.bfloat16).contiguous()
             table[name] = {"format": fmt, "shape": list(t.shape)}
         save_file(tensors, str(tmp / WEIGHTS))
+        names = [WEIGHTS] + sorted(p.relative_to(tmp).as_posix() for p in (tmp / "ttnn").glob("*.tensorbin"))
         record = {"format_version": FORMAT_VERSION, "source_fingerprint": fingerprint, "formats": formats,
-                  "tensors": table, "ttnn": ttnn_version}
+                  "tensors": table, "ttnn": ttnn_version, "files": file_table(tmp, names)}
         (tmp / RECORD).write_text(json.dumps(record, indent=1))
     return record
 
@@ -187,8 +190,12 @@ def ensure_weights(loaded: LoadedModel, config: PrecisionConfig) -> TTWeights:
     folder = cache_folder(fingerprint, formats)
     if (folder / RECORD).exists():
         record = read_record(folder, fingerprint, formats)
-        print(f"[tt] reusing converted weights in {folder}", file=sys.stderr)
+        problem = damage(folder, record.get("files"))
+        if problem is None:
+            print(f"[tt] reusing converted weights in {folder}", file=sys.stderr)
+            return load_weights(folder, record)
+        print(f"[tt] the weight cache {folder} is damaged ({problem}); converting again", file=sys.stderr)
     else:
         print(f"[tt] converting weights of {loaded.source} to {folder}", file=sys.stderr)
-        record = convert(loaded, formats, folder, fingerprint)
+    record = convert(loaded, formats, folder, fingerprint)
     return load_weights(folder, record)

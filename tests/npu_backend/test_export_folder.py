@@ -38,7 +38,8 @@ def test_export_twice_replaces_everything(quantized, tmp_path):
     assert genai["model"]["decoder"]["filename"] == "model.genai.onnx"
 
 
-def test_cache_is_reused_while_current_and_stale_folders_are_refused(quantized, tmp_path, monkeypatch):
+def test_cache_is_reused_while_current_and_stale_folders_are_refused_and_damage_rebuilt(quantized, tmp_path,
+                                                                                        monkeypatch, capsys):
     monkeypatch.setenv("EDGEAWQ_CACHE", str(tmp_path / "cache"))
     folder = ensure_export(load_model(quantized, "fp32", "fp32"), None, 4)
     stamp = (folder / "model.onnx").stat().st_mtime_ns
@@ -48,9 +49,18 @@ def test_cache_is_reused_while_current_and_stale_folders_are_refused(quantized, 
         ensure_export(load_model(quantized, "fp32", "fp32"), folder, 0)
     with pytest.raises(UserError, match="stale.*not from the checkpoint as it is now"):
         read_record(folder, "another-fingerprint", 4)
-    (folder / "model.onnx.data").write_bytes(b"truncated")
-    with pytest.raises(UserError, match="model.onnx.data is missing or has the wrong size"):
+    data = folder / "model.onnx.data"
+    good = data.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF                                        # same size, one byte of weights changed
+    data.write_bytes(bytes(damaged))
+    with pytest.raises(UserError, match="damaged: the contents of model.onnx.data changed"):
         read_record(folder, None, None)
+    data.write_bytes(b"truncated")
+    with pytest.raises(UserError, match="damaged: model.onnx.data has 9 bytes"):
+        read_record(folder, None, None)
+    assert ensure_export(load_model(quantized, "fp32", "fp32"), None, 4) == folder      # rebuilt, saying so
+    assert data.read_bytes() == good and "Exporting it again" in capsys.readouterr().err
 
 
 def test_foreign_folder_is_refused(quantized, tmp_path):

@@ -114,7 +114,7 @@ def test_token_by_token_equals_one_prefill(quantized, monkeypatch, tmp_path):
     assert (got[real] - full[real]).abs().max() <= 1e-4 * full[real].abs().max()
 
 
-def test_cached_state_runs_without_weights_and_damage_is_named(quantized, monkeypatch, tmp_path):
+def test_cached_state_runs_without_weights_and_damage_is_rebuilt(quantized, monkeypatch, tmp_path, capsys):
     path = quantized["qwen2"][1]
     ids, mask, positions = left_pad(PROMPTS, pad_id=2)
     first = run(native_engine(path, monkeypatch, tmp_path), ids, mask, positions, steps=1)
@@ -124,9 +124,16 @@ def test_cached_state_runs_without_weights_and_damage_is_named(quantized, monkey
     again = run(NativeEngine(*native_state.native_state(loaded)), ids, mask, positions, steps=1)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1][0], again[1][0])
     folder = native_state.cache_folder(native_state.fingerprint_of(loaded))
-    (folder / native_state.WEIGHTS_FILE).write_bytes(b"damaged")
-    with pytest.raises(UserError, match="damaged"):
-        native_state.native_state(load_model(path, "fp32", "fp32"))
+    weights = folder / native_state.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = torch.randint(0, 256, (64,), dtype=torch.uint8).numpy().tobytes()
+    weights.write_bytes(bytes(data))                            # same size, random bytes in the packed codes
+    assert not native_state.cached(load_model(path, "fp32", "fp32"))
+    capsys.readouterr()
+    rebuilt = run(NativeEngine(*native_state.native_state(load_model(path, "fp32", "fp32"))), ids, mask, positions,
+                  steps=1)
+    assert "damaged (the contents of weights.safetensors changed" in capsys.readouterr().err
+    assert torch.equal(first[0], rebuilt[0]) and native_state.cached(load_model(path, "fp32", "fp32"))
 
 
 def test_unsupported_models_are_named(checkpoints, quantized, tmp_path):

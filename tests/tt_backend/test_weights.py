@@ -59,13 +59,18 @@ def test_converted_once_then_reused(checkpoints, capsys):
     assert record["ttnn"] is None
 
 
-def test_damaged_caches_are_named(checkpoints):
+def test_damaged_caches_are_rebuilt_and_stale_ones_named(checkpoints, capsys):
     loaded = load_model(checkpoints["llama3"], "fp32", "fp32")
     cfg = load_precision("performance", "llama", 2)
-    folder = ensure_weights(loaded, cfg).folder
-    (folder / WEIGHTS).write_bytes(b"\x00" * 64)
-    with pytest.raises(UserError, match="cannot be read.*Delete the folder"):
-        ensure_weights(loaded, cfg)
+    first = ensure_weights(loaded, cfg)
+    folder = first.folder
+    good = (folder / WEIGHTS).read_bytes()
+    for damaged in (good[:len(good) // 2] + bytes(255 - b for b in good[len(good) // 2:]), b"\x00" * 64):
+        (folder / WEIGHTS).write_bytes(damaged)        # random-looking bytes in the tiles, then a truncated file
+        capsys.readouterr()
+        again = ensure_weights(loaded, cfg)
+        assert "is damaged" in capsys.readouterr().err and (folder / WEIGHTS).read_bytes() == good
+        assert all(torch.equal(first.tensors[k], again.tensors[k]) for k in first.tensors)
     record = json.loads((folder / RECORD).read_text())
     record["format_version"] = 0
     (folder / RECORD).write_text(json.dumps(record))
