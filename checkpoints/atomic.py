@@ -122,16 +122,21 @@ def _claim(destination: Path, wait: bool, directory: bool) -> tuple[Path, int]:
                     _remove(sibling)
                 os.close(fd)
             if busy is None:
-                prefix = f".{destination.name}.tmp-"
-                if directory:
-                    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-                else:
-                    fd, name = tempfile.mkstemp(prefix=prefix, dir=parent)
-                    os.close(fd)
-                    tmp = Path(name)
-                lock = _open_lockable(tmp)
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                return tmp, lock
+                prefix, tmp = f".{destination.name}.tmp-", None
+                try:
+                    if directory:
+                        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+                    else:
+                        fd, name = tempfile.mkstemp(prefix=prefix, dir=parent)
+                        os.close(fd)
+                        tmp = Path(name)
+                    lock = _open_lockable(tmp)
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    return tmp, lock
+                except BaseException:                        # e.g. Ctrl-C right here: leave nothing behind
+                    if tmp is not None:
+                        _remove(tmp)
+                    raise
         sibling, fd = busy
         if not wait:
             os.close(fd)

@@ -21,14 +21,14 @@ def cli(capsys):
 @pytest.fixture
 def user_error(cli):
     """user_error(args, *needles): `run_awq args` exits 2 with one paragraph ('Error: ...', no traceback) holding
-    every needle; returns that paragraph."""
+    every needle, after nothing but progress lines; returns that paragraph."""
     def check(args: list[str], *needles: str) -> str:
         code, _, err = cli(args)
         assert code == 2, err
         assert "Traceback" not in err
-        lines = [line for line in err.strip().splitlines() if not line.startswith("[")]   # "[native] ..." progress
-        assert len(lines) == 1 and lines[0].startswith("Error: "), err
+        *before, paragraph = err.strip().splitlines()          # progress lines ("[native] ...", bars) may precede
+        assert paragraph.startswith("Error: ") and not any("Error" in line for line in before), err
         for needle in needles:
-            assert needle in lines[0], err
-        return lines[0]
+            assert needle in paragraph, err
+        return paragraph
     return check
