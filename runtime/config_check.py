@@ -4,7 +4,7 @@ entry point read configs through `check_config`).
 Checked: the sizes every Llama-family config states (hidden_size, intermediate_size, num_attention_heads,
 num_hidden_layers, vocab_size: positive integers, no defaults assumed), the optional sizes when present
 (num_key_value_heads, head_dim, max_position_embeddings, sliding_window), that the heads divide the hidden size
-(unless head_dim says otherwise) and the KV heads divide the heads, hidden_act (an activation transformers knows),
+(unless head_dim says otherwise) and the KV heads divide the heads, sizes within SIZE_LIMITS, hidden_act (an activation transformers knows),
 rms_norm_eps and rope_theta (positive numbers), tie_word_embeddings (a boolean), the RoPE settings
 (`rope_scaling` or `rope_parameters`: an object whose rope_type or legacy type is one transformers implements),
 and quantization_config (an object). Each problem is a UserError naming the file, the key and the fix.
@@ -18,6 +18,11 @@ from ..errors import UserError
 REQUIRED_SIZES = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
 OPTIONAL_SIZES = ("num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window")
 POSITIVE_NUMBERS = ("rms_norm_eps", "rope_theta")
+# Far above every released Llama-family model (Llama 3.1 405B: 126 layers, hidden 16384, MLP 53248; vocabularies up
+# to ~256k; contexts up to 10M): a larger value is a damaged file, refused before it costs hours or all memory.
+SIZE_LIMITS = {"num_hidden_layers": 1024, "hidden_size": 2**18, "intermediate_size": 2**20, "vocab_size": 2**22,
+               "num_attention_heads": 2**12, "num_key_value_heads": 2**12, "head_dim": 2**12,
+               "max_position_embeddings": 2**26, "sliding_window": 2**26}
 ROPE_KEYS = ("rope_scaling", "rope_parameters")
 
 
@@ -51,6 +56,9 @@ def check_config(raw: dict, path: Path) -> None:
         v = raw.get(key)
         if v is not None and (not _is_int(v) or v <= 0):
             raise bad(f"{key} is {v!r}; it must be a positive integer (or absent)")
+    for key, limit in SIZE_LIMITS.items():
+        if (raw.get(key) or 0) > limit:
+            raise bad(f"{key} is {raw[key]}, more than any model this tool supports (at most {limit})")
     heads, hidden = raw["num_attention_heads"], raw["hidden_size"]
     if raw.get("head_dim") is None and hidden % heads:
         raise bad(f"num_attention_heads {heads} does not divide hidden_size {hidden} and no head_dim is given")

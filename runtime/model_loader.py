@@ -81,7 +81,7 @@ def read_config(path: Path) -> tuple[object, Family, dict | None]:
     Unsupported model types and unknown quantization methods are refused."""
     raw = hf_files.read_json(path / "config.json", "Model config")
     model_type = raw.get("model_type")
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise UserError(f"{path / 'config.json'} has model_type {model_type!r}, which this tool does not support.",
                         f"Supported model types: {supported_types()}.")
     check_config(raw, path / "config.json")

@@ -99,7 +99,7 @@ def _check(kind: str, settings: dict, allowed_keys: tuple[str, ...], allowed_val
     for key, value in settings.items():
         if key not in allowed_keys:
             raise UserError(f"{where}: unknown {kind} key {key!r}.", f"Use one of: {', '.join(allowed_keys)}.")
-        if value not in allowed_values:
+        if not isinstance(value, str) or value not in allowed_values:
             raise UserError(f"{where}: {kind} {key} = {value!r} is not a known setting.",
                             f"Use one of: {', '.join(allowed_values)}.")
     if kind == "tensor_precision" and settings.get("activation", "bf16") not in ("bf16", "bfp8"):
@@ -119,9 +119,12 @@ def load_precision(spec: str, model_type: str, n_layers: int) -> PrecisionConfig
                         f"Use {' or '.join(NAMED)}, or the path of a JSON precision file (docs/tenstorrent.md).")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"--tt_precision file {path} is not valid JSON ({exc}).",
+    except (ValueError, RecursionError) as exc:    # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"--tt_precision file {path} is not valid JSON ({str(exc)[:200]}).",
                         "Fix the file (docs/tenstorrent.md shows the format).") from None
+    except OSError as exc:
+        raise UserError(f"--tt_precision file {path} cannot be read ({exc.strerror or exc}).",
+                        "Check the file's permissions.") from None
     if not isinstance(raw, dict):
         raise UserError(f"--tt_precision file {path} must hold a JSON object.", "See docs/tenstorrent.md.")
     unknown = set(raw) - {"base", "tensor_precision", "op_fidelity", "decoders", "lm_head", "li_lm_head"}
@@ -129,7 +132,7 @@ def load_precision(spec: str, model_type: str, n_layers: int) -> PrecisionConfig
         raise UserError(f"--tt_precision file {path}: unknown key(s) {', '.join(sorted(unknown))}.",
                         "Allowed: base, tensor_precision, op_fidelity, decoders, lm_head, li_lm_head.")
     base = raw.get("base", "performance")
-    if base not in NAMED:
+    if not isinstance(base, str) or base not in NAMED:
         raise UserError(f"--tt_precision file {path}: base {base!r} is not a named config.",
                         f"Use one of: {', '.join(NAMED)}.")
     where = f"--tt_precision file {path}"
