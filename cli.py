@@ -74,8 +74,9 @@ TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplex
               help="quantize / export: folder for the quantized checkpoint or the exported model (written "
                    "atomically).")
 @click.option("--overwrite", is_flag=True,
-              help="quantize / export: replace an --out folder that is not an earlier checkpoint / export of this "
-                   "tool (its contents are lost). Never a file, the current folder, a home folder or a folder "
+              help="Replace an --out folder that is not an earlier checkpoint / export of this tool (its contents "
+                   "are lost), or an --output / --profile / --dump_awq file that is not an earlier result of it. "
+                   "Never turns a file into a folder; never the current folder, a home folder, the root or a folder "
                    "holding the source model.")
 @click.option("--w_bit", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True,
               help="quantize: weight bits (3-bit codes are stored in a 4-bit container).")
@@ -188,7 +189,7 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
         benchmark_task(task, model_path, target, dtype, act_dtype, flash_attention, prompt_lengths, new_tokens,
                        repeats, "md" if fmt == "text" else fmt, profile, spec, options,
                        None if compare_target == "none" else compare_target,
-                       int(lm_head_group_size) if (random_weights and lm_head) else None)
+                       int(lm_head_group_size) if (random_weights and lm_head) else None, overwrite=overwrite)
     elif task == "perplexity":
         from .tasks.perplexity import perplexity_task
 
@@ -206,7 +207,7 @@ def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attent
                     max_seq_len=max_seq_len, prompts=list(prompts), prompts_file=prompts_file,
                     max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                     stop_at_eos=stop_at_eos, instruct=instruct, output=output, act_dtype=act_dtype,
-                    engine_options=options)
+                    engine_options=options, overwrite=overwrite)
 
 
 def _with_huge_pages(argv: list[str] | None) -> None:

@@ -33,6 +33,15 @@ def load_llm_awq_cache(path: str | Path) -> tuple[list, list]:
     return scales, clips
 
 
+def is_llm_awq_cache(path: str | Path) -> bool:
+    """True when `path` is a readable llm-awq cache file (an earlier --dump_awq may be replaced)."""
+    try:
+        load_llm_awq_cache(path)
+    except UserError:
+        return False
+    return True
+
+
 def save_llm_awq_cache(path: str | Path, scales: list, clips: list) -> None:
     buf = io.BytesIO()
     torch.save({"scale": [(p, tuple(n), s.float()) for p, n, s in scales],

@@ -80,6 +80,32 @@ def check_output_folder(out: str | Path | None, kind: str, sources: Iterable[Pat
                     f"Pass {flag} with a new folder, remove the folder yourself, or add --overwrite to replace it.")
 
 
+def check_output_file(path: str | Path | None, flag: str, what: str, is_own: Callable[[Path], bool],
+                      overwrite: bool = False) -> Path | None:
+    """The absolute path to write a result file to (None when `path` is None). Refused: an empty path, a folder, a
+    symbolic link, and an existing file that `is_own` does not recognise as an earlier `what` of this tool (unless
+    `overwrite`)."""
+    if path is None:
+        return None
+    if str(path).strip() == "":
+        raise UserError(f"{flag} is empty.", f"Pass {flag} FILE.")
+    p = Path(path).expanduser().absolute()
+    if p.is_symlink():
+        raise UserError(f"{flag} {p} is a symbolic link; this tool does not replace links or what they point to.",
+                        f"Pass the real file, or a new path, to {flag}.")
+    if p.is_dir():
+        raise UserError(f"{flag} {p} is a folder; {what} is written to a file.", f"Pass {flag} FOLDER/NAME instead.")
+    if p.exists() and not overwrite:
+        try:
+            own = is_own(p)
+        except Exception:  # noqa: BLE001 - whatever the file holds, an unreadable one is not ours
+            own = False
+        if not own:
+            raise UserError(f"{flag} {p} exists and is not an earlier {what} of this tool; writing there would "
+                            "replace it.", f"Pass {flag} with a new file name, remove the file, or add --overwrite.")
+    return p
+
+
 def unlisted_files_problem(folder: Path, listed: Iterable[str], record: str) -> str | None:
     """None when every file of `folder` is `record` or one it lists (files it lists may be missing: replacing a
     damaged artefact of this tool loses nothing of the user's); else names the first file that would be lost."""

@@ -117,6 +117,12 @@ HEADER = ["prompt_tokens", "module", "kind", "prefill_ms_total", "prefill_calls"
           "decode_ms_per_token"]
 
 
+def is_profile_csv(path: Path) -> bool:
+    """True for an earlier --profile file of this tool."""
+    with open(path, encoding="utf-8") as f:
+        return f.readline().strip() == ",".join(HEADER)
+
+
 def write_profile_csv(path: str | Path, rows: list[list]) -> None:
     buf = io.StringIO()
     csv.writer(buf).writerows([HEADER] + rows)

@@ -21,7 +21,8 @@ from ..runtime.memory import release_free_memory
 from ..runtime.model_loader import ACT_MODES, DTYPES, load_model
 from ..runtime.random_model import random_model_shell, random_quantized_model, shape_names
 from ..runtime.module_paths import get_module
-from ..runtime.profiler import can_profile, profiler_for, write_profile_csv
+from ..checkpoints.output_path import check_output_file
+from ..runtime.profiler import can_profile, is_profile_csv, profiler_for, write_profile_csv
 
 DEFAULT_LENGTHS = {"benchmark": (4, 8, 16, 32, 64, 128, 256), "benchmark_long": (512, 1024, 2048, 4096)}
 
@@ -44,9 +45,11 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
                    flash_attention: bool, prompt_lengths: str | None, new_tokens: int, repeats: int, fmt: str,
                    profile: str | None, random_spec: QuantSpec | None = None,
                    engine_options: EngineOptions | None = None, compare_target: str | None = None,
-                   random_lm_head_group: int | None = None) -> dict:
+                   random_lm_head_group: int | None = None, overwrite: bool = False) -> dict:
     """`random_spec`: build `model_path` (a shape name or config.json) with random weights quantized this way
-    (`random_lm_head_group`: lm_head too). `compare_target`: measure that target too, same lengths, same run."""
+    (`random_lm_head_group`: lm_head too). `compare_target`: measure that target too, same lengths, same run.
+    `profile`: a CSV file (replacing only an earlier profile of this tool, unless `overwrite`)."""
+    profile = check_output_file(profile, "--profile", "profile", is_profile_csv, overwrite)
     if new_tokens < 2:
         raise UserError(f"--new_tokens {new_tokens} is too small.", "Use at least 2 (time/token needs a decode step).")
     if repeats < 1:

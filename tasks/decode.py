@@ -6,7 +6,10 @@ from dataclasses import replace
 import json
 import sys
 
+from pathlib import Path
+
 from ..checkpoints.atomic import write_text_atomic
+from ..checkpoints.output_path import check_output_file
 from ..errors import UserError
 from ..runtime.backends import EngineOptions, require
 from ..runtime.generate import generate_text
@@ -15,6 +18,15 @@ from ..runtime.prompts import check_prompt_text, read_prompts_file
 from ..runtime.sampling import SamplingConfig
 
 DEFAULT_CONTEXT = 2048
+OUTPUT_FORMAT = "edgeawq-decode"   # the "format" of --output files: {"format", "model", "target", "engine", "dtype",
+                                   # "sampling", "results": [...]}
+
+
+def is_decode_output(path: Path) -> bool:
+    """True for an earlier --output file of this tool (replacing it loses nothing of the user's)."""
+    data = json.loads(path.read_bytes().decode("utf-8"))
+    return isinstance(data, dict) and (data.get("format") == OUTPUT_FORMAT
+                                       or set(data) == {"model", "target", "engine", "dtype", "sampling", "results"})
 
 
 def resolve_max_seq_len(requested: int | None, model_context: int) -> int:
@@ -29,7 +41,8 @@ def resolve_max_seq_len(requested: int | None, model_context: int) -> int:
 def decode_task(model_path: str | None, target: str, dtype: str, flash_attention: bool, max_seq_len: int | None,
                 prompts: list[str], prompts_file: str | None, max_new_tokens: int, temperature: float,
                 top_p: float, top_k: int, seed: int, stop_at_eos: bool, instruct: bool, output: str | None,
-                act_dtype: str = "bf16", engine_options: EngineOptions | None = None) -> None:
+                act_dtype: str = "bf16", engine_options: EngineOptions | None = None, overwrite: bool = False) -> None:
+    output = check_output_file(output, "--output", "decode result", is_decode_output, overwrite)
     if prompts and prompts_file:
         raise UserError("Both --prompt and --prompts were given.", "Use one of them.")
     texts = read_prompts_file(prompts_file) if prompts_file else [
@@ -63,5 +76,5 @@ def decode_task(model_path: str | None, target: str, dtype: str, flash_attention
           f"prefill {r0.prefill_ms:.1f} ms, {mean_ms:.2f} ms/token", file=sys.stderr)
     if output:
         write_text_atomic(output, json.dumps({
-            "model": str(loaded.source), "target": target, "engine": engine.name, "dtype": dtype,
+            "format": OUTPUT_FORMAT, "model": str(loaded.source), "target": target, "engine": engine.name, "dtype": dtype,
             "sampling": vars(sampling), "results": [r.as_json() for r in results]}, indent=2) + "\n")

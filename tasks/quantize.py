@@ -10,14 +10,14 @@ import torch
 from ..awq.calibration import calibration_blocks
 from ..awq.driver import QuantizeJob, quantize_streaming
 from ..awq.layer_quantizer import AwqOptions
-from ..awq.llm_awq_cache import load_llm_awq_cache, save_llm_awq_cache
+from ..awq.llm_awq_cache import is_llm_awq_cache, load_llm_awq_cache, save_llm_awq_cache
 from ..checkpoints.autoawq import autoawq_quantization_config, autoawq_tensors, check_exportable
 from ..checkpoints.quantized_format import QuantizedCheckpointWriter
 from ..errors import UserError
 from ..kernels.formats import native_format
 from ..kernels.quantizer import QuantSpec
 from ..checkpoints.directory import checkpoint_problem
-from ..checkpoints.output_path import check_output_folder
+from ..checkpoints.output_path import check_output_file, check_output_folder
 from ..runtime.model_loader import build_skeleton, check_state_fits, open_checkpoint
 from ..runtime.sampling import check_seed
 from ..runtime.module_paths import get_module
@@ -75,6 +75,7 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
         raise UserError("--dump_awq saves search results, but no search runs with --awq "
                         f"{awq_mode}.", "Use --awq run, or drop --dump_awq.")
     check_seed(seed)
+    dump_awq = check_output_file(dump_awq, "--dump_awq", "AWQ cache", is_llm_awq_cache, overwrite)
     src = open_checkpoint(model_path, streamed=True)
     if src.quant is not None:
         raise UserError(f"{src.folder} is already a quantized checkpoint.", "Quantize the float model it came from.")

@@ -101,3 +101,23 @@ def test_export_obeys_the_same_rules(place, capsys):
     (place / "onnx" / "keep.txt").write_text("x")
     code, _, err = run(["--task", "export", "--target", "npu", "--model", "q", "--out", "onnx"], capsys)
     assert code == 2 and "keep.txt" in err
+
+
+def test_result_files_replace_only_earlier_results(place, capsys):
+    decode = ["--task", "decode", "--model", "models/m", "--prompt", "x", "--max_new_tokens", "2", "--engine",
+              "torch"]
+    for flag_value, needle in (("user", "is a directory"), ("file.txt", "is not an earlier decode result")):
+        code, _, err = run(decode + ["--output", flag_value], capsys)
+        assert code == 2 and needle in err, err
+    assert (place / "file.txt").read_text() == "a user's file"
+    assert run(decode + ["--output", "r.json"], capsys)[0] == 0
+    assert run(decode + ["--output", "r.json"], capsys)[0] == 0                 # its own earlier result
+    assert run(decode + ["--output", "file.txt", "--overwrite"], capsys)[0] == 0
+    assert '"format": "edgeawq-decode"' in (place / "file.txt").read_text()
+    bench = ["--task", "benchmark", "--model", "models/m", "--prompt_lengths", "4", "--new_tokens", "2",
+             "--repeats", "1", "--engine", "torch"]
+    code, _, err = run(bench + ["--profile", "r.json"], capsys)
+    assert code == 2 and "is not an earlier profile" in err
+    (place / "q").mkdir()
+    code, _, err = run(QUANTIZE + ["--out", "q2", "--dump_awq", "r.json", "--awq", "run"], capsys)
+    assert code == 2 and "is not an earlier AWQ cache" in err and not (place / "q2").exists()
