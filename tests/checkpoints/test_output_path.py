@@ -118,6 +118,5 @@ def test_result_files_replace_only_earlier_results(place, capsys):
              "--repeats", "1", "--engine", "torch"]
     code, _, err = run(bench + ["--profile", "r.json"], capsys)
     assert code == 2 and "is not an earlier profile" in err
-    (place / "q").mkdir()
-    code, _, err = run(QUANTIZE + ["--out", "q2", "--dump_awq", "r.json", "--awq", "run"], capsys)
+    code, _, err = run(["--task", "quantize", "--model", "models/m", "--out", "q2", "--dump_awq", "r.json"], capsys)
     assert code == 2 and "is not an earlier AWQ cache" in err and not (place / "q2").exists()
