@@ -11,6 +11,8 @@ import uuid
 
 import pytest
 
+from ..conftest import quantize_tiny
+
 from edgeawq.checkpoints import directory
 from edgeawq.checkpoints.directory import verify_manifest
 
@@ -103,3 +105,18 @@ def test_injected_enospc_at_the_last_write(checkpoints, tmp_path, cli, user_erro
     user_error(quantize(checkpoints["llama3"], out, "--w_bit", "3"), "The disk is full", str(out))
     assert (out / "manifest.json").read_bytes() == old and sorted(os.listdir(tmp_path)) == ["q"]
     assert directory.checkpoint_problem(out) is None
+
+
+def test_a_failed_final_move_is_an_error_not_a_success(checkpoints, tmp_path, monkeypatch):
+    """The writer propagates an error of the last step (the move into place): quantize must not report success."""
+    out = tmp_path / "q"
+    quantize_tiny(checkpoints["llama3"], out, algorithm="pergrp", awq_mode="none")
+    old = (out / "manifest.json").read_bytes()
+
+    def broken(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("edgeawq.checkpoints.atomic._install", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        quantize_tiny(checkpoints["llama3"], out, algorithm="pergrp", awq_mode="none", w_bit=3)
+    assert (out / "manifest.json").read_bytes() == old and sorted(os.listdir(tmp_path)) == ["q"]
