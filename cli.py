@@ -1,7 +1,11 @@
-"""`run_awq`: the command-line entry point. Thin: parses flags and calls library code.
+"""`run_awq`: the command-line entry point, a click group of subcommands. Thin: parses flags, calls library code.
 
-Problems the user can fix are printed as one paragraph with the fix and exit with status 2 (click's own flag
-errors too); `--debug` shows the traceback instead.
+`run_awq SUBCOMMAND [flags]`; each subcommand takes only its own flags (cli_options.py). `run_awq --task X ...` is
+the same as `run_awq X ...` (the older form). A flag the subcommand does not take is an error naming the
+subcommands that take it. Problems the user can fix are printed as one paragraph with the fix and exit with status
+2 (click's own flag errors too); `--debug` shows the traceback instead. Ctrl-C exits with 130. Heavy libraries
+(torch, transformers) are imported only once a subcommand runs, so `--help` and flag errors answer at once.
+Shell completion: `eval "$(_RUN_AWQ_COMPLETE=bash_source run_awq)"` (zsh_source, fish_source for other shells).
 """
 from __future__ import annotations
 
@@ -10,204 +14,265 @@ import sys
 
 import click
 
+from .cli_options import (awq_options, benchmark_options, dataset_option, debug_option, float_model_option,
+                          format_option, generation_options, model_option, overwrite_option, run_options,
+                          weight_spec_options)
 from .errors import UserError
 
 TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplexity", "accuracy")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--task", type=click.Choice(TASKS), required=True, help="What to do.")
-@click.option("--model", "model_path", default=None,
-              help="Checkpoint folder (Hugging Face or Meta format), or an embedded model alias: default, "
-                   "default-llama, default-qwen2. Omitted: the embedded default model (default-llama).")
-@click.option("--target", default="cpu", show_default=True,
-              help="Execution backend: cpu (ONNX Runtime graph or PyTorch), npu (ONNX Runtime MatMulNBits graph on "
-                   "an NPU execution provider) or tt (Tenstorrent numerics emulated on the CPU).")
-@click.option("--tt_precision", default="performance", show_default=True,
-              help="tt: precision config: performance, accuracy (tt-metal LLM demo defaults) or a JSON file with "
-                   "per-layer overrides (docs/tenstorrent.md).")
-@click.option("--tt_device", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="tt: run the Linears on a Tenstorrent card through ttnn (untested by this project). auto: when "
-                   "ttnn sees a card, else the CPU emulation; on: the card or an error; off: always the emulation.")
-@click.option("--engine", type=click.Choice(["auto", "native", "onnx", "torch"]), default="auto",
-              show_default=True,
-              help="cpu: native = the project's own C++ decoder (int8 x 2/3/4-bit kernels, built at first use); "
-                   "onnx = the exported ONNX Runtime graph on the CPU provider; torch = PyTorch (the reference). "
-                   "auto: native for quantized checkpoints it can run (else onnx), torch for float ones, "
-                   "--flash_attention and --act_dtype aie.")
-@click.option("--ep", default=None,
-              help="npu: execution-provider preference list, comma-separated (short or full names). Default: "
-                   "VitisAI,QNN,OpenVINO,DML,CPU.")
-@click.option("--strict_ep", is_flag=True,
-              help="npu: falling back to the CPU provider (a missing NPU provider, or nodes it cannot run) is an "
-                   "error.")
-@click.option("--onnx_dir", type=click.Path(file_okay=False), default=None,
-              help="npu: the export folder to run (exported there if missing). Default: the export cache "
-                   "($EDGEAWQ_CACHE, else ~/.cache/edgeawq).")
-@click.option("--accuracy_level", type=click.IntRange(0, 4), default=4, show_default=True,
-              help="npu/export: MatMulNBits accuracy_level (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations).")
-@click.option("--compare_target", default=None,
-              help="benchmark: also measure this target in the same run and report the ratios. Default: cpu when "
-                   "--target is not cpu; 'none' turns it off.")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="Weight and activation dtype of the float model.")
-@click.option("--flash_attention", is_flag=True,
-              help="Group q/k/v into one projection and gate/up into one, and run attention through the "
-                   "project's SDPA path with a static KV cache allocated once for --max_seq_len.")
-@click.option("--max_seq_len", type=click.IntRange(min=2), default=None,
-              help="Context length (prompt + new tokens) to allocate. Default: min(model context, 2048).")
-@click.option("--prompt", "prompts", multiple=True, help="A prompt; repeat for a batch (at most 32).")
-@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
-              help='Prompts file: JSON list of strings or {"prompt": ...} objects, or JSON Lines.')
-@click.option("--max_new_tokens", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
-@click.option("--top_p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass, in (0, 1].")
-@click.option("--top_k", type=int, default=0, show_default=True, help="Keep the k most likely tokens; 0 = all.")
-@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
-              help="Seed of the sampler and of the calibration sampling.")
-@click.option("--stop_at_eos/--ignore_eos", default=True, show_default=True,
-              help="Stop a sequence when it produces an end-of-sequence token.")
-@click.option("--instruct", is_flag=True, help="Wrap each prompt in the tokenizer's chat template.")
-@click.option("--output", type=click.Path(dir_okay=False), default=None,
-              help="Write results as JSON (prompt, completion, token counts, prefill and per-token ms).")
-@click.option("--out", default=None,
-              help="quantize / export: folder for the quantized checkpoint or the exported model (written "
-                   "atomically).")
-@click.option("--overwrite", is_flag=True,
-              help="Replace an --out folder that is not an earlier checkpoint / export of this tool (its contents "
-                   "are lost), or an --output / --profile / --dump_awq file that is not an earlier result of it. "
-                   "Never turns a file into a folder; never the current folder, a home folder, the root or a folder "
-                   "holding the source model.")
-@click.option("--w_bit", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True,
-              help="quantize: weight bits (3-bit codes are stored in a 4-bit container).")
-@click.option("--group_size", type=click.Choice(["32", "64", "128", "256", "-1"]), default="128",
-              show_default=True, help="quantize: input channels per group (-1 = one group per output channel).")
-@click.option("--symmetric", is_flag=True, help="quantize: symmetric groups (no zero point).")
-@click.option("--algorithm", type=click.Choice(["awq", "pergrp"]), default="awq", show_default=True,
-              help="quantize: awq = activation-aware scales and clipping; pergrp = plain round-to-nearest.")
-@click.option("--awq", "awq_mode", type=click.Choice(["run", "load", "none"]), default="run", show_default=True,
-              help="quantize: run the AWQ search, load llm-awq results (--awq_cache), or none (RTN).")
-@click.option("--awq_cache", type=click.Path(dir_okay=False), default=None,
-              help="quantize: llm-awq search-result file for --awq load.")
-@click.option("--dump_awq", type=click.Path(dir_okay=False), default=None,
-              help="quantize: also save the AWQ search results as an llm-awq cache file.")
-@click.option("--export", "export", type=click.Choice(["native", "awq"]), default="native", show_default=True,
-              help="quantize: checkpoint layout: the project's native format, or AutoAWQ GEMM (4-bit; loads in "
-                   "transformers, vLLM and the onnxruntime-genai builder).")
-@click.option("--lm_head", is_flag=True, help="quantize: quantize lm_head too (RTN, --lm_head_group_size).")
-@click.option("--lm_head_group_size", type=click.Choice(["32", "64", "128", "256", "-1"]), default="32",
-              show_default=True)
-@click.option("--calib_dataset", default=None,
-              help="quantize: calibration text: a local .txt/.jsonl/.parquet file or a locally cached Hugging Face "
-                   "dataset name. Default: the shipped corpus' train split.")
-@click.option("--n_samples", type=click.IntRange(min=1), default=128, show_default=True,
-              help="quantize: calibration blocks.")
-@click.option("--seqlen", type=click.IntRange(min=2), default=None,
-              help="Tokens per calibration block (quantize, default 512) or per evaluation window (perplexity, "
-                   "default 2048; accuracy, default 256, half of them prefilled).")
-@click.option("--duo_scaling", is_flag=True, help="quantize: scale search with weight magnitudes as well.")
-@click.option("--dataset", default="corpus-test", show_default=True,
-              help="perplexity: corpus-test, corpus-valid (shipped splits), wikitext2 (local datasets cache) or a "
-                   "text file.")
-@click.option("--nsamples", type=click.IntRange(min=1), default=None,
-              help="perplexity: evaluate only the first N windows (default: all); accuracy: windows (default 4).")
-@click.option("--pcc_tokens", type=click.IntRange(min=0), default=16, show_default=True,
-              help="accuracy: rows of the per-token PCC table (decode positions of the first window).")
-@click.option("--compare", is_flag=True,
-              help="perplexity: also evaluate the float model (the quantized checkpoint's source, or --float_model) "
-                   "on the same windows.")
-@click.option("--float_model", default=None, help="perplexity: the float model for --compare; accuracy: the float reference (default: the "
-                   "quantized checkpoint's recorded source, or the model itself).")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "jsonl", "md"]), default="text",
-              show_default=True, help="Output format of perplexity and benchmark results (text = md for benchmarks).")
-@click.option("--prompt_lengths", default=None,
-              help="benchmark: comma-separated prompt lengths. Default: 4,8,16,32,64,128,256 (benchmark), "
-                   "512,1024,2048,4096 (benchmark_long).")
-@click.option("--new_tokens", type=int, default=32, show_default=True, help="benchmark: tokens generated per run.")
-@click.option("--repeats", type=int, default=3, show_default=True, help="benchmark: timed runs per length (median).")
-@click.option("--random_weights", is_flag=True,
-              help="benchmark: --model names a shipped shape (llama-2-7b, llama-3.1-8b, llama-3.2-1b, qwen2.5-7b) or a "
-                   "config.json; random weights are RTN-quantized in memory with --w_bit/--group_size (and "
-                   "lm_head with --lm_head/--lm_head_group_size).")
-@click.option("--profile", type=click.Path(dir_okay=False), default=None,
-              help="benchmark: write per-module prefill and per-token times to this CSV file (PyTorch modules, or the "
-                   "native engine's per-layer steps).")
-@click.option("--act_dtype", type=click.Choice(["bf16", "fp32", "aie"]), default="bf16", show_default=True,
-              help="Activation dtype inside quantized Linears (bf16 = w4abf16). aie: the Ryzen AI NPU kernel's "
-                   "numerics (bf16 activations and scales, int4 weights, fp32 accumulation, bf16 output) on the "
-                   "cpu target, to predict NPU accuracy without the device.")
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def cli(task: str, model_path: str | None, target: str, dtype: str, flash_attention: bool,
-        max_seq_len: int | None, prompts: tuple[str, ...], prompts_file: str | None, max_new_tokens: int,
-        temperature: float, top_p: float, top_k: int, seed: int, stop_at_eos: bool, instruct: bool,
-        output: str | None, out: str | None, overwrite: bool, export: str, w_bit: str, group_size: str, symmetric: bool, algorithm: str,
-        awq_mode: str, awq_cache: str | None, dump_awq: str | None, lm_head: bool, lm_head_group_size: str,
-        calib_dataset: str | None, n_samples: int, seqlen: int | None, duo_scaling: bool, dataset: str,
-        nsamples: int | None, compare: bool, float_model: str | None, fmt: str, prompt_lengths: str | None,
-        new_tokens: int, repeats: int, random_weights: bool, profile: str | None, act_dtype: str,
-        engine: str, tt_precision: str, tt_device: str, pcc_tokens: int, ep: str | None, strict_ep: bool, onnx_dir: str | None, accuracy_level: int, compare_target: str | None,
-        debug: bool) -> None:
-    """Quantize Llama-family models with AWQ and run them on CPU, NPU and Tenstorrent targets.
+class Subcommand(click.Command):
+    """A subcommand whose unknown flags are named with the subcommands that do take them."""
 
-    \b
-    Example:
-      run_awq --task decode --prompt "The hacker ethic"
-    """
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            owners = [name for name, cmd in sorted(cli.commands.items())
+                      if any(exc.option_name in p.opts or exc.option_name in p.secondary_opts for p in cmd.params)]
+            if not owners:
+                raise
+            raise UserError(f"{exc.option_name} is not a flag of `run_awq {self.name}`; it is a flag of "
+                            f"{', '.join(owners)}.", f"Drop it, or run the subcommand that takes it "
+                            f"(`run_awq {self.name} --help` lists the flags of {self.name}).") from None
+
+
+def _prepare_libraries() -> None:
+    """Keep library chatter off the user's terminal (imports transformers: call only when a subcommand runs)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+def _engine_options(target: str, engine: str, ep, strict_ep: bool, onnx_dir, accuracy_level: int, tt_precision: str,
+                    tt_device: str, flash_attention: bool = False, **_ignored):
     from pathlib import Path
-
-    from dataclasses import replace
 
     from .runtime.backends import EngineOptions
 
-    options = EngineOptions(engine=engine, ep=ep, strict_ep=strict_ep, onnx_dir=Path(onnx_dir) if onnx_dir else None,
-                            accuracy_level=accuracy_level, tt_precision=tt_precision,
-                            tt_device=tt_device)
-    if task == "export":
-        from .tasks.export import export_task
+    return EngineOptions(engine=engine, ep=ep, strict_ep=strict_ep, onnx_dir=Path(onnx_dir) if onnx_dir else None,
+                         accuracy_level=accuracy_level, tt_precision=tt_precision, tt_device=tt_device,
+                         flash_attention=flash_attention)
 
-        export_task(model_path, target, out, accuracy_level, fmt, overwrite)
-    elif task == "quantize":
-        from .tasks.quantize import quantize_task
 
-        if out is None:
-            raise UserError("--task quantize needs --out.", "Pass --out FOLDER for the quantized checkpoint.")
-        if flash_attention:
-            raise UserError("--flash_attention is a runtime choice, not a checkpoint property: q/k/v and gate/up are "
-                            "grouped when the checkpoint is loaded.",
-                            "Drop it here and pass it to decode, benchmark or perplexity.")
-        quantize_task(model_path, out, int(w_bit), int(group_size), not symmetric, algorithm, awq_mode, awq_cache,
-                      dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples, seqlen or 512, seed,
-                      duo_scaling, export, overwrite=overwrite)
-    elif task in ("benchmark", "benchmark_long"):
-        from .tasks.benchmark import benchmark_task
+@click.group(context_settings=CONTEXT)
+def cli() -> None:
+    """Quantize Llama-family models with AWQ and run them on CPU, NPU and Tenstorrent targets.
 
-        from .kernels.quantizer import QuantSpec
+    \b
+    Examples:
+      run_awq quantize --out runs/default-w4g128
+      run_awq decode --model runs/default-w4g128 --prompt "The hacker ethic"
+      run_awq SUBCOMMAND --help
+    (`run_awq --task SUBCOMMAND ...` is the same as `run_awq SUBCOMMAND ...`.)
+    """
 
-        spec = QuantSpec(int(w_bit), int(group_size), not symmetric).validate() if random_weights else None
-        if compare_target is None:
-            compare_target = None if target == "cpu" else "cpu"
-        benchmark_task(task, model_path, target, dtype, act_dtype, flash_attention, prompt_lengths, new_tokens,
-                       repeats, "md" if fmt == "text" else fmt, profile, spec, options,
-                       None if compare_target == "none" else compare_target,
-                       int(lm_head_group_size) if (random_weights and lm_head) else None, overwrite=overwrite)
-    elif task == "perplexity":
-        from .tasks.perplexity import perplexity_task
 
-        perplexity_task(model_path, target, dtype, act_dtype, flash_attention, dataset, seqlen or 2048, nsamples,
-                        compare, float_model, fmt, options)
-    elif task == "accuracy":
-        from .tasks.accuracy import accuracy_task
+@cli.command(cls=Subcommand, context_settings=CONTEXT)
+@model_option(" The float model to quantize.")
+@click.option("--out", default=None, help="Folder for the quantized checkpoint (written atomically; replaces only an "
+                                          "earlier checkpoint of this tool unless --overwrite).")
+@overwrite_option
+@weight_spec_options
+@awq_options
+@debug_option
+def quantize(model_path, out, overwrite, w_bit, group_size, symmetric, lm_head, lm_head_group_size, algorithm,
+             awq_mode, awq_cache, dump_awq, export, calib_dataset, n_samples, seqlen, duo_scaling, seed,
+             debug) -> None:
+    """Quantize a float model (AWQ or round-to-nearest) into a checkpoint.
 
-        accuracy_task(model_path, target, dtype, act_dtype, dataset, seqlen or 256, nsamples or 4, float_model, fmt,
-                      replace(options, flash_attention=flash_attention), pcc_tokens)
-    elif task == "decode":
-        from .tasks.decode import decode_task
+    \b
+    Example:
+      run_awq quantize --model my-llama --out runs/my-llama-w4g128 --w_bit 4 --group_size 128
+    """
+    if out is None:
+        raise UserError("run_awq quantize needs --out.", "Pass --out FOLDER for the quantized checkpoint.")
+    _prepare_libraries()
+    from .tasks.quantize import quantize_task
 
-        decode_task(model_path=model_path, target=target, dtype=dtype, flash_attention=flash_attention,
-                    max_seq_len=max_seq_len, prompts=list(prompts), prompts_file=prompts_file,
-                    max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                    stop_at_eos=stop_at_eos, instruct=instruct, output=output, act_dtype=act_dtype,
-                    engine_options=options, overwrite=overwrite)
+    quantize_task(model_path, out, int(w_bit), int(group_size), not symmetric, algorithm, awq_mode, awq_cache,
+                  dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples, seqlen, seed, duo_scaling,
+                  export, overwrite=overwrite)
+
+
+@cli.command(cls=Subcommand, context_settings=CONTEXT)
+@model_option(" The checkpoint to export.")
+@click.option("--target", default="npu", show_default=True, help="The target whose ONNX Runtime folder to write.")
+@click.option("--out", default=None, help="Folder for the exported model (written atomically; replaces only an "
+                                          "earlier export of this tool unless --overwrite).")
+@overwrite_option
+@click.option("--accuracy_level", type=click.IntRange(0, 4), default=4, show_default=True,
+              help="MatMulNBits accuracy_level (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations).")
+@format_option
+@debug_option
+def export(model_path, target, out, overwrite, accuracy_level, fmt, debug) -> None:
+    """Write the ONNX Runtime (onnxruntime-genai) model folder of a checkpoint.
+
+    \b
+    Example:
+      run_awq export --model runs/default-w4g128 --out runs/default-w4g128-onnx
+    """
+    _prepare_libraries()
+    from .tasks.export import export_task
+
+    export_task(model_path, target, out, accuracy_level, fmt, overwrite)
+
+
+@cli.command(cls=Subcommand, context_settings=CONTEXT)
+@model_option()
+@run_options
+@generation_options
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Write results as JSON (prompt, completion, token counts, prefill and per-token ms).")
+@overwrite_option
+@debug_option
+def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
+           tt_precision, tt_device, prompts, prompts_file, max_new_tokens, max_seq_len, temperature, top_p, top_k,
+           seed, stop_at_eos, instruct, output, overwrite, debug) -> None:
+    """Generate text from prompts on a target.
+
+    \b
+    Example:
+      run_awq decode --model runs/default-w4g128 --prompt "The hacker ethic" --max_new_tokens 32
+    """
+    _prepare_libraries()
+    from .tasks.decode import decode_task
+
+    options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device)
+    decode_task(model_path=model_path, target=target, dtype=dtype, flash_attention=flash_attention,
+                max_seq_len=max_seq_len, prompts=list(prompts), prompts_file=prompts_file,
+                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                stop_at_eos=stop_at_eos, instruct=instruct, output=output, act_dtype=act_dtype,
+                engine_options=options, overwrite=overwrite)
+
+
+@cli.command(cls=Subcommand, context_settings=CONTEXT)
+@model_option()
+@run_options
+@dataset_option
+@click.option("--seqlen", type=click.IntRange(min=2), default=2048, show_default=True,
+              help="Tokens per evaluation window.")
+@click.option("--nsamples", type=click.IntRange(min=1), default=None,
+              help="Evaluate only the first N windows (default: all).")
+@click.option("--compare", is_flag=True,
+              help="Also evaluate the float model (the quantized checkpoint's source, or --float_model) on the same "
+                   "windows.")
+@float_model_option
+@format_option
+@debug_option
+def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir,
+               accuracy_level, tt_precision, tt_device, dataset, seqlen, nsamples, compare, float_model, fmt,
+               debug) -> None:
+    """Perplexity of a checkpoint on a dataset (the AWQ/GPTQ-paper protocol).
+
+    \b
+    Example:
+      run_awq perplexity --model runs/default-w4g128 --seqlen 512 --compare
+    """
+    _prepare_libraries()
+    from .tasks.perplexity import perplexity_task
+
+    options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device)
+    perplexity_task(model_path, target, dtype, act_dtype, flash_attention, dataset, seqlen, nsamples, compare,
+                    float_model, fmt, options)
+
+
+@cli.command(cls=Subcommand, context_settings=CONTEXT)
+@model_option()
+@run_options
+@dataset_option
+@click.option("--seqlen", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Tokens per window (half of them prefilled, the rest teacher-forced).")
+@click.option("--nsamples", type=click.IntRange(min=1), default=4, show_default=True, help="Windows.")
+@click.option("--pcc_tokens", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Rows of the per-token PCC table (decode positions of the first window).")
+@float_model_option
+@format_option
+@debug_option
+def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
+             tt_precision, tt_device, dataset, seqlen, nsamples, pcc_tokens, float_model, fmt, debug) -> None:
+    """Teacher-forced top-1/top-5 agreement and logits PCC against the float reference.
+
+    \b
+    Example:
+      run_awq accuracy --model runs/default-w4g128 --target tt --tt_precision accuracy
+    """
+    _prepare_libraries()
+    from .tasks.accuracy import accuracy_task
+
+    options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device,
+                              flash_attention)
+    accuracy_task(model_path, target, dtype, act_dtype, dataset, seqlen, nsamples, float_model, fmt, options,
+                  pcc_tokens)
+
+
+def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir,
+               accuracy_level, tt_precision, tt_device, prompt_lengths, new_tokens, repeats, random_weights, profile,
+               compare_target, w_bit, group_size, symmetric, lm_head, lm_head_group_size, overwrite, fmt) -> None:
+    ctx = click.get_current_context()
+    spec_flags = [f"--{n}" for n in ("w_bit", "group_size", "symmetric", "lm_head", "lm_head_group_size")
+                  if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    if spec_flags and not random_weights:
+        raise UserError(f"{', '.join(spec_flags)} describe how --random_weights quantizes its weights; a checkpoint "
+                        "is benchmarked as it was quantized.", "Add --random_weights, or drop those flags.")
+    _prepare_libraries()
+    from .kernels.quantizer import QuantSpec
+    from .tasks.benchmark import benchmark_task
+
+    options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device)
+    spec = QuantSpec(int(w_bit), int(group_size), not symmetric).validate() if random_weights else None
+    if compare_target is None:
+        compare_target = None if target == "cpu" else "cpu"
+    benchmark_task(task, model_path, target, dtype, act_dtype, flash_attention, prompt_lengths, new_tokens, repeats,
+                   "md" if fmt == "text" else fmt, profile, spec, options,
+                   None if compare_target == "none" else compare_target,
+                   int(lm_head_group_size) if (random_weights and lm_head) else None, overwrite=overwrite)
+
+
+def _benchmark_command(name: str, doc: str):
+    @cli.command(name, cls=Subcommand, context_settings=CONTEXT, help=doc)
+    @model_option(" With --random_weights: a shipped shape name or a config.json.")
+    @run_options
+    @benchmark_options
+    @weight_spec_options
+    @overwrite_option
+    @format_option
+    @debug_option
+    def command(debug, **flags) -> None:
+        _benchmark(name, **flags)
+    return command
+
+
+benchmark = _benchmark_command("benchmark", """Prefill and decode speed per prompt length (4..256 tokens by default).
+
+    \b
+    Example:
+      run_awq benchmark --model runs/default-w4g128 --prompt_lengths 64,256 --new_tokens 32
+      run_awq benchmark --model llama-2-7b --random_weights --w_bit 4 --group_size 128
+    """)
+benchmark_long = _benchmark_command("benchmark_long", """Speed at long prompts (512..4096 tokens by default).
+
+    \b
+    Example:
+      run_awq benchmark_long --model runs/default-w4g128 --prompt_lengths 512,1024
+    """)
+
+
+def task_alias(args: list[str]) -> list[str]:
+    """`--task X rest` (or `--task=X`) -> `X rest`; other argument lists unchanged."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--task" or arg.startswith("--task="):
+            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else None)
+            rest = args[:i] + args[i + (1 if "=" in arg else 2):]
+            if value not in TASKS:
+                raise click.UsageError(f"--task {value!r} is not a task; use one of: {', '.join(TASKS)} (or run "
+                                       "`run_awq SUBCOMMAND` directly).")
+            return [value, *rest]
+    return args
 
 
 def _with_huge_pages(argv: list[str] | None) -> None:
@@ -233,13 +298,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="run_awq", standalone_mode=False)
+        cli.main(args=task_alias(args), prog_name="run_awq", standalone_mode=False)
     except UserError as exc:
         if debug:
             raise

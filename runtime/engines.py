@@ -35,7 +35,7 @@ class TransformersEngine:
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 last_only: bool = True) -> torch.Tensor:
         out = self.loaded.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                past_key_values=self.cache, use_cache=True, logits_to_keep=1 if last_only else 0)
+                                cache=self.cache, use_cache=True, logits_to_keep=1 if last_only else 0)
         return out.logits
 
 

@@ -169,7 +169,7 @@ def test_quantize_then_decode_and_perplexity(checkpoints, tmp_path, capsys):
     (["--group_size", "128"], ["K=64", "g=128", "model.layers.0.self_attn.q_proj"]),
     (["--awq", "load"], ["--awq_cache"]),
     (["--export", "awq", "--w_bit", "3"], ["only 4-bit"]),
-    (["--flash_attention"], ["runtime choice"]),
+    (["--flash_attention"], ["--flash_attention is not a flag of `run_awq quantize`", "decode"]),
     (["--calib_dataset", "/no/such/calib.txt"], ["local Hugging Face datasets cache"]),
 ])
 def test_quantize_errors(checkpoints, tmp_path, capsys, args, needles):

@@ -1,0 +1,158 @@
+"""The flags of `run_awq`'s subcommands, in groups: each subcommand stacks the groups it uses and nothing else.
+
+A group is a decorator adding click options; the callback receives them as keyword arguments under the names below.
+Nothing here imports torch or transformers: `run_awq --help` and flag errors answer without loading them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import click
+
+GROUP_SIZES = ["32", "64", "128", "256", "-1"]
+
+
+def _stack(*options: Callable) -> Callable:
+    def apply(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
+
+
+def model_option(help_suffix: str = "") -> Callable:
+    return click.option(
+        "--model", "model_path", default=None,
+        help="Checkpoint folder (Hugging Face, Meta format, a quantized checkpoint of this tool or AutoAWQ GEMM), or "
+             "an embedded model alias: default, default-llama, default-qwen2. Omitted: default-llama." + help_suffix)
+
+
+debug_option = click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+
+overwrite_option = click.option(
+    "--overwrite", is_flag=True,
+    help="Replace an output that is not an earlier artefact of this tool: a folder of other files at --out (its "
+         "contents are lost), or a file at --output / --profile / --dump_awq. Never turns a file into a folder; never "
+         "the current folder, a home folder, the root or a folder holding the source model.")
+
+format_option = click.option("--format", "fmt", type=click.Choice(["text", "json", "jsonl", "md"]), default="text",
+                             show_default=True, help="Output format of the results (text = md for benchmarks).")
+
+# where and how a model runs: every command that runs one
+run_options = _stack(
+    click.option("--target", default="cpu", show_default=True,
+                 help="Execution backend: cpu (native C++ engine, ONNX Runtime graph or PyTorch), npu (ONNX Runtime "
+                      "MatMulNBits graph on an NPU execution provider) or tt (Tenstorrent numerics emulated on the "
+                      "CPU)."),
+    click.option("--engine", type=click.Choice(["auto", "native", "onnx", "torch"]), default="auto",
+                 show_default=True,
+                 help="cpu: native = the project's own C++ decoder (int8 x 2/3/4-bit kernels, built at first use); "
+                      "onnx = the exported ONNX Runtime graph on the CPU provider; torch = PyTorch (the reference). "
+                      "auto: native for quantized checkpoints it can run (else onnx), torch for float ones, "
+                      "--flash_attention and --act_dtype aie."),
+    click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+                 help="Weight and activation dtype of the float model."),
+    click.option("--act_dtype", type=click.Choice(["bf16", "fp32", "aie"]), default="bf16", show_default=True,
+                 help="Activation dtype inside quantized Linears (bf16 = w4abf16). aie: the Ryzen AI NPU kernel's "
+                      "numerics (bf16 activations and scales, int4 weights, fp32 accumulation, bf16 output) on the "
+                      "cpu target, to predict NPU accuracy without the device."),
+    click.option("--flash_attention", is_flag=True,
+                 help="PyTorch engine: q/k/v grouped into one projection and gate/up into one, attention through the "
+                      "project's SDPA path with a static KV cache allocated once for --max_seq_len."),
+    click.option("--ep", default=None,
+                 help="npu: execution-provider preference list, comma-separated (short or full names). Default: "
+                      "VitisAI,QNN,OpenVINO,DML,CPU."),
+    click.option("--strict_ep", is_flag=True,
+                 help="npu: falling back to the CPU provider (a missing NPU provider, or nodes it cannot run) is an "
+                      "error."),
+    click.option("--onnx_dir", type=click.Path(file_okay=False), default=None,
+                 help="npu: the export folder to run (exported there if missing). Default: the export cache "
+                      "($EDGEAWQ_CACHE, else ~/.cache/edgeawq)."),
+    click.option("--accuracy_level", type=click.IntRange(0, 4), default=4, show_default=True,
+                 help="npu: MatMulNBits accuracy_level (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations)."),
+    click.option("--tt_precision", default="performance", show_default=True,
+                 help="tt: precision config: performance, accuracy (tt-metal LLM demo defaults) or a JSON file with "
+                      "per-layer overrides (docs/tenstorrent.md)."),
+    click.option("--tt_device", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+                 help="tt: run the Linears on a Tenstorrent card through ttnn (untested by this project). auto: when "
+                      "ttnn sees a card, else the CPU emulation; on: the card or an error; off: always the "
+                      "emulation."),
+)
+
+seed_option = click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+                           help="Seed of the sampler (decode) or of the calibration sampling (quantize).")
+
+generation_options = _stack(
+    click.option("--prompt", "prompts", multiple=True, help="A prompt; repeat for a batch (at most 32)."),
+    click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+                 help='Prompts file: JSON list of strings or {"prompt": ...} objects, or JSON Lines.'),
+    click.option("--max_new_tokens", type=click.IntRange(min=1), default=64, show_default=True),
+    click.option("--max_seq_len", type=click.IntRange(min=2), default=None,
+                 help="Context length (prompt + new tokens) to allocate. Default: min(model context, 2048)."),
+    click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy."),
+    click.option("--top_p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass, in (0, 1]."),
+    click.option("--top_k", type=int, default=0, show_default=True, help="Keep the k most likely tokens; 0 = all."),
+    seed_option,
+    click.option("--stop_at_eos/--ignore_eos", default=True, show_default=True,
+                 help="Stop a sequence when it produces an end-of-sequence token."),
+    click.option("--instruct", is_flag=True, help="Wrap each prompt in the tokenizer's chat template."),
+)
+
+# how weights are quantized: quantize, and benchmark --random_weights
+weight_spec_options = _stack(
+    click.option("--w_bit", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True,
+                 help="Weight bits (3-bit codes are stored in a 4-bit container)."),
+    click.option("--group_size", type=click.Choice(GROUP_SIZES), default="128", show_default=True,
+                 help="Input channels per group (-1 = one group per output channel)."),
+    click.option("--symmetric", is_flag=True, help="Symmetric groups (no zero point)."),
+    click.option("--lm_head", is_flag=True, help="Quantize lm_head too (RTN, --lm_head_group_size)."),
+    click.option("--lm_head_group_size", type=click.Choice(GROUP_SIZES), default="32", show_default=True),
+)
+
+awq_options = _stack(
+    click.option("--algorithm", type=click.Choice(["awq", "pergrp"]), default="awq", show_default=True,
+                 help="awq = activation-aware scales and clipping; pergrp = plain round-to-nearest."),
+    click.option("--awq", "awq_mode", type=click.Choice(["run", "load", "none"]), default="run", show_default=True,
+                 help="Run the AWQ search, load llm-awq results (--awq_cache), or none (RTN)."),
+    click.option("--awq_cache", type=click.Path(dir_okay=False), default=None,
+                 help="llm-awq search-result file for --awq load."),
+    click.option("--dump_awq", type=click.Path(dir_okay=False), default=None,
+                 help="Also save the AWQ search results as an llm-awq cache file."),
+    click.option("--export", "export", type=click.Choice(["native", "awq"]), default="native", show_default=True,
+                 help="Checkpoint layout: the project's native format, or AutoAWQ GEMM (4-bit; loads in "
+                      "transformers, vLLM and the onnxruntime-genai builder)."),
+    click.option("--calib_dataset", default=None,
+                 help="Calibration text: a local .txt/.jsonl/.parquet file or a locally cached Hugging Face dataset "
+                      "name. Default: the shipped corpus' train split."),
+    click.option("--n_samples", type=click.IntRange(min=1), default=128, show_default=True,
+                 help="Calibration blocks."),
+    click.option("--seqlen", type=click.IntRange(min=2), default=512, show_default=True,
+                 help="Tokens per calibration block."),
+    click.option("--duo_scaling", is_flag=True, help="Scale search with weight magnitudes as well."),
+    seed_option,
+)
+
+dataset_option = click.option(
+    "--dataset", default="corpus-test", show_default=True,
+    help="corpus-test, corpus-valid (shipped splits), wikitext2 (local datasets cache) or a text file.")
+float_model_option = click.option(
+    "--float_model", default=None,
+    help="The float reference (default: the quantized checkpoint's recorded source, or the model itself).")
+
+benchmark_options = _stack(
+    click.option("--prompt_lengths", default=None,
+                 help="Comma-separated prompt lengths. Default: 4,8,16,32,64,128,256 (benchmark), "
+                      "512,1024,2048,4096 (benchmark_long)."),
+    click.option("--new_tokens", type=int, default=32, show_default=True, help="Tokens generated per run."),
+    click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per length (median)."),
+    click.option("--random_weights", is_flag=True,
+                 help="--model names a shipped shape (llama-2-7b, llama-3.1-8b, llama-3.2-1b, qwen2.5-7b) or a "
+                      "config.json; random weights are RTN-quantized in memory with --w_bit/--group_size (and "
+                      "lm_head with --lm_head/--lm_head_group_size)."),
+    click.option("--profile", type=click.Path(dir_okay=False), default=None,
+                 help="Write per-module prefill and per-token times to this CSV file (PyTorch modules, or the native "
+                      "engine's per-layer steps)."),
+    click.option("--compare_target", default=None,
+                 help="Also measure this target in the same run and report the ratios. Default: cpu when --target "
+                      "is not cpu; 'none' turns it off."),
+)
