@@ -40,7 +40,7 @@ def write_manifest(folder: Path, format_version: int) -> None:
 def _manifest_files(path: Path) -> dict[str, dict]:
     """The "files" table of a manifest, every entry checked: a relative path inside the folder -> {"size": int,
     "sha256": 64 hex digits}. Anything else is a UserError naming the manifest."""
-    fix = "Re-create the checkpoint with `run_awq --task quantize`, or restore it from a copy."
+    fix = "Re-create the checkpoint with `run_awq quantize`, or restore it from a copy."
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError, RecursionError) as exc:

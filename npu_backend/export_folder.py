@@ -141,7 +141,7 @@ def read_record(folder: Path, fingerprint: str | None, accuracy_level: int | Non
         problems.append(f"it has accuracy_level {record.get('accuracy_level')}, not the requested {accuracy_level}")
     if problems:
         raise UserError(f"The export folder {folder} is stale: {'; '.join(problems)}.",
-                        "Export again with `run_awq --task export --target npu --model CHECKPOINT --out "
+                        "Export again with `run_awq export --model CHECKPOINT --out "
                         f"{folder}` (it replaces the folder), or remove it.")
     problem = damage(folder, record.get("hashes"))
     if problem:

@@ -31,7 +31,7 @@ class QuantLayout:
             head = int(q["lm_head_group_size"]) if q.get("lm_head") else None
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"The quantization_config in {source}/config.json is incomplete ({exc}).",
-                            "Quantize the model again with `run_awq --task quantize`.") from None
+                            "Quantize the model again with `run_awq quantize`.") from None
         return cls(spec, modules, head)
 
 

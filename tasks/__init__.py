@@ -1,1 +1,1 @@
-"""The tasks behind `run_awq --task ...`: orchestration of runtime, awq, checkpoints and backends."""
+"""The tasks behind the `run_awq` subcommands: orchestration of runtime, awq, checkpoints and backends."""

@@ -1,4 +1,4 @@
-"""`run_awq --task accuracy`: teacher-forced top-1 / top-5 agreement and per-token logits PCC of a target against
+"""`run_awq accuracy`: teacher-forced top-1 / top-5 agreement and per-token logits PCC of a target against
 the float reference (runtime/accuracy.py has the protocol), as in tt-metal's LLM demos.
 
 The reference is `--float_model`, else the float source recorded in a quantized checkpoint, else the model

@@ -1,4 +1,4 @@
-"""`run_awq --task benchmark | benchmark_long`: prefill and decode speed per prompt length on a target.
+"""`run_awq benchmark | benchmark_long`: prefill and decode speed per prompt length on a target.
 
 Prompts are the first L tokens of the shipped corpus' test split (real text), L from `--prompt_lengths` or the
 task's defaults. Lengths whose prompt plus new tokens exceed the model's context are skipped (reported as such)

@@ -1,4 +1,4 @@
-"""`run_awq --task decode`: generate text from prompts on a target."""
+"""`run_awq decode`: generate text from prompts on a target."""
 from __future__ import annotations
 
 from dataclasses import replace

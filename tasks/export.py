@@ -1,4 +1,4 @@
-"""`run_awq --task export --target npu --model CKPT --out DIR`: write the ONNX Runtime model folder of a checkpoint.
+"""`run_awq export --model CKPT --out DIR`: write the ONNX Runtime model folder of a checkpoint.
 
 The folder is an onnxruntime-genai model folder (npu_backend/export_folder.py); it is written from scratch and
 atomically, so exporting twice reuses nothing. `--target npu` then runs it with `--onnx_dir DIR`.
@@ -21,10 +21,10 @@ def export_task(model_path: str | None, target: str, out: str | None, accuracy_l
     """Export the checkpoint at `model_path` into the folder `out` (replacing only an earlier export of this tool
     there, or anything but protected places with `overwrite`: checkpoints/output_path.py)."""
     if target not in EXPORT_TARGETS:
-        raise UserError(f"--task export writes ONNX Runtime folders for {', '.join(EXPORT_TARGETS)}; --target "
+        raise UserError(f"run_awq export writes ONNX Runtime folders for {', '.join(EXPORT_TARGETS)}; --target "
                         f"{target} has no export.", "Pass --target npu.")
     if out is None:
-        raise UserError("--task export needs --out.", "Pass --out FOLDER for the exported model.")
+        raise UserError("run_awq export needs --out.", "Pass --out FOLDER for the exported model.")
     require(target)
     from ..npu_backend.export_folder import export_model, export_problem
     from ..runtime.model_identity import fingerprint_of

@@ -1,4 +1,4 @@
-"""`run_awq --task perplexity`: perplexity of a checkpoint on a target, optionally next to its float source."""
+"""`run_awq perplexity`: perplexity of a checkpoint on a target, optionally next to its float source."""
 from __future__ import annotations
 
 from dataclasses import replace

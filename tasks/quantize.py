@@ -1,4 +1,4 @@
-"""`run_awq --task quantize`: stream a float checkpoint through AWQ (or RTN) into a quantized checkpoint."""
+"""`run_awq quantize`: stream a float checkpoint through AWQ (or RTN) into a quantized checkpoint."""
 from __future__ import annotations
 
 import json

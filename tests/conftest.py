@@ -64,7 +64,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 
 def quantize_tiny(src: Path, out: Path, **overrides) -> dict:
-    """`run_awq --task quantize` in-process with settings small enough for the tiny checkpoints."""
+    """`run_awq quantize` in-process with settings small enough for the tiny checkpoints."""
     from edgeawq.tasks.quantize import quantize_task
 
     args = dict(w_bit=4, group_size=32, zero_point=True, algorithm="awq", awq_mode="run", awq_cache=None,

@@ -1,4 +1,4 @@
-"""`run_awq` with --target npu and --task export: runs, reports the provider, and one test per user error."""
+"""`run_awq` with --target npu and export: runs, reports the provider, and one test per user error."""
 from __future__ import annotations
 
 import importlib.util
@@ -64,7 +64,7 @@ def test_stale_export_folder(quantized, tmp_path, capsys):
                 "--accuracy_level", "0"], capsys)[0] == 0
     code, _, err = run(["--task", "decode", "--target", "npu", "--model", str(quantized), "--onnx_dir",
                         str(tmp_path / "o"), "--prompt", "x"], capsys)
-    assert_user_error(code, err, "stale", "--task export")
+    assert_user_error(code, err, "stale", "run_awq export")
 
 
 def test_foreign_export_folder(quantized, tmp_path, capsys):
