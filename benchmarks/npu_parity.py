@@ -22,8 +22,8 @@ from pathlib import Path
 from edgeawq.default_models import DEFAULT_MODELS
 from edgeawq.runtime.backends import EngineOptions, require
 from edgeawq.runtime.model_loader import load_model
-from edgeawq.runtime.parity import greedy_parity, window_parity
-from edgeawq.runtime.perplexity import eval_windows, load_eval_text, perplexity
+from edgeawq.evaluation.parity import greedy_parity, window_parity
+from edgeawq.evaluation.perplexity import eval_windows, load_eval_text, perplexity
 from edgeawq.tasks.quantize import quantize_task
 
 PROMPTS = ["The hacker ethic", "A bug is", "Kludge: a", "Politeness, n.", "When the system crashed, the"]

@@ -24,7 +24,7 @@ from pathlib import Path
 from edgeawq.default_models import DEFAULT_MODELS
 from edgeawq.runtime.engines import make_engine
 from edgeawq.runtime.model_loader import load_model
-from edgeawq.runtime.perplexity import eval_windows, load_eval_text, perplexity
+from edgeawq.evaluation.perplexity import eval_windows, load_eval_text, perplexity
 from edgeawq.tasks.quantize import quantize_task
 
 CONFIGS = [("w4 g128", 4, 128, False), ("w3 g128", 3, 128, False), ("w4 g32", 4, 32, False),

@@ -2,7 +2,7 @@
 
 For each default model: the two named configs (performance, accuracy) and four MLP weight-format variants of the
 accuracy config (ff1_3/ff2 = bfp4/bfp4, bfp4/bfp8, bfp8/bfp8, bf16/bf16; fidelity, attention and KV cache as in
-that config), each scored with runtime/accuracy.py's teacher-forced protocol against the float model on the cpu
+that config), each scored with evaluation/accuracy.py's teacher-forced protocol against the float model on the cpu
 target (PyTorch, fp32): top-1 and top-5 agreement, mean logits PCC, and the perplexity of both over the scored
 positions. Windows: the shipped corpus' test split, --windows x --seqlen tokens, the first half prefilled.
 Prints one JSON line per row, then a markdown table; --save appends the lines to
@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 
 from edgeawq.default_models import DEFAULT_MODELS
-from edgeawq.runtime.accuracy import teacher_forced_accuracy
+from edgeawq.evaluation.accuracy import teacher_forced_accuracy
 from edgeawq.runtime.backends import EngineOptions, require
 from edgeawq.runtime.model_loader import load_model
-from edgeawq.runtime.perplexity import eval_windows, load_eval_text
+from edgeawq.evaluation.perplexity import eval_windows, load_eval_text
 from edgeawq.tt_backend.backend import make_tt_engine
 from edgeawq.tt_backend.precision import load_precision, with_mlp
 

@@ -64,3 +64,8 @@ def make_npu_engine(loaded: LoadedModel, options: EngineOptions, label: str = "n
           file=sys.stderr)
     loaded.model.to("meta")          # release the PyTorch weights: ONNX Runtime holds its own
     return engine
+
+
+def make_engine(loaded: LoadedModel, options: EngineOptions) -> OrtEngine:
+    """The registry's entry (runtime/backends.py)."""
+    return make_npu_engine(loaded, options)

@@ -1,5 +1,5 @@
 """`run_awq accuracy`: teacher-forced top-1 / top-5 agreement and per-token logits PCC of a target against
-the float reference (runtime/accuracy.py has the protocol), as in tt-metal's LLM demos.
+the float reference (evaluation/accuracy.py has the protocol), as in tt-metal's LLM demos.
 
 The reference is `--float_model`, else the float source recorded in a quantized checkpoint, else the model
 itself; it always runs on the cpu target with the PyTorch engine and fp32 activations.
@@ -10,10 +10,10 @@ import json
 from dataclasses import asdict
 
 from ..errors import UserError
-from ..runtime.accuracy import AccuracyReport, teacher_forced_accuracy
+from ..evaluation.accuracy import AccuracyReport, teacher_forced_accuracy
 from ..runtime.backends import EngineOptions, require
 from ..runtime.model_loader import load_model
-from ..runtime.perplexity import eval_windows, load_eval_text
+from ..evaluation.perplexity import eval_windows, load_eval_text
 from .perplexity import recorded_source
 
 

@@ -15,14 +15,14 @@ import torch
 from ..data_sources import corpus_split
 from ..errors import UserError
 from ..runtime.backends import EngineOptions, require
-from ..runtime.benchmark import generate_timed, measure_length, warm_up, weight_bytes_per_token
+from ..evaluation.benchmark import generate_timed, measure_length, warm_up, weight_bytes_per_token
 from ..kernels.quantizer import QuantSpec
 from ..runtime.memory import release_free_memory
 from ..runtime.model_loader import ACT_MODES, DTYPES, load_model
 from ..runtime.random_model import random_model_shell, random_quantized_model, shape_names
 from ..runtime.module_paths import get_module
 from ..checkpoints.output_path import check_output_file
-from ..runtime.profiler import can_profile, is_profile_csv, profiler_for, write_profile_csv
+from ..evaluation.profiler import can_profile, is_profile_csv, profiler_for, write_profile_csv
 
 DEFAULT_LENGTHS = {"benchmark": (4, 8, 16, 32, 64, 128, 256), "benchmark_long": (512, 1024, 2048, 4096)}
 
@@ -86,11 +86,11 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
 def _runs_existing_export(target: str, loaded, options: EngineOptions) -> bool:
     """True when the target will run an ONNX export or native state of `loaded` that already exists (no weights
     needed)."""
-    from ..runtime.backends import cpu_engine_choice
+    from ..cpu_backend.backend import cpu_engine_choice
 
     choice = cpu_engine_choice(loaded, options) if target == "cpu" else None
     if choice == "native":
-        from ..runtime.native_state import cached
+        from ..cpu_backend.native_state import cached
 
         return cached(loaded)
     if target not in ("cpu", "npu") or choice not in (None, "onnx"):

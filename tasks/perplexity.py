@@ -8,7 +8,7 @@ import json
 from ..errors import UserError
 from ..runtime.backends import EngineOptions, require
 from ..runtime.model_loader import load_model
-from ..runtime.perplexity import eval_windows, load_eval_text, perplexity, protocol
+from ..evaluation.perplexity import eval_windows, load_eval_text, perplexity, protocol
 
 
 def _evaluate(model: str | None, target: str, dtype: str, act_dtype: str, flash_attention: bool, windows=None,

@@ -90,8 +90,8 @@ def assert_engine_parity(reference, candidate, loaded) -> None:
     tokens) or the first divergence has logits PCC >= 0.999; last-token logits PCC >= 0.999 on six 512-token
     windows of the test split; perplexity within 0.5%."""
     from edgeawq.data_sources import corpus_split
-    from edgeawq.runtime.parity import greedy_parity, window_parity
-    from edgeawq.runtime.perplexity import eval_windows
+    from edgeawq.evaluation.parity import greedy_parity, window_parity
+    from edgeawq.evaluation.perplexity import eval_windows
 
     tok = loaded.tokenizer
     greedy = greedy_parity(reference, candidate, [tok(p)["input_ids"] for p in PARITY_PROMPTS], 24)

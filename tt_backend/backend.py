@@ -58,3 +58,8 @@ def make_tt_engine(loaded: LoadedModel, precision: "str | PrecisionConfig", flas
     print(f"[tt] {where}, precision {config.describe()}", file=sys.stderr)
     loaded.model.to("meta")          # release the PyTorch weights: the engine holds the device-side values
     return engine
+
+
+def make_engine(loaded: LoadedModel, options) -> TTEngine:
+    """The registry's entry (runtime/backends.py): the tt engine for `options` (an EngineOptions)."""
+    return make_tt_engine(loaded, options.tt_precision, options.flash_attention, options.tt_device)

@@ -6,7 +6,7 @@ import pytest
 from edgeawq.default_models import DEFAULT_MODELS
 from edgeawq.runtime.engines import make_engine
 from edgeawq.runtime.model_loader import load_model
-from edgeawq.runtime.perplexity import eval_windows, load_eval_text, perplexity
+from edgeawq.evaluation.perplexity import eval_windows, load_eval_text, perplexity
 
 from ..conftest import quantize_tiny
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from edgeawq.errors import UserError
-from edgeawq.kernels import native_build
-from edgeawq.runtime.backends import BACKENDS, EngineOptions, cpu_engine_choice, require
+from edgeawq.cpu_backend import native_build
+from edgeawq.cpu_backend.backend import cpu_engine_choice
+from edgeawq.runtime.backends import BACKENDS, EngineOptions, require
 from edgeawq.runtime.model_loader import load_model
 
 from ..conftest import quantize_tiny

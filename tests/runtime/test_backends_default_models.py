@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeawq.kernels import native_build
+from edgeawq.cpu_backend import native_build
 from edgeawq.runtime.backends import EngineOptions, require
 from edgeawq.runtime.model_loader import load_model
 

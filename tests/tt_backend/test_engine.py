@@ -10,7 +10,7 @@ import torch
 from edgeawq.runtime.engines import TransformersEngine
 from edgeawq.runtime.generate import left_pad
 from edgeawq.runtime.model_loader import load_model
-from edgeawq.runtime.parity import pcc
+from edgeawq.evaluation.parity import pcc
 from edgeawq.tt_backend import engine as engine_module
 from edgeawq.tt_backend.backend import make_tt_engine
 from edgeawq.tt_backend.device_pack import device_round_trip

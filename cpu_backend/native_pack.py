@@ -1,7 +1,7 @@
 """Per-group codes -> the native kernels' weight layout, and the exact math those kernels compute (the oracle
 their tests compare with).
 
-Layout (kernels/native/decoder.cpp states it too): for N outputs, K inputs, group size g (a multiple of 8 that
+Layout (cpu_backend/native/decoder.cpp states it too): for N outputs, K inputs, group size g (a multiple of 8 that
 divides K), R = ceil(N / 16) blocks of 16 rows, G = K / g groups:
 
 * lines uint8 (R, G, g/8, 64): byte 4*i + b of line (r, j, p) holds code[16r + i, j*g + 8p + b] in its low

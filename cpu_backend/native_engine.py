@@ -1,5 +1,5 @@
 """The cpu target's native engine (`--engine native`): the whole decoder in the project's own C++ kernels
-(kernels/native/decoder.cpp), same interface as runtime/engines.py.
+(cpu_backend/native/decoder.cpp), same interface as runtime/engines.py.
 
 Numerics: every decoder Linear (grouped q/k/v, o, grouped gate/up, down; and a quantized lm_head) multiplies
 int8 activations (per weight group: scale max|x|/127, round half to even) with the checkpoint's own codes,
@@ -11,7 +11,7 @@ Layout handled as by the ONNX Runtime engine: the caller's left-padded rows are 
 tokens only), a token's cache slot and RoPE position are the count of its row's earlier real tokens, logits come
 back right-aligned (padding positions of full-sequence logits are zero).
 
-The weights come from a native state (runtime/native_state.py: packed once, then cached); the PyTorch model is
+The weights come from a native state (cpu_backend/native_state.py: packed once, then cached); the PyTorch model is
 released, so the engine holds one copy: the native layout plus the embedding table and a float lm_head.
 """
 from __future__ import annotations
@@ -21,12 +21,12 @@ import time
 import numpy as np
 import torch
 
-from ..kernels import native_build
+from . import native_build
 
 
 class NativeEngine:
     def __init__(self, tensors: dict[str, torch.Tensor], spec: dict, threads: int | None = None) -> None:
-        """tensors, spec: a native state (runtime/native_state.py)."""
+        """tensors, spec: a native state (cpu_backend/native_state.py)."""
         ext = native_build.load()
         self.isa = ext.isa()
         self.profile_phases: list[str] = ext.profile_phases()     # per-layer steps Decoder.take_profile() times
@@ -63,7 +63,7 @@ class NativeEngine:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.lengths = np.zeros(0, np.int64)
-        self.profiler = None                          # runtime/profiler.NativeProfiler while --profile runs
+        self.profiler = None                          # evaluation/profiler.NativeProfiler while --profile runs
 
     @property
     def weight_bytes_per_token(self) -> int:

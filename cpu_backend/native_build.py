@@ -1,4 +1,4 @@
-"""Build and load the native CPU kernels (kernels/native/decoder.cpp) with torch.utils.cpp_extension.
+"""Build and load the native CPU kernels (cpu_backend/native/decoder.cpp) with torch.utils.cpp_extension.
 
 The extension is compiled once per (source, torch version, instruction set) into
 `$EDGEAWQ_NATIVE_BUILD/<name>` (default `$EDGEAWQ_CACHE/native-build`; about 30 s per instruction set the first

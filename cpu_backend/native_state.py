@@ -8,7 +8,7 @@ State = (tensors, spec):
             embedding table as float32), "vocab"}
   tensors  "rope.cos", "rope.sin" float32 (positions, head_dim/2); "embed" (V, D) in the model's dtype;
            "norm" float32 (D,); per layer i: "layers.{i}.input_norm", "layers.{i}.post_norm" float32 (D,) and
-           "layers.{i}.{qkv,o,gate_up,down}.{lines,meta}" uint8 (kernels/native_pack.py) plus
+           "layers.{i}.{qkv,o,gate_up,down}.{lines,meta}" uint8 (cpu_backend/native_pack.py) plus
            "layers.{i}.qkv.bias" float32 when the model has q/k/v biases; "lm_head.lines"/"lm_head.meta"
            (quantized) or "lm_head.weight" float32 (V, D); "lm_head.bias" float32 when present.
 
@@ -32,13 +32,13 @@ from ..checkpoints.cache_integrity import damage, file_table
 from ..checkpoints.directory import atomic_directory
 from ..errors import UserError
 from ..kernels.formats import native_format, unpack
-from ..kernels.native_pack import layout_problem, pack_native
+from .native_pack import layout_problem, pack_native
 from ..kernels.qlinear import QLinearPerGrp
-from .fusion import head_dim, layer_windows, linear_groups, rope_half_tables
-from .model_identity import cache_root, fingerprint_of
-from .memory import release_free_memory
-from .model_loader import LoadedModel
-from .module_paths import get_module
+from ..runtime.fusion import head_dim, layer_windows, linear_groups, rope_half_tables
+from ..runtime.model_identity import cache_root, fingerprint_of
+from ..runtime.memory import release_free_memory
+from ..runtime.model_loader import LoadedModel
+from ..runtime.module_paths import get_module
 
 FORMAT = "edgeawq-native"
 FORMAT_VERSION = 1
@@ -49,7 +49,7 @@ SUPPORTED_ACTIVATIONS = ("silu",)
 def native_problem(loaded: LoadedModel) -> str | None:
     """Why the native kernels cannot run this model, or None (checks shapes and formats, never values; the first
     call that passes them builds the kernels, about 30 s once per machine)."""
-    from ..kernels import native_build
+    from . import native_build
 
     reason = native_build.unavailable_reason()
     if reason:

@@ -1,5 +1,5 @@
 """The compiled native kernels (both instruction sets this CPU can run) against the exact math of
-kernels/native_pack.native_matmul_reference."""
+cpu_backend/native_pack.native_matmul_reference."""
 from __future__ import annotations
 
 import ctypes
@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from edgeawq.kernels import native_build
-from edgeawq.kernels.native_pack import native_matmul_reference, pack_native
+from edgeawq.cpu_backend import native_build
+from edgeawq.cpu_backend.native_pack import native_matmul_reference, pack_native
 
 from .test_native_pack import random_weights
 

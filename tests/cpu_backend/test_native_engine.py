@@ -1,7 +1,7 @@
 """The native engine (--engine native) against the PyTorch reference, every family.
 
 Exactness: the reference engine with each quantized Linear computing the native kernels' int8 math
-(kernels/native_pack.native_matmul_reference) equals the native engine up to fp32 summation order (and the rare
+(cpu_backend/native_pack.native_matmul_reference) equals the native engine up to fp32 summation order (and the rare
 activation that lands on a rounding boundary of its int8 grid and rounds the other way), for a left-padded batch,
 prefill then decode steps, float and quantized lm_head. Accuracy: against the plain fp32
 reference the logits keep PCC >= 0.999. The cache: a second engine loads the packed state without the weights.
@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from edgeawq.errors import UserError
-from edgeawq.kernels import native_build
+from edgeawq.cpu_backend import native_build
 from edgeawq.kernels.formats import native_format, unpack
-from edgeawq.kernels.native_pack import native_matmul_reference
+from edgeawq.cpu_backend.native_pack import native_matmul_reference
 from edgeawq.kernels.qlinear import QLinearPerGrp
-from edgeawq.runtime import native_state
+from edgeawq.cpu_backend import native_state
 from edgeawq.runtime.engines import StaticCacheEngine
 from edgeawq.runtime.generate import left_pad
 from edgeawq.runtime.model_loader import load_model
-from edgeawq.runtime.native_engine import NativeEngine
-from edgeawq.runtime.parity import pcc
+from edgeawq.cpu_backend.native_engine import NativeEngine
+from edgeawq.evaluation.parity import pcc
 
 from ..conftest import FAMILY_CONFIGS, quantize_tiny
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..kernels.qlinear import QLinearPerGrp
-from .memory import proc_kb_field
+from ..runtime.memory import proc_kb_field
 
 
 @dataclass

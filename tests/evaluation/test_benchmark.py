@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgeawq.errors import UserError
-from edgeawq.runtime.benchmark import weight_bytes_per_token
+from edgeawq.evaluation.benchmark import weight_bytes_per_token
 from edgeawq.runtime.model_loader import load_model
 from edgeawq.tasks.benchmark import benchmark_task
 
@@ -92,7 +92,7 @@ def test_random_weights_build_quantized_model_of_a_shape(tmp_path, capsys):
 
 
 def test_profile_of_the_native_engine_times_every_layer_step(checkpoints, tmp_path, capsys):
-    from edgeawq.kernels import native_build
+    from edgeawq.cpu_backend import native_build
     from edgeawq.runtime.backends import EngineOptions
 
     from ..conftest import quantize_tiny

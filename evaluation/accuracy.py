@@ -6,7 +6,7 @@ and is then fed the window's remaining tokens one at a time (decode mode, its KV
 of both modes is exercised. At each position p = 0 .. L-2 (predicting token p+1):
   top-1   the target's argmax equals the reference's argmax
   top-5   the reference's argmax is among the target's five largest logits
-  PCC     comp_pcc of the two logit vectors (runtime/parity.py)
+  PCC     comp_pcc of the two logit vectors (evaluation/parity.py)
   NLL     of the true next token, for both engines (perplexity over the scored positions)
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Teacher-forced accuracy metrics (runtime/accuracy.py) and tt-metal's comp_pcc semantics."""
+"""Teacher-forced accuracy metrics (evaluation/accuracy.py) and tt-metal's comp_pcc semantics."""
 from __future__ import annotations
 
 import math
@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from edgeawq.runtime.accuracy import teacher_forced_accuracy
+from edgeawq.evaluation.accuracy import teacher_forced_accuracy
 from edgeawq.runtime.engines import TransformersEngine
 from edgeawq.runtime.model_loader import load_model
-from edgeawq.runtime.parity import pcc
+from edgeawq.evaluation.parity import pcc
 
 
 def test_comp_pcc_semantics():

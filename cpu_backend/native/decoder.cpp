@@ -1,9 +1,9 @@
 // The cpu target's native engine: the whole Llama-family decoder for per-group 4-bit-container weights
 // (2/3/4-bit codes), int8 activations per weight group (the int8 path MatMulNBits takes at accuracy_level 4 and
-// llama.cpp takes with Q8_0), fp32 everything else. Built at first use by kernels/native_build.py.
+// llama.cpp takes with Q8_0), fp32 everything else. Built at first use by cpu_backend/native_build.py.
 //
 // Weight layout of one quantized Linear (N outputs, K inputs, group size g, R = ceil(N/16) blocks of 16 rows,
-// G = K/g groups; kernels/native_pack.py writes it):
+// G = K/g groups; cpu_backend/native_pack.py writes it):
 //   lines uint8 (R, G, g/8, 64): for row block r, group j, step p: byte 4*i + b (i = row in block 0..15,
 //       b = 0..3) holds code[16r + i, j*g + 8p + b] in its low nibble and code[16r + i, j*g + 8p + 4 + b] in its
 //       high nibble. One 64-byte line = 16 rows x 8 codes.

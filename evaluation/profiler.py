@@ -77,7 +77,7 @@ class ModuleProfiler(_Totals):
 
 
 class NativeProfiler(_Totals):
-    """Attaches to a NativeEngine (runtime/native_engine.py) until remove()."""
+    """Attaches to a NativeEngine (cpu_backend/native_engine.py) until remove()."""
 
     def __init__(self, engine) -> None:
         super().__init__()
@@ -99,14 +99,14 @@ class NativeProfiler(_Totals):
 
 def can_profile(engine) -> bool:
     """False for an ONNX Runtime graph (one opaque session call per forward)."""
-    from .native_engine import NativeEngine
+    from ..cpu_backend.native_engine import NativeEngine
 
     return isinstance(engine, NativeEngine) or engine.name in ("transformers", "static-cache")
 
 
 def profiler_for(engine, model: nn.Module) -> ModuleProfiler | NativeProfiler:
     """A profiler attached to `engine` (model: the PyTorch model it runs); detach with remove()."""
-    from .native_engine import NativeEngine
+    from ..cpu_backend.native_engine import NativeEngine
 
     if not can_profile(engine):
         raise ValueError(f"the {engine.name} engine cannot be profiled per module")

@@ -11,7 +11,7 @@ import transformers
 from edgeawq.errors import UserError
 from edgeawq.runtime.engines import make_engine
 from edgeawq.runtime.model_loader import load_model
-from edgeawq.runtime.perplexity import eval_windows, load_eval_text, perplexity
+from edgeawq.evaluation.perplexity import eval_windows, load_eval_text, perplexity
 from edgeawq.tasks.perplexity import perplexity_task
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeawq.kernels.native_pack import layout_problem, native_matmul_reference, pack_native, quantize_activations
+from edgeawq.cpu_backend.native_pack import layout_problem, native_matmul_reference, pack_native, quantize_activations
 
 
 def random_weights(N, K, g, seed=0):

@@ -1,0 +1,61 @@
+"""`--target cpu`: which engine runs a loaded checkpoint on the host CPU, and building it.
+
+`--engine auto` -> native for quantized checkpoints with the reference numerics when the native kernels can run
+them (the fast path), else the ONNX Runtime graph on the CPU provider, else PyTorch; `--flash_attention` and
+`--act_dtype aie` name the PyTorch engine; float checkpoints run PyTorch.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import replace
+
+from ..errors import UserError
+from ..runtime.backends import EngineOptions
+from ..runtime.engines import make_engine as make_torch_engine
+from ..runtime.model_loader import LoadedModel
+
+CPU_ENGINES = ("auto", "native", "onnx", "torch")
+
+
+def _onnxruntime_missing() -> bool:
+    return importlib.util.find_spec("onnxruntime") is None
+
+
+def cpu_engine_choice(loaded: LoadedModel, options: EngineOptions) -> str:
+    """The engine `options.engine` resolves to for `loaded`: native, onnx or torch (see the module docstring)."""
+    if options.engine not in CPU_ENGINES:
+        raise UserError(f"Unknown --engine {options.engine!r}.", f"Use one of: {', '.join(CPU_ENGINES)}.")
+    aie = any(getattr(m, "numerics", "") == "aie" for m in loaded.model.modules())
+    if options.engine in ("onnx", "native"):
+        if options.flash_attention or aie:
+            raise UserError(f"--engine {options.engine} runs its own graph; --flash_attention and --act_dtype aie "
+                            "select PyTorch engines.", "Drop one of them (or use --engine torch).")
+        if options.engine == "native":
+            from .native_state import native_problem
+
+            problem = native_problem(loaded)
+            if problem:
+                raise UserError(f"--engine native cannot run this model: {problem}.",
+                                "Use --engine onnx or --engine torch (or --engine auto, which picks one).")
+        return options.engine
+    if options.engine == "torch" or options.flash_attention or aie or loaded.quant is None:
+        return "torch"
+    from .native_state import native_problem
+
+    if native_problem(loaded) is None:
+        return "native"
+    return "torch" if _onnxruntime_missing() else "onnx"
+
+
+def make_engine(loaded: LoadedModel, options: EngineOptions):
+    choice = cpu_engine_choice(loaded, options)
+    if choice == "native":
+        from .native_engine import NativeEngine
+        from .native_state import native_state
+
+        return NativeEngine(*native_state(loaded))
+    if choice == "onnx":
+        from ..npu_backend.backend import make_npu_engine
+
+        return make_npu_engine(loaded, replace(options, ep="CPU", strict_ep=False), label="cpu")
+    return make_torch_engine(loaded, options.flash_attention)
