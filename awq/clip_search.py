@@ -1,4 +1,4 @@
-"""AWQ weight clipping search (llm-awq semantics, DESIGN section 4.5).
+"""AWQ weight clipping search (llm-awq semantics, docs/quantization.md (AWQ)).
 
 For every (output row, group) try max_val = absmax * (1 - i/n_grid), i = 0 .. max_shrink*n_grid - 1; clamp
 the group to [-max_val, max_val], fake-quantize, and keep the max_val with the smallest mean squared error of the

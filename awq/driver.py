@@ -1,4 +1,4 @@
-"""Layer-by-layer streaming quantization of a whole model (DESIGN section 4.2).
+"""Layer-by-layer streaming quantization of a whole model (docs/quantization.md (AWQ)).
 
 Only one decoder layer's float weights are materialised at a time: the model skeleton lives on the meta
 device, layer i's tensors are read from the checkpoint (a StreamedSafetensors reads them into memory that is

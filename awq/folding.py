@@ -1,4 +1,4 @@
-"""Fold AWQ scales s (K,) into the network so that its float function is unchanged (DESIGN section 4.4).
+"""Fold AWQ scales s (K,) into the network so that its float function is unchanged (docs/quantization.md (AWQ)).
 
 norm -> linears:    norm.weight /= s;               linear.weight[:, k] *= s[k] for every linear
 linear1 -> linear2: linear1.weight[k, :] /= s[k] (and linear1.bias[k] /= s[k]);  linear2.weight[:, k] *= s[k]

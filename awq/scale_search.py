@@ -1,4 +1,4 @@
-"""AWQ activation-aware scale search for one scaling group (llm-awq semantics, DESIGN section 4.3).
+"""AWQ activation-aware scale search for one scaling group (llm-awq semantics, docs/quantization.md (AWQ)).
 
 x_bar = mean(|x|) per input channel over all calibration tokens. For alpha in {0, 1/n_grid, ..., 1 - 1/n_grid}:
     s = x_bar**alpha                                   (duo_scaling: x_bar**alpha / (w_bar**(1-alpha) + 1e-4))

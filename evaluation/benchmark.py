@@ -1,4 +1,4 @@
-"""Latency and throughput measurement of one engine (DESIGN section 8 protocol).
+"""Latency and throughput measurement of one engine (docs/quantization.md (perplexity protocol) protocol).
 
 For a prompt of L tokens and N new tokens (greedy, batch 1): the first forward is the prefill and gives the
 first token (time to first token); the remaining N - 1 forwards are decode steps, so time/token = decode time /

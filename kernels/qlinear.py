@@ -3,8 +3,10 @@
 The op `edgeawq::qlinear_pergrp(x, packed, scales, zeros, bias, bits, act_dtype)` computes
 `F.linear(x_a, W_a, bias_a).to(x.dtype)` where `_a` means cast to the activation dtype (bf16 for w4abf16, or
 fp32) and W = (codes - zeros) * scales per group (kernels/quantizer.py), codes unpacked from the native
-format of `bits` (kernels/formats.py). This default implementation is the pure-PyTorch reference kernel;
-fast kernels register elsewhere and are tested against it. A fake (meta) implementation gives shapes only.
+format of `bits` (kernels/formats.py). This is the pure-PyTorch reference kernel that the PyTorch engines run;
+the fast engines do not dispatch through the op but run whole decoders of their own (cpu_backend/ native engine,
+npu_backend/ ONNX Runtime graph, tt_backend/ emulation), each tested against this reference. A fake (meta)
+implementation gives shapes only.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-group codes -> the inputs of ONNX Runtime's `com.microsoft.MatMulNBits` (DESIGN section 6).
+"""Per-group codes -> the inputs of ONNX Runtime's `com.microsoft.MatMulNBits` (docs/onnx_runtime.md).
 
 MatMulNBits(A, B, scales, zero_points) computes A @ W^T with W[n, k] = (code[n, k] - zp[n, k // bs]) * scale[n,
 k // bs], attributes K, N, bits, block_size (= our group size; a power of two >= 16), accuracy_level.

@@ -1,4 +1,4 @@
-"""Tenstorrent block floating point: bfloat8_b, bfloat4_b, bfloat2_b (host encoder semantics, DESIGN section 7).
+"""Tenstorrent block floating point: bfloat8_b, bfloat4_b, bfloat2_b (host encoder semantics, docs/tenstorrent.md).
 
 Blocks: 16 consecutive values along the last dimension (one face row) share one 8-bit exponent. Encoding with
 Bits = 8, 4 or 2, values widened to fp32 (exponent field e, 23-bit mantissa m):

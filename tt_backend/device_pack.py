@@ -1,7 +1,7 @@
 """Block-float rounding of values the Tenstorrent device converts itself (KV-cache writes, op outputs).
 
 The host encoder (blockfloat.py) rounds ties-to-even from fp32. The device's packer works from its 16-bit
-registers instead (DESIGN section 7), per block of 16 values along the last dimension:
+registers instead (docs/tenstorrent.md), per block of 16 values along the last dimension:
     1. truncate fp32 to bf16 (drop the low 16 bits);
     2. round to E8M6 (6 mantissa bits), ties away from zero; a carry out of the mantissa raises the exponent;
        exponent field 0 (zero, denormal) -> 0;

@@ -1,4 +1,4 @@
-"""`--target tt` on the CPU: the Llama-family decoder with Tenstorrent numerics (DESIGN section 7).
+"""`--target tt` on the CPU: the Llama-family decoder with Tenstorrent numerics (docs/tenstorrent.md).
 
 Per op, what the device does and how it is emulated (B batch, T new tokens, S filled cache slots):
   weights      the values of the converted block-float / bf16 tensors (weights.py), [K, N]

@@ -1,4 +1,4 @@
-"""Math-fidelity emulation of a Tenstorrent matmul (DESIGN section 7).
+"""Math-fidelity emulation of a Tenstorrent matmul (docs/tenstorrent.md).
 
 The device multiplies weights held in SrcA by activations held in SrcB, using only part of each operand's
 mantissa per pass (operand bits are truncated by masks, never rounded):

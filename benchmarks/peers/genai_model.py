@@ -1,5 +1,5 @@
 """The onnxruntime-genai peer: the same random quantized model as ours (same seed, same RTN codes), written as an
-AutoAWQ GEMM checkpoint and converted by the onnxruntime-genai model builder with the options of DESIGN section 10
+AutoAWQ GEMM checkpoint and converted by the onnxruntime-genai model builder with the options of docs/onnx_runtime.md and benchmarks/cpu_vs_peers.py
 (`-p int4 -e cpu --extra_options block_size=128 accuracy_level=4`), then `intra_op_num_threads` set in
 genai_config.json (without it the session runs about half as fast on this machine). The builder quantizes the
 float lm_head itself (RTN int4).

@@ -1,6 +1,6 @@
 """Time one greedy generation with onnxruntime-genai (run as a subprocess by cpu_vs_peers.py).
 
-Protocol (DESIGN section 10): `append_tokens(prompt)` is the prefill; the first `generate_next_token()` gives the
+Protocol (docs/onnx_runtime.md and benchmarks/cpu_vs_peers.py): `append_tokens(prompt)` is the prefill; the first `generate_next_token()` gives the
 first token; decode time is counted from the second one. Prompt ids are random (speed does not depend on them).
 Prints one JSON line: prefill_s, decode_s, decode_tokens.
 Usage: python -m benchmarks.peers.genai_runner FOLDER PROMPT_TOKENS NEW_TOKENS

@@ -113,7 +113,7 @@ def test_sharded_quantized_checkpoint(checkpoints, tmp_path):
 
 
 def unpack_autoawq_independently(qweight, qzeros, scales, group):
-    """W[k, n] = (q - z[k // g, n]) * s[k // g, n], from the DESIGN section 5 description, one nibble at a time."""
+    """W[k, n] = (q - z[k // g, n]) * s[k // g, n], from the docs/quantization.md description, one nibble at a time."""
     order = [0, 2, 4, 6, 1, 3, 5, 7]
     K, C = qweight.shape
     N = C * 8

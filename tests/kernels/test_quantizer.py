@@ -1,4 +1,4 @@
-"""Per-group quantizer: the DESIGN formulas, error bounds, symmetric mode, and shape errors."""
+"""Per-group quantizer: the formulas of docs/quantization.md, error bounds, symmetric mode, and shape errors."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +13,7 @@ def sqnr_db(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def oracle_asym(w, bits, g):
-    """Scalar-loop transcription of the DESIGN section 3 formulas (fp16-rounded scale)."""
+    """Scalar-loop transcription of the docs/quantization.md formulas (fp16-rounded scale)."""
     N, K = w.shape
     qmax = 2 ** bits - 1
     out = torch.empty_like(w)

@@ -1,4 +1,4 @@
-"""Block-float formats, bit-exact against a scalar oracle written from the DESIGN section 7 text."""
+"""Block-float formats, bit-exact against a scalar oracle written from the docs/tenstorrent.md text."""
 from __future__ import annotations
 
 import math

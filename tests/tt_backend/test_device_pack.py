@@ -1,4 +1,4 @@
-"""Device-pack rounding (tt_backend/device_pack.py) against a scalar oracle written from DESIGN section 7."""
+"""Device-pack rounding (tt_backend/device_pack.py) against a scalar oracle written from docs/tenstorrent.md."""
 from __future__ import annotations
 
 import struct
