@@ -16,6 +16,8 @@ import hashlib
 import os
 import platform
 import shutil
+import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -103,5 +105,13 @@ def load(isa: str | None = None):
     name = f"edgeawq_native_{isa}_{key}"
     folder = Path(os.environ.get("EDGEAWQ_NATIVE_BUILD") or cache_root() / "native-build") / name
     folder.mkdir(parents=True, exist_ok=True)
-    return load_extension(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                          build_directory=str(folder), verbose=False)
+    first = not any(folder.glob(f"{name}*.so"))
+    if first:
+        print(f"[native] compiling the native kernels ({isa}) into {folder}: once per machine and version, "
+              "about 30-60 s ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    module = load_extension(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                            build_directory=str(folder), verbose=False)
+    if first:
+        print(f"[native] compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return module
