@@ -1,6 +1,6 @@
 """Teacher-forced accuracy of a target against a float reference (tt-metal's demo metrics), any target.
 
-Protocol per evaluation window of L tokens (perplexity windows, docs/quantization.md (perplexity protocol)): the reference engine scores the
+Protocol per evaluation window of L tokens (perplexity windows, docs/quantization.md, "Perplexity"): the reference engine scores the
 whole window in one forward; the target engine prefills the first `prefill` tokens in one call (prefill mode)
 and is then fed the window's remaining tokens one at a time (decode mode, its KV cache in use), so every op group
 of both modes is exercised. At each position p = 0 .. L-2 (predicting token p+1):

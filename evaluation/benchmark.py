@@ -1,4 +1,4 @@
-"""Latency and throughput measurement of one engine (docs/quantization.md (perplexity protocol) protocol).
+"""Latency and throughput measurement of one engine (the protocol below; the README reports it).
 
 For a prompt of L tokens and N new tokens (greedy, batch 1): the first forward is the prefill and gives the
 first token (time to first token); the remaining N - 1 forwards are decode steps, so time/token = decode time /
@@ -107,3 +107,31 @@ def measure_length(engine, prompt: torch.Tensor, new_tokens: int, repeats: int, 
 
 def warm_up(engine, prompt: torch.Tensor) -> None:
     generate_timed(engine, prompt, 2)
+
+
+def benchmark_lengths(engine, tokenizer, lengths: list[int], new_tokens: int, repeats: int, bytes_per_token: int,
+                      context: int, on_length=None) -> list[dict]:
+    """The benchmark of `engine` at each prompt length: prompts are the first L tokens of the shipped test split;
+    one warm-up, then `measure_length`. A length whose prompt + new tokens exceed `context` gets a row
+    {"prompt_tokens", "skipped"}. `on_length(L, prompt)` runs after each measured length (the profiler)."""
+    from ..data_sources import corpus_split
+    from ..errors import UserError
+
+    text = corpus_split("test").read_text(encoding="utf-8")
+    stream = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if max(lengths) > stream.numel():
+        raise UserError(f"The longest prompt ({max(lengths)} tokens) is longer than the benchmark text "
+                        f"({stream.numel()} tokens).", "Use shorter prompt lengths.")
+    runnable = [L for L in lengths if L + new_tokens <= context]
+    if runnable:
+        warm_up(engine, stream[None, : runnable[0]])
+    rows = []
+    for L in lengths:
+        if L not in runnable:
+            rows.append({"prompt_tokens": L, "skipped": f"exceeds the model's context of {context} tokens"})
+            continue
+        prompt = stream[None, :L]
+        rows.append(vars(measure_length(engine, prompt, new_tokens, repeats, bytes_per_token)))
+        if on_length is not None:
+            on_length(L, prompt)
+    return rows

@@ -4,7 +4,7 @@ perplexity. Used by the npu parity tests and benchmarks/npu_parity.py.
 * `greedy_parity`: greedy decode of each prompt on both engines, teacher-forced on the reference's tokens; the
   first position where the argmaxes differ is reported with the PCC of the two logit vectors there.
 * `window_parity`: per perplexity window, the last-token logits PCC and both engines' summed NLL; perplexity of
-  each engine over all windows (docs/quantization.md (perplexity protocol) protocol).
+  each engine over all windows (the protocol of docs/quantization.md, "Perplexity" and "Benchmark").
 """
 from __future__ import annotations
 

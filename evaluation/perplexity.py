@@ -1,4 +1,4 @@
-"""Perplexity with the AWQ/GPTQ-paper protocol (docs/quantization.md (perplexity protocol)).
+"""Perplexity with the AWQ/GPTQ-paper protocol (docs/quantization.md, "Perplexity").
 
 The evaluation text (documents joined with "\n\n") is tokenized once without special tokens (no BOS), cut into
 non-overlapping windows of `seqlen` tokens (the tail shorter than a window is dropped; `nsamples` keeps only

@@ -15,6 +15,7 @@ from ..errors import UserError
 from .sampling import Sampler, SamplingConfig
 
 MAX_BATCH = 32
+DEFAULT_CONTEXT = 2048     # context allocated when --max_seq_len is not given (at most the model's)
 
 
 @dataclass
@@ -159,3 +160,12 @@ def generate_text(engine, tokenizer, config, prompts: list[str], max_new_tokens:
     if stream is not None and len(prompts) == 1 and results[0].text != streamed["text"]:
         stream(results[0].text[len(streamed["text"]):])
     return results
+
+
+def resolve_max_seq_len(requested: int | None, model_context: int) -> int:
+    if requested is None:
+        return min(model_context, DEFAULT_CONTEXT)
+    if requested > model_context:
+        raise UserError(f"--max_seq_len {requested} exceeds the model's context of {model_context} tokens "
+                        "(max_position_embeddings).", f"Use --max_seq_len {model_context} or less.")
+    return requested

@@ -12,10 +12,9 @@ from dataclasses import replace
 
 import torch
 
-from ..data_sources import corpus_split
 from ..errors import UserError
 from ..runtime.backends import EngineOptions, require
-from ..evaluation.benchmark import generate_timed, measure_length, warm_up, weight_bytes_per_token
+from ..evaluation.benchmark import benchmark_lengths, generate_timed, weight_bytes_per_token
 from ..kernels.quantizer import QuantSpec
 from ..runtime.memory import release_free_memory
 from ..runtime.model_loader import ACT_MODES, DTYPES, load_model
@@ -115,11 +114,6 @@ def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengt
     if too_long and user_given:
         raise UserError(f"Prompt length(s) {too_long} plus --new_tokens {new_tokens} exceed the model's context of "
                         f"{context} tokens.", "Choose shorter --prompt_lengths or fewer --new_tokens.")
-    text = corpus_split("test").read_text(encoding="utf-8")
-    stream = torch.tensor(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
-    if max(lengths) > stream.numel():
-        raise UserError(f"The longest prompt ({max(lengths)} tokens) is longer than the benchmark text "
-                        f"({stream.numel()} tokens).", "Use shorter --prompt_lengths.")
     bytes_per_token = weight_bytes_per_token(loaded.model, get_module(loaded.model, loaded.family.embed))
     quant = None if loaded.quant is None else {"bits": loaded.quant.spec.bits,
                                                "group_size": loaded.quant.spec.group_size,
@@ -134,23 +128,18 @@ def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengt
     # engines that hold their own weight copy (tt: block-float tiles) know the bytes they read per token
     bytes_per_token = getattr(engine, "weight_bytes_per_token", bytes_per_token)
     release_free_memory()
-    runnable = [L for L in lengths if L not in too_long]
-    if runnable:
-        warm_up(engine, stream[None, : runnable[0]])
-    rows, profile_rows = [], []
-    for L in lengths:
-        if L in too_long:
-            rows.append({"prompt_tokens": L, "skipped": f"exceeds the model's context of {context} tokens"})
-            continue
-        prompt = stream[None, :L]
-        rows.append(vars(measure_length(engine, prompt, new_tokens, repeats, bytes_per_token)))
-        if profile:
-            profiler = profiler_for(engine, loaded.model)
-            try:
-                generate_timed(engine, prompt, new_tokens, profiler)
-            finally:
-                profiler.remove()
-            profile_rows += profiler.rows(L, new_tokens - 1)
+    profile_rows = []
+
+    def profile_length(L: int, prompt: torch.Tensor) -> None:
+        profiler = profiler_for(engine, loaded.model)
+        try:
+            generate_timed(engine, prompt, new_tokens, profiler)
+        finally:
+            profiler.remove()
+        profile_rows.extend(profiler.rows(L, new_tokens - 1))
+
+    rows = benchmark_lengths(engine, loaded.tokenizer, lengths, new_tokens, repeats, bytes_per_token, context,
+                             profile_length if profile else None)
     if profile:
         write_profile_csv(profile, profile_rows)
     return {"task": task, "model": source, "target": target, "engine": engine.name, "dtype": dtype,

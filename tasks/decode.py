@@ -11,13 +11,12 @@ from pathlib import Path
 from ..checkpoints.atomic import write_text_atomic
 from ..checkpoints.output_path import check_output_file
 from ..errors import UserError
-from ..runtime.backends import EngineOptions, require
-from ..runtime.generate import generate_text
-from ..runtime.model_loader import load_model
+from .model import load_with_options
+from ..runtime.backends import EngineOptions
+from ..runtime.generate import resolve_max_seq_len
 from ..runtime.prompts import check_prompt_text, read_prompts_file
 from ..runtime.sampling import SamplingConfig
 
-DEFAULT_CONTEXT = 2048
 OUTPUT_FORMAT = "edgeawq-decode"   # the "format" of --output files: {"format", "model", "target", "engine", "dtype",
                                    # "sampling", "results": [...]}
 
@@ -27,15 +26,6 @@ def is_decode_output(path: Path) -> bool:
     data = json.loads(path.read_bytes().decode("utf-8"))
     return isinstance(data, dict) and (data.get("format") == OUTPUT_FORMAT
                                        or set(data) == {"model", "target", "engine", "dtype", "sampling", "results"})
-
-
-def resolve_max_seq_len(requested: int | None, model_context: int) -> int:
-    if requested is None:
-        return min(model_context, DEFAULT_CONTEXT)
-    if requested > model_context:
-        raise UserError(f"--max_seq_len {requested} exceeds the model's context of {model_context} tokens "
-                        "(max_position_embeddings).", f"Use --max_seq_len {model_context} or less.")
-    return requested
 
 
 def decode_task(model_path: str | None, target: str, dtype: str, flash_attention: bool, max_seq_len: int | None,
@@ -49,11 +39,11 @@ def decode_task(model_path: str | None, target: str, dtype: str, flash_attention
         check_prompt_text(p, f"--prompt {i + 1}") for i, p in enumerate(prompts)]
     if not texts:
         raise UserError("No prompt was given.", "Pass --prompt TEXT (repeatable) or --prompts FILE.")
-    sampling = SamplingConfig(temperature, top_p, top_k, seed).validate()
-    backend = require(target)
-    loaded = load_model(model_path, dtype, act_dtype)
-    seq_len = resolve_max_seq_len(max_seq_len, loaded.max_context)
-    engine = backend.make_engine(loaded, replace(engine_options or EngineOptions(), flash_attention=flash_attention))
+    SamplingConfig(temperature, top_p, top_k, seed).validate()          # refuse bad values before loading
+    model = load_with_options(model_path, target, replace(engine_options or EngineOptions(),
+                                                          flash_attention=flash_attention), dtype, act_dtype)
+    loaded, engine = model.loaded, model.engine
+    resolve_max_seq_len(max_seq_len, loaded.max_context)
     stream = None
     if len(texts) == 1:
         sys.stdout.write(texts[0])
@@ -63,8 +53,8 @@ def decode_task(model_path: str | None, target: str, dtype: str, flash_attention
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-    results = generate_text(engine, loaded.tokenizer, loaded.config, texts, max_new_tokens, seq_len, sampling,
-                            stop_at_eos, instruct, stream)
+    results = model.generate(texts, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                             stop_at_eos=stop_at_eos, instruct=instruct, max_seq_len=max_seq_len, stream=stream)
     if stream is not None:
         sys.stdout.write("\n")
     else:
@@ -77,4 +67,5 @@ def decode_task(model_path: str | None, target: str, dtype: str, flash_attention
     if output:
         write_text_atomic(output, json.dumps({
             "format": OUTPUT_FORMAT, "model": str(loaded.source), "target": target, "engine": engine.name, "dtype": dtype,
-            "sampling": vars(sampling), "results": [r.as_json() for r in results]}, indent=2) + "\n")
+            "sampling": vars(SamplingConfig(temperature, top_p, top_k, seed)),
+            "results": [r.as_json() for r in results]}, indent=2) + "\n")

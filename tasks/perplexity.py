@@ -5,38 +5,31 @@ from dataclasses import replace
 
 import json
 
+from .model import load_with_options
 from ..errors import UserError
-from ..runtime.backends import EngineOptions, require
-from ..runtime.model_loader import load_model
-from ..evaluation.perplexity import eval_windows, load_eval_text, perplexity, protocol
+from ..runtime.backends import EngineOptions
 
 
 def _evaluate(model: str | None, target: str, dtype: str, act_dtype: str, flash_attention: bool, windows=None,
               dataset: str = "", seqlen: int = 2048, nsamples: int | None = None,
               engine_options: EngineOptions | None = None):
-    backend = require(target)
-    loaded = load_model(model, dtype, act_dtype)
-    if windows is None:
-        text, desc = load_eval_text(dataset)
-        windows = eval_windows(loaded.tokenizer, text, seqlen, nsamples, loaded.max_context)
-    else:
-        desc = None
-    ppl, nll = perplexity(backend.make_engine(
-        loaded, replace(engine_options or EngineOptions(), flash_attention=flash_attention)), windows)
-    return loaded, windows, desc, ppl, nll
+    m = load_with_options(model, target, replace(engine_options or EngineOptions(), flash_attention=flash_attention),
+                          dtype, act_dtype)
+    r = m.perplexity(dataset=dataset, seqlen=seqlen, nsamples=nsamples, windows=windows)
+    return m.loaded, r["windows"], r["protocol"], r["perplexity"], r["mean_nll"]
 
 
 def perplexity_task(model_path: str | None, target: str, dtype: str, act_dtype: str, flash_attention: bool,
                     dataset: str, seqlen: int, nsamples: int | None, compare: bool, float_model: str | None,
                     fmt: str, engine_options: EngineOptions | None = None) -> dict:
-    loaded, windows, desc, ppl, nll = _evaluate(model_path, target, dtype, act_dtype, flash_attention,
+    loaded, windows, proto, ppl, nll = _evaluate(model_path, target, dtype, act_dtype, flash_attention,
                                                 dataset=dataset, seqlen=seqlen, nsamples=nsamples,
                                                 engine_options=engine_options)
     result = {"model": str(loaded.source), "perplexity": ppl, "mean_nll": nll,
               "quantization": None if loaded.quant is None else {
                   "bits": loaded.quant.spec.bits, "group_size": loaded.quant.spec.group_size,
                   "act_dtype": act_dtype},
-              "protocol": protocol(desc, windows, dtype, target)}
+              "protocol": proto}
     if compare:
         source = float_model
         if source is None:
