@@ -5,6 +5,7 @@ Nothing here imports torch or transformers: `run_awq --help` and flag errors ans
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import click
@@ -27,7 +28,14 @@ def model_option(help_suffix: str = "") -> Callable:
              "an embedded model alias: default, default-llama, default-qwen2. Omitted: default-llama." + help_suffix)
 
 
-debug_option = click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def _debug_and_quiet(fn: Callable) -> Callable:
+    fn = click.option("--quiet", is_flag=True, expose_value=False, is_eager=True,
+                      callback=lambda ctx, param, value: value and os.environ.__setitem__("EDGEAWQ_QUIET", "1"),
+                      help="No progress bars (they show only on a terminal anyway).")(fn)
+    return click.option("--debug", is_flag=True, help="Show tracebacks for errors.")(fn)
+
+
+debug_option = _debug_and_quiet
 
 overwrite_option = click.option(
     "--overwrite", is_flag=True,

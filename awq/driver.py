@@ -16,8 +16,8 @@ from typing import Protocol
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from ..progress import bar
 from ..kernels.quantizer import QuantizedWeight, QuantSpec, quantize
 from ..runtime.families import Family
 from ..runtime.memory import release_free_memory
@@ -77,8 +77,8 @@ def quantize_streaming(skeleton: nn.Module, config, family: Family, state, job: 
         rotary = type(get_module(skeleton, family.rotary))(config=config)
         T = job.calib_ids.shape[1]
         position_embeddings = rotary(inputs[0], torch.arange(T)[None])               # (1, T, hd) x2
-    bar = tqdm(range(len(layers)), desc="quantizing layers", disable=not job.progress, unit="layer")
-    for i in bar:
+    steps = range(len(layers))
+    for i in (bar(steps, "quantizing layers", unit="layer") if job.progress else steps):
         prefix = f"{family.layers}.{i}."
         layer = layers[i]
         _assign(layer, prefix, state, torch.float32)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..progress import bar
 from .hf_files import read_json
 
 _DIM0 = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1", "feed_forward.w3", "output")
@@ -95,7 +96,7 @@ def convert(model_dir: Path, bos_token_id: int, eos_token_id: int | list[int]) -
         "model.embed_tokens.weight": meta["tok_embeddings.weight"],
         "model.norm.weight": meta["norm.weight"],
     }
-    for i in range(n_layers):
+    for i in bar(range(n_layers), "converting the Meta checkpoint", unit="layer"):
         src, dst = f"layers.{i}.", f"model.layers.{i}."
         sd[dst + "self_attn.q_proj.weight"] = _permute_rope_rows(meta[src + "attention.wq.weight"], n_heads)
         sd[dst + "self_attn.k_proj.weight"] = _permute_rope_rows(meta[src + "attention.wk.weight"], n_kv)

@@ -31,6 +31,7 @@ import torch
 from ..checkpoints.cache_integrity import damage, file_table
 from ..checkpoints.directory import atomic_directory
 from ..errors import UserError
+from ..progress import bar
 from ..kernels.formats import native_format, unpack
 from .native_pack import layout_problem, pack_native
 from ..kernels.qlinear import QLinearPerGrp
@@ -113,7 +114,7 @@ def build_state(loaded: LoadedModel) -> tuple[dict[str, torch.Tensor], dict]:
                                         "norm": norm.weight.detach().float()}
     groups = []
     with torch.no_grad():
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(bar(layers, "packing for the native engine", unit="layer")):
             tensors[f"layers.{i}.input_norm"] = getattr(layer, f.input_norm).weight.detach().float()
             tensors[f"layers.{i}.post_norm"] = getattr(layer, f.post_attn_norm).weight.detach().float()
             groups.append([_pack(parts, f"layers.{i}.{name}", tensors)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..progress import bar
 from .parity import pcc
 
 
@@ -70,7 +71,7 @@ def teacher_forced_accuracy(reference, target, windows: torch.Tensor, prefill: i
         raise ValueError(f"prefill must be in [1, {L - 1}], not {prefill}")
     rows, nll_ref, nll_tgt = [], 0.0, 0.0
     top1 = top5 = 0
-    for w, ids in enumerate(windows):
+    for w, ids in enumerate(bar(windows, "accuracy", unit="window")):
         reference.start(1, L)
         ref = reference.forward(ids[None], torch.arange(L)[None], torch.ones(1, L, dtype=torch.long),
                                 last_only=False)[0].float()                          # (L, V)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..kernels.qlinear import QLinearPerGrp
+from ..progress import bar
 from ..runtime.memory import proc_kb_field
 
 
@@ -126,7 +127,7 @@ def benchmark_lengths(engine, tokenizer, lengths: list[int], new_tokens: int, re
     if runnable:
         warm_up(engine, stream[None, : runnable[0]])
     rows = []
-    for L in lengths:
+    for L in bar(lengths, "benchmark", unit="length"):
         if L not in runnable:
             rows.append({"prompt_tokens": L, "skipped": f"exceeds the model's context of {context} tokens"})
             continue

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..data_sources import corpus_split, offline_datasets
 from ..errors import UserError
+from ..progress import bar
 
 JOIN = "\n\n"
 
@@ -79,7 +80,7 @@ def eval_windows(tokenizer, text: str, seqlen: int, nsamples: int | None, contex
 def window_nll(engine, windows: torch.Tensor) -> torch.Tensor:
     """Summed next-token NLL per window (n,), float64, one window per forward (batch 1)."""
     out = []
-    for w in windows:
+    for w in bar(windows, "perplexity", unit="window"):
         ids = w[None]                                          # (1, T)
         T = ids.shape[1]
         engine.start(1, T)

@@ -35,6 +35,7 @@ from ..kernels.qlinear import QLinearPerGrp
 from ..runtime.fusion import head_dim, layer_windows, linear_groups, rope_half_tables
 from ..runtime.model_loader import LoadedModel
 from ..runtime.module_paths import get_module
+from ..progress import bar
 from .matmulnbits import to_matmulnbits
 from .onnx_writer import GraphWriter
 
@@ -152,7 +153,7 @@ class DecoderGraphBuilder:
         seqlens, total = self.gqa_lengths(attention_mask)
         cos, sin = self.rope_tables()
         h = self.embedding(input_ids)
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(bar(layers, "writing the ONNX graph", unit="layer")):
             groups = linear_groups(layer, f)
             past_k = w.input(f"past_key_values.{i}.key", TensorProto.FLOAT, ["batch", kvh, "past_sequence", hd])
             past_v = w.input(f"past_key_values.{i}.value", TensorProto.FLOAT, ["batch", kvh, "past_sequence", hd])

@@ -36,6 +36,7 @@ from torch import nn
 from ..checkpoints.cache_integrity import damage, file_table
 from ..checkpoints.directory import atomic_directory
 from ..errors import UserError
+from ..progress import bar
 from ..kernels.qlinear import QLinearPerGrp
 from ..runtime.model_identity import cache_root, fingerprint_of
 from ..runtime.model_loader import LoadedModel
@@ -97,6 +98,13 @@ def source_tensors(loaded: LoadedModel):
     yield "norm", get_module(m, f.final_norm).weight.detach().float(), False
 
 
+def source_count(loaded: LoadedModel) -> int:
+    """How many tensors source_tensors yields (without computing them)."""
+    linears = list(linear_modules(loaded))
+    biases = sum(1 for name, mods in linears if name.endswith(".wqkv") and mods[0].bias is not None)
+    return 2 + len(linears) + biases + 2 * len(get_module(loaded.model, loaded.family.layers))
+
+
 def _ttnn_version() -> str | None:
     if importlib.util.find_spec("ttnn") is None:
         return None
@@ -120,7 +128,8 @@ def convert(loaded: LoadedModel, formats: dict[str, str], folder: Path, fingerpr
     ttnn_version = _ttnn_version()
     tensors, table = {}, {}
     with atomic_directory(folder, wait=True) as tmp:
-        for name, t, is_linear in source_tensors(loaded):
+        for name, t, is_linear in bar(source_tensors(loaded), "converting tt weights", "tensor",
+                                      source_count(loaded)):
             fmt = formats[name] if is_linear else "bf16"
             if fmt in FORMAT_BITS:
                 tensors[name] = pack_tiles(t, FORMAT_BITS[fmt])                  # (tiles, TILE_BYTES)
