@@ -22,12 +22,16 @@ class DamagedArtefact(UserError):
     """A derived artefact whose files no longer match their record; callers rebuild it (saying so)."""
 
 
-def fast_hash(path: Path, chunk: int = 1 << 24) -> str:
-    h = xxhash.xxh3_64()
+def hash_file(path: Path, h, chunk: int = 1 << 24) -> str:
+    """The hex digest of `path` under the hash object `h` (hashlib or xxhash), read in chunks."""
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def fast_hash(path: Path) -> str:
+    return hash_file(path, xxhash.xxh3_64())
 
 
 def file_table(folder: Path, names: Iterable[str]) -> dict[str, dict]:

@@ -14,17 +14,14 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import UserError
 from .atomic import atomic_directory  # noqa: F401  (re-exported: the writers of every artefact use it)
+from .cache_integrity import hash_file
 from .output_path import unlisted_files_problem
 
 MANIFEST = "manifest.json"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: Path) -> str:
+    return hash_file(path, hashlib.sha256())
 
 
 def write_manifest(folder: Path, format_version: int) -> None:

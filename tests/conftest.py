@@ -74,6 +74,28 @@ def quantize_tiny(src: Path, out: Path, **overrides) -> dict:
     return quantize_task(str(src), str(out), **args)
 
 
+@pytest.fixture(scope="session")
+def rtn_llama3(checkpoints, tmp_path_factory) -> Path:
+    """An RTN w4 g32 checkpoint of the tiny llama3 model (for tests that need any quantized checkpoint)."""
+    out = tmp_path_factory.mktemp("rtn") / "q"
+    quantize_tiny(checkpoints["llama3"], out, algorithm="pergrp", awq_mode="none")
+    return out
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(args) -> (exit code, stdout, stderr) of `run_awq args`, in-process."""
+    from edgeawq.cli import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+            raise SystemExit(0)
+        out = capsys.readouterr()
+        return exc.value.code, out.out, out.err
+    return run
+
+
 def rtn_default_checkpoint(model: str, bits: int, tmp_path: Path) -> Path:
     """An RTN w`bits` g128 checkpoint of an embedded default model (parity does not depend on how codes were
     chosen, and RTN is fast)."""

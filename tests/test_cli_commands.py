@@ -8,29 +8,22 @@ import sys
 
 import pytest
 
-from edgeawq.cli import TASKS, cli, main
+from edgeawq.cli import TASKS
+from edgeawq.cli import cli as group
 
 SUBCOMMANDS = sorted(TASKS)
 
 
-def run(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def test_help_lists_every_subcommand(capsys):
-    code, out, _ = run(["--help"], capsys)
-    assert code == 0 and sorted(cli.commands) == SUBCOMMANDS
+def test_help_lists_every_subcommand(cli):
+    code, out, _ = cli(["--help"])
+    assert code == 0 and sorted(group.commands) == SUBCOMMANDS
     for name in SUBCOMMANDS:
         assert f"\n  {name} " in out, out
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)
-def test_every_subcommand_has_help_with_an_example(name, capsys):
-    code, out, _ = run([name, "--help"], capsys)
+def test_every_subcommand_has_help_with_an_example(name, cli):
+    code, out, _ = cli([name, "--help"])
     assert code == 0 and "Example:" in out and f"run_awq {name} " in out and "--debug" in out
 
 
@@ -41,22 +34,22 @@ def test_every_subcommand_has_help_with_an_example(name, capsys):
     (["export", "--engine", "native"], "accuracy, benchmark"),
     (["--task", "decode", "--group_size", "32"], "quantize"),
 ])
-def test_a_flag_of_another_subcommand_is_an_error_naming_it(args, owner, capsys):
-    code, _, err = run(args, capsys)
+def test_a_flag_of_another_subcommand_is_an_error_naming_it(args, owner, cli):
+    code, _, err = cli(args)
     assert code == 2 and err.startswith("Error: ") and "is not a flag of `run_awq" in err and owner in err, err
     assert err.strip().count("\n") == 0
 
 
-def test_benchmark_quantization_flags_need_random_weights(capsys):
-    code, _, err = run(["benchmark", "--w_bit", "3"], capsys)
+def test_benchmark_quantization_flags_need_random_weights(cli):
+    code, _, err = cli(["benchmark", "--w_bit", "3"])
     assert code == 2 and "--random_weights" in err
 
 
-def test_task_alias(capsys):
-    code, _, err = run(["--task", "bogus"], capsys)
+def test_task_alias(cli):
+    code, _, err = cli(["--task", "bogus"])
     assert code == 2 and "'bogus' is not a task" in err
-    assert run(["--task", "decode", "--help"], capsys)[1] == run(["decode", "--help"], capsys)[1]
-    assert run(["--task=quantize", "--help"], capsys)[1] == run(["quantize", "--help"], capsys)[1]
+    assert cli(["--task", "decode", "--help"])[1] == cli(["decode", "--help"])[1]
+    assert cli(["--task=quantize", "--help"])[1] == cli(["quantize", "--help"])[1]
 
 
 def test_help_and_flag_errors_do_not_import_torch_or_transformers():

@@ -1,21 +1,7 @@
-"""Fixtures of the fault-injection suite: run the CLI in-process and check the user-error contract."""
+"""Fixtures of the fault-injection suite: the user-error contract of the CLI (`cli` is in tests/conftest.py)."""
 from __future__ import annotations
 
 import pytest
-
-from edgeawq.cli import main
-
-
-@pytest.fixture
-def cli(capsys):
-    """cli(args) -> (exit code, stdout, stderr) of `run_awq args`, in-process."""
-    def run(args: list[str]) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as exc:
-            main(args)
-            raise SystemExit(0)
-        out = capsys.readouterr()
-        return exc.value.code, out.out, out.err
-    return run
 
 
 @pytest.fixture

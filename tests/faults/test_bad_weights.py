@@ -111,14 +111,9 @@ def test_damaged_safetensors_headers(model_copy, tmp_path, user_error, case, tas
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(checkpoints, tmp_path_factory):
-    from edgeawq.tasks.quantize import quantize_task
-
-    out = tmp_path_factory.mktemp("q") / "q"
-    quantize_task(str(checkpoints["llama3"]), str(out), 4, 32, True, "pergrp", "none", None, None, False, 32, None,
-                  4, 64, 0, False, progress=False)
-    return out
+@pytest.fixture
+def checkpoint(rtn_llama3):
+    return rtn_llama3
 
 
 @pytest.mark.parametrize("damage,needle", [

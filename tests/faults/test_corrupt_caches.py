@@ -9,14 +9,9 @@ import pytest
 
 
 
-@pytest.fixture(scope="module")
-def checkpoint(checkpoints, tmp_path_factory):
-    from edgeawq.tasks.quantize import quantize_task
-
-    out = tmp_path_factory.mktemp("cc") / "q"
-    quantize_task(str(checkpoints["llama3"]), str(out), 4, 32, True, "pergrp", "none", None, None, False, 32, None,
-                  4, 64, 0, False, progress=False)
-    return out
+@pytest.fixture
+def checkpoint(rtn_llama3):
+    return rtn_llama3
 
 
 def scribble(path: Path, seed: int) -> None:

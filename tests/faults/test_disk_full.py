@@ -83,14 +83,9 @@ def test_output_and_native_cache_on_a_full_disk(quantized_llama, small_fs, user_
     assert not any((fs / "cache").rglob("*.safetensors"))
 
 
-@pytest.fixture(scope="module")
-def quantized_llama(checkpoints, tmp_path_factory):
-    from edgeawq.tasks.quantize import quantize_task
-
-    out = tmp_path_factory.mktemp("ql") / "q"
-    quantize_task(str(checkpoints["llama3"]), str(out), 4, 32, True, "pergrp", "none", None, None, False, 32, None,
-                  4, 64, 0, False, progress=False)
-    return out
+@pytest.fixture
+def quantized_llama(rtn_llama3):
+    return rtn_llama3
 
 
 def test_injected_enospc_at_the_last_write(checkpoints, tmp_path, cli, user_error, monkeypatch):

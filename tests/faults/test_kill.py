@@ -69,14 +69,9 @@ def test_kill_during_quantize(checkpoints, tmp_path, delay, cli):
     assert bits_of(out) == 3 and temporaries(tmp_path, "q") == [] and checkpoint_problem(out) is None
 
 
-@pytest.fixture(scope="module")
-def checkpoint(checkpoints, tmp_path_factory):
-    from edgeawq.tasks.quantize import quantize_task
-
-    out = tmp_path_factory.mktemp("ck") / "q"
-    quantize_task(str(checkpoints["llama3"]), str(out), 4, 32, True, "pergrp", "none", None, None, False, 32, None,
-                  4, 64, 0, False, progress=False)
-    return out
+@pytest.fixture
+def checkpoint(rtn_llama3):
+    return rtn_llama3
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.3])

@@ -156,12 +156,9 @@ def test_tt_precision_json(scratch, data):
 
 # manifest: mutations of a real manifest, and raw bytes
 @pytest.fixture(scope="module")
-def manifest_folder(checkpoints, tmp_path_factory):
-    from edgeawq.tasks.quantize import quantize_task
-
+def manifest_folder(rtn_llama3, tmp_path_factory):
     out = tmp_path_factory.mktemp("fz") / "q"
-    quantize_task(str(checkpoints["llama3"]), str(out), 4, 32, True, "pergrp", "none", None, None, False, 32, None,
-                  4, 64, 0, False, progress=False)
+    shutil.copytree(rtn_llama3, out)                         # a copy: the test rewrites its manifest
     return out, json.loads((out / "manifest.json").read_text())
 
 
