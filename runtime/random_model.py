@@ -13,17 +13,18 @@ import json
 from pathlib import Path
 
 import torch
-import transformers
 
 from .. import default_models
 from ..checkpoints.tokenizer_files import load_tokenizer
 from ..data_sources import SHAPES_DIR
+from ..checkpoints.hf_files import read_json
 from ..errors import UserError
 from ..kernels.qlinear import QLinearPerGrp
 from ..kernels.quantizer import QuantizedWeight, QuantSpec, quantize
 from .families import FAMILIES, supported_types
 from .memory import release_free_memory
-from .model_loader import LoadedModel
+from .config_check import check_config
+from .model_loader import LoadedModel, build_skeleton, config_from_dict
 from .module_paths import get_module, set_module
 from .quantized_model import QuantLayout, install_qlinears
 
@@ -41,20 +42,20 @@ def read_shape(name: str) -> dict:
     if not path.is_file():
         raise UserError(f"--random_weights needs a shape name or a config.json path; {name!r} is neither.",
                         f"Use one of: {', '.join(shape_names())}, or the path of a config.json.")
-    raw = json.loads(path.read_text())
-    if raw.get("model_type") not in FAMILIES:
+    raw = read_json(path, "Model config")                    # the same checks as every other config.json
+    if not isinstance(raw.get("model_type"), str) or raw["model_type"] not in FAMILIES:
         raise UserError(f"{path} has model_type {raw.get('model_type')!r}.", f"Supported: {supported_types()}.")
+    check_config(raw, path)
+    raw.pop("quantization_config", None)
     return raw
 
 
-def meta_skeleton(raw: dict):
-    """-> (transformers config, family row, the CausalLM on the meta device) for a config dict."""
+def meta_skeleton(raw: dict, source: Path | str = "the shape config"):
+    """-> (transformers config, family row, the CausalLM on the meta device) for a checked config dict."""
     family = FAMILIES[raw["model_type"]]
-    config = transformers.AutoConfig.for_model(**raw)
+    config = config_from_dict(raw, Path(str(source)))
     config._attn_implementation = "sdpa"
-    with torch.device("meta"):
-        model = getattr(transformers, family.model_class)(config)
-    return config, family, model
+    return config, family, build_skeleton(config, family, Path(str(source)))
 
 
 def _identity(name: str, spec: QuantSpec, dtype: torch.dtype, seed: int, lm_head_group_size: int | None) -> str:

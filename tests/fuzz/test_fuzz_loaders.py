@@ -188,5 +188,10 @@ def test_manifest(manifest_folder, data):
 def test_config_checker_accepts_every_shipped_config(checkpoints):
     from edgeawq.default_models import DEFAULT_MODELS
 
-    for folder in [*checkpoints.values(), *DEFAULT_MODELS.values()]:
-        check_config(json.loads((folder / "config.json").read_text()), folder / "config.json")
+    from edgeawq.data_sources import SHAPES_DIR
+
+    paths = [f / "config.json" for f in [*checkpoints.values(), *DEFAULT_MODELS.values()]]
+    paths += sorted(SHAPES_DIR.glob("*.json"))
+    assert len(paths) >= 10
+    for path in paths:
+        check_config(json.loads(path.read_text()), path)
