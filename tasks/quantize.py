@@ -23,15 +23,30 @@ from ..runtime.sampling import check_seed
 from ..runtime.module_paths import get_module
 
 
+GROUP_SIZES = (32, 64, 128, 256, -1)
+
+
+def _fitting(sizes: set[int]) -> str:
+    fit = [g for g in GROUP_SIZES if g == -1 or all(k % g == 0 for k in sizes)]
+    return ", ".join(str(g) for g in fit)
+
+
 def check_group_sizes(skeleton, family, spec: QuantSpec, lm_head: bool, lm_head_group_size: int) -> None:
-    """Refuse before any work when a layer's input size is not a multiple of its group size."""
-    for i in range(len(get_module(skeleton, family.layers))):
-        for rel in family.linears:
-            name = f"{family.layers}.{i}.{rel}"
-            spec.group(get_module(skeleton, name).in_features, name)
+    """Refuse before any work when a layer's input size is not a multiple of its group size; the error lists the
+    group sizes that do fit every layer of this model (e.g. hidden 576: 32, 64, -1)."""
+    inputs = {f"{family.layers}.{i}.{rel}": get_module(skeleton, f"{family.layers}.{i}.{rel}").in_features
+              for i in range(len(get_module(skeleton, family.layers))) for rel in family.linears}
+    for name, k in inputs.items():
+        if spec.group_size != -1 and k % spec.group_size:
+            raise UserError(f"Cannot quantize layer {name}: its input size K={k} is not a multiple of the group size "
+                            f"g={spec.group_size}.", f"Group sizes that fit every layer of this model: "
+                            f"{_fitting(set(inputs.values()))} (pass one with --group_size).")
     if lm_head:
-        head_spec = QuantSpec(spec.bits, lm_head_group_size, spec.zero_point).validate()
-        head_spec.group(get_module(skeleton, family.lm_head).in_features, family.lm_head)
+        k = get_module(skeleton, family.lm_head).in_features
+        if lm_head_group_size != -1 and k % lm_head_group_size:
+            raise UserError(f"Cannot quantize {family.lm_head}: its input size K={k} is not a multiple of "
+                            f"--lm_head_group_size {lm_head_group_size}.",
+                            f"Group sizes that fit it: {_fitting({k})}.")
 
 
 def estimated_bytes(skeleton, family, shapes: dict, spec: QuantSpec, lm_head: bool, lm_head_group_size: int,

@@ -166,7 +166,8 @@ def test_quantize_then_decode_and_perplexity(checkpoints, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,needles", [
-    (["--group_size", "128"], ["K=64", "g=128", "model.layers.0.self_attn.q_proj"]),
+    (["--group_size", "128"], ["K=64", "g=128", "model.layers.0.self_attn.q_proj",
+                               "fit every layer of this model: 32, 64, -1"]),
     (["--awq", "load"], ["--awq_cache"]),
     (["--export", "awq", "--w_bit", "3"], ["only 4-bit"]),
     (["--flash_attention"], ["--flash_attention is not a flag of `run_awq quantize`", "decode"]),
@@ -195,3 +196,10 @@ def test_benchmark_cli_markdown_and_bad_values(checkpoints, capsys):
     assert code == 0 and "| prompt | new | total ms | prefill ms (TTFT) |" in out and "\n| 8 | 3 |" in out
     code, _, err = run(["--task", "benchmark", "--model", str(checkpoints["llama3"]), "--new_tokens", "1"], capsys)
     assert_user_error(code, err, "--new_tokens 1 is too small")
+
+
+def test_lm_head_group_size_that_does_not_fit_lists_those_that_do(checkpoints, tmp_path, capsys):
+    code, _, err = run(["--task", "quantize", "--model", str(checkpoints["llama3"]), "--out", str(tmp_path / "o"),
+                        "--group_size", "32", "--lm_head", "--lm_head_group_size", "128", "--algorithm", "pergrp"],
+                       capsys)
+    assert_user_error(code, err, "lm_head", "K=64", "fit it: 32, 64, -1")
