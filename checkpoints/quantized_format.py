@@ -56,7 +56,7 @@ class QuantizedCheckpointWriter:
 
     def __init__(self, destination: Path, config: dict, quantization_config: dict, tokenizer_dir: Path,
                  max_shard_bytes: int = 512 * 2**20, tensor_fn=None, float_dtype: torch.dtype | None = None,
-                 expected_bytes: int | None = None) -> None:
+                 expected_bytes: int | None = None, tokenizer=None) -> None:
         """`quantization_config` is stored as given when it names a quant_method (an export format), else as the
         native format's. `tensor_fn(name, QuantizedWeight, bias)` lays out one quantized Linear (default: native);
         `float_dtype` converts the float tensors (default: kept); `expected_bytes`: the checkpoint's estimated
@@ -76,6 +76,7 @@ class QuantizedCheckpointWriter:
         self._shards: list[tuple[Path, list[str]]] = []
         self._ctx = None
         self.expected_bytes = expected_bytes
+        self.tokenizer = tokenizer          # saved with save_pretrained when tokenizer_dir has no tokenizer files
         self.folder: Path | None = None
 
     def __enter__(self) -> "QuantizedCheckpointWriter":
@@ -130,8 +131,12 @@ class QuantizedCheckpointWriter:
             (self.folder / "model.safetensors.index.json").write_text(json.dumps(
                 {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
         (self.folder / "config.json").write_text(json.dumps(self.config, indent=2, default=str) + "\n")
+        copied = 0
         for name in TOKENIZER_FILES + EXTRA_TOKENIZER_FILES:
             src = self.tokenizer_dir / name
             if src.exists():
                 shutil.copy(src, self.folder / name)
+                copied += 1
+        if not copied and self.tokenizer is not None:      # e.g. a GGUF source: the tokenizer is in its metadata
+            self.tokenizer.save_pretrained(str(self.folder))
         write_manifest(self.folder, FORMAT_VERSION)

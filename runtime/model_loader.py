@@ -17,7 +17,7 @@ import transformers
 from torch import nn
 
 from .. import default_models
-from ..checkpoints import autoawq, hf_files, meta_format
+from ..checkpoints import autoawq, gguf_format, hf_files, meta_format
 from ..checkpoints.directory import verify_manifest
 from ..checkpoints.hf_files import CheckedTensors
 from ..checkpoints.tokenizer_files import load_tokenizer, meta_eos_ids
@@ -166,6 +166,9 @@ def open_checkpoint(path: str | Path | None = None, streamed: bool = False) -> C
     `streamed`: safetensors tensors are indexed, not mapped, and read one at a time by `state.load(name)`
     (for layer-by-layer passes whose memory must stay bounded)."""
     folder = default_models.resolve(None if path is None else str(path))
+    gguf_path = gguf_format.gguf_file(folder) if folder.exists() else None
+    if gguf_path is not None:
+        return _open_gguf(gguf_path, streamed)
     _check_folder(folder)
     if meta_format.is_meta_folder(folder):
         tokenizer = load_tokenizer(folder, meta_format=True)
@@ -195,6 +198,17 @@ def open_checkpoint(path: str | Path | None = None, streamed: bool = False) -> C
         state = reader.translate(state)
     return CheckpointSource(folder, config, family, quant, hf_files.CheckedTensors(state, folder),
                             load_tokenizer(folder))
+
+
+def _open_gguf(path: Path, streamed: bool) -> CheckpointSource:
+    """A GGUF file: config and tokenizer from its metadata, tensors dequantized when read (checkpoints/gguf_format)."""
+    raw = gguf_format.read_config(path)
+    check_config(raw, path)
+    state = gguf_format.GGUFTensors(path, raw)
+    if not streamed:
+        state = CheckedTensors({name: state.load(name) for name in state}, path)
+    return CheckpointSource(path.parent, config_from_dict(raw, path), FAMILIES[raw["model_type"]], None, state,
+                            gguf_format.load_tokenizer(path))
 
 
 def load_model(path: str | Path | None = None, dtype: str = "fp32", act_dtype: str = "bf16") -> LoadedModel:

