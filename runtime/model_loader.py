@@ -125,20 +125,24 @@ def rebuild_rotary(model: nn.Module, config, family: Family, source: Path) -> No
                         "Use the config.json that was released with the model's weights.") from None
 
 
+def check_names(source: Path, missing: list[str], extra: list[str]) -> None:
+    """Tensors the config requires that the files lack, or hold that it does not describe: a UserError naming one."""
+    if missing:
+        raise UserError(f"The weights in {source} lack {len(missing)} tensors the config requires "
+                        f"(first: {missing[0]}).",
+                        "The weight files are incomplete or belong to a different model; copy the complete set.")
+    if extra:
+        raise UserError(f"The weights in {source} hold {len(extra)} tensors the config does not describe "
+                        f"(first: {extra[0]}).", "Use the config.json that was released with these weights.")
+
+
 def check_state_fits(expected: dict[str, tuple[int, ...]], actual: dict[str, tuple[torch.dtype, tuple[int, ...]]],
                      source: Path, optional: tuple[str, ...] = ()) -> None:
     """The tensors a file holds (name -> (dtype, shape)) against those the config implies (name -> shape): the same
     names (`optional` may be absent), the same shapes, float values. A mismatch is a UserError naming a tensor."""
     actual = {k: v for k, v in actual.items() if not k.endswith(IGNORED_KEYS)}
-    missing = [k for k in expected if k not in actual and k not in optional]
-    if missing:
-        raise UserError(f"The weights in {source} lack {len(missing)} tensors the config requires "
-                        f"(first: {missing[0]}).",
-                        "The weight files are incomplete or belong to a different model; copy the complete set.")
-    extra = [k for k in actual if k not in expected]
-    if extra:
-        raise UserError(f"The weights in {source} hold {len(extra)} tensors the config does not describe "
-                        f"(first: {extra[0]}).", "Use the config.json that was released with these weights.")
+    check_names(source, [k for k in expected if k not in actual and k not in optional],
+                [k for k in actual if k not in expected])
     for name, (dtype, shape) in actual.items():
         if tuple(expected[name]) != tuple(shape):
             raise UserError(f"Tensor {name} in {source} has shape {list(shape)}, but the config implies "
@@ -249,15 +253,8 @@ def build_from_state_dict(config, family: Family, state: dict[str, torch.Tensor]
         raise UserError(f"The weights in {source} do not fit its config ({str(exc).splitlines()[-1].strip()}).",
                         "Use the config.json that was released with these weights.") from None
     tied_head = config.tie_word_embeddings and (layout is None or layout.lm_head_group_size is None)
-    missing = [k for k in result.missing_keys if not (k == f"{family.lm_head}.weight" and tied_head)]
-    if missing:
-        raise UserError(f"The weights in {source} lack {len(missing)} tensors the config requires "
-                        f"(first: {missing[0]}).",
-                        "The weight files are incomplete or belong to a different model; copy the complete set.")
-    if result.unexpected_keys:
-        raise UserError(f"The weights in {source} hold {len(result.unexpected_keys)} tensors the config does not "
-                        f"describe (first: {result.unexpected_keys[0]}).",
-                        "Use the config.json that was released with these weights.")
+    check_names(source, [k for k in result.missing_keys if not (k == f"{family.lm_head}.weight" and tied_head)],
+                list(result.unexpected_keys))
     if tied_head:
         get_module(model, family.lm_head).weight = get_module(model, family.embed).weight
     rebuild_rotary(model, config, family, source)

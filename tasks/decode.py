@@ -39,7 +39,7 @@ def decode_task(model_path: str | None, target: str, dtype: str, flash_attention
         check_prompt_text(p, f"--prompt {i + 1}") for i, p in enumerate(prompts)]
     if not texts:
         raise UserError("No prompt was given.", "Pass --prompt TEXT (repeatable) or --prompts FILE.")
-    SamplingConfig(temperature, top_p, top_k, seed).validate()          # refuse bad values before loading
+    sampling = SamplingConfig(temperature, top_p, top_k, seed).validate()   # refuse bad values before loading
     model = load_with_options(model_path, target, replace(engine_options or EngineOptions(),
                                                           flash_attention=flash_attention), dtype, act_dtype)
     loaded, engine = model.loaded, model.engine
@@ -67,5 +67,5 @@ def decode_task(model_path: str | None, target: str, dtype: str, flash_attention
     if output:
         write_text_atomic(output, json.dumps({
             "format": OUTPUT_FORMAT, "model": str(loaded.source), "target": target, "engine": engine.name, "dtype": dtype,
-            "sampling": vars(SamplingConfig(temperature, top_p, top_k, seed)),
+            "sampling": vars(sampling),
             "results": [r.as_json() for r in results]}, indent=2) + "\n")

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
-from pathlib import Path
 
 import torch
 
@@ -60,14 +60,11 @@ def estimated_bytes(skeleton, family, shapes: dict, spec: QuantSpec, lm_head: bo
         quantized[f"{family.lm_head}.weight"] = QuantSpec(spec.bits, lm_head_group_size, spec.zero_point)
     total = 0
     for name, (dtype, shape) in shapes.items():
-        numel = 1
-        for d in shape:
-            numel *= d
         if name in quantized and len(shape) == 2:
             n, k = shape
             total += n * k * container // 8 + 3 * n * (k // quantized[name].group(k))
         else:
-            total += numel * (float_dtype or dtype).itemsize
+            total += math.prod(shape) * (float_dtype or dtype).itemsize
     return total
 
 
@@ -100,8 +97,8 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     check_state_fits({k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, src.state.shapes(), src.folder,
                      optional=(f"{src.family.lm_head}.weight",) if tied else ())
     check_group_sizes(skeleton, src.family, spec, lm_head, lm_head_group_size)
-    for name in src.state:          # one pass, a tensor at a time, before any work: every value must be finite
-        src.state.load(name)
+    # Values are checked as the driver reads each tensor (state.load refuses NaN/inf by name), so a damaged tensor
+    # stops the run before the checkpoint appears, without a second pass over the weights.
     torch.manual_seed(seed)
     search = awq_mode == "run"
     calib = calibration_blocks(src.tokenizer, calib_dataset, n_samples, seqlen, seed) if search else None
