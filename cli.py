@@ -15,7 +15,7 @@ import sys
 import click
 
 from .cli_options import (awq_options, benchmark_options, dataset_option, debug_option, float_model_option,
-                          format_option, generation_options, model_option, overwrite_option, run_options,
+                          format_option, generation_options, mesh_options, model_option, overwrite_option, run_options,
                           weight_spec_options)
 from .errors import UserError
 
@@ -55,6 +55,25 @@ def _engine_options(target: str, engine: str, ep, strict_ep: bool, onnx_dir, acc
     return EngineOptions(engine=engine, ep=ep, strict_ep=strict_ep, onnx_dir=Path(onnx_dir) if onnx_dir else None,
                          accuracy_level=accuracy_level, tt_precision=tt_precision, tt_device=tt_device,
                          flash_attention=flash_attention)
+
+
+def _on_mesh(task: str, kwargs: dict, mesh_shape: str, pp: int, threads_per_rank, collective_timeout: float,
+             debug: bool) -> bool:
+    """Run `task` on the mesh when one is asked for (True), after checking the mesh against the model's config."""
+    from .scale_out.partition import parse_mesh
+
+    mesh = parse_mesh(mesh_shape, pp)
+    if mesh.single:
+        return False
+    from .scale_out.launcher import RunSettings, default_threads, run, under_torchrun
+    from .scale_out.rank_model import mesh_plan_for
+
+    mesh_plan_for(kwargs.get("model_path"), mesh)           # an impossible mesh fails here, before any rank starts
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", mesh.world)) if under_torchrun() else mesh.world
+    threads = threads_per_rank or default_threads(local)
+    run(RunSettings(mesh, threads, collective_timeout, local * threads <= len(os.sched_getaffinity(0)), debug),
+        task, kwargs)
+    return True
 
 
 @click.group(context_settings=CONTEXT)
@@ -127,10 +146,12 @@ def export(model_path, target, out, overwrite, accuracy_level, fmt, debug) -> No
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="Write results as JSON (prompt, completion, token counts, prefill and per-token ms).")
 @overwrite_option
+@mesh_options
 @debug_option
 def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
            tt_precision, tt_device, prompts, prompts_file, max_new_tokens, max_seq_len, temperature, top_p, top_k,
-           seed, stop_at_eos, instruct, output, overwrite, debug) -> None:
+           seed, stop_at_eos, instruct, output, overwrite, mesh_shape, pp, threads_per_rank, collective_timeout,
+           debug) -> None:
     """Generate text from prompts on a target.
 
     \b
@@ -141,11 +162,14 @@ def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, st
     from .tasks.decode import decode_task
 
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device)
-    decode_task(model_path=model_path, target=target, dtype=dtype, flash_attention=flash_attention,
-                max_seq_len=max_seq_len, prompts=list(prompts), prompts_file=prompts_file,
-                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
-                stop_at_eos=stop_at_eos, instruct=instruct, output=output, act_dtype=act_dtype,
-                engine_options=options, overwrite=overwrite)
+    kwargs = dict(model_path=model_path, target=target, dtype=dtype, flash_attention=flash_attention,
+                  max_seq_len=max_seq_len, prompts=list(prompts), prompts_file=prompts_file,
+                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                  stop_at_eos=stop_at_eos, instruct=instruct, output=output, act_dtype=act_dtype,
+                  engine_options=options, overwrite=overwrite)
+    if not _on_mesh("edgeawq.tasks.decode:decode_task", kwargs, mesh_shape, pp, threads_per_rank, collective_timeout,
+                    debug):
+        decode_task(**kwargs)
 
 
 @cli.command(cls=Subcommand, context_settings=CONTEXT)
@@ -161,10 +185,11 @@ def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, st
                    "windows.")
 @float_model_option
 @format_option
+@mesh_options
 @debug_option
 def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir,
                accuracy_level, tt_precision, tt_device, dataset, seqlen, nsamples, compare, float_model, fmt,
-               debug) -> None:
+               mesh_shape, pp, threads_per_rank, collective_timeout, debug) -> None:
     """Perplexity of a checkpoint on a dataset (the AWQ/GPTQ-paper protocol).
 
     \b
@@ -175,8 +200,12 @@ def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep
     from .tasks.perplexity import perplexity_task
 
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device)
-    perplexity_task(model_path, target, dtype, act_dtype, flash_attention, dataset, seqlen, nsamples, compare,
-                    float_model, fmt, options)
+    kwargs = dict(model_path=model_path, target=target, dtype=dtype, act_dtype=act_dtype,
+                  flash_attention=flash_attention, dataset=dataset, seqlen=seqlen, nsamples=nsamples, compare=compare,
+                  float_model=float_model, fmt=fmt, engine_options=options)
+    if not _on_mesh("edgeawq.tasks.perplexity:perplexity_task", kwargs, mesh_shape, pp, threads_per_rank,
+                    collective_timeout, debug):
+        perplexity_task(**kwargs)
 
 
 @cli.command(cls=Subcommand, context_settings=CONTEXT)
@@ -190,9 +219,11 @@ def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep
               help="Rows of the per-token PCC table (decode positions of the first window).")
 @float_model_option
 @format_option
+@mesh_options
 @debug_option
 def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
-             tt_precision, tt_device, dataset, seqlen, nsamples, pcc_tokens, float_model, fmt, debug) -> None:
+             tt_precision, tt_device, dataset, seqlen, nsamples, pcc_tokens, float_model, fmt, mesh_shape, pp,
+             threads_per_rank, collective_timeout, debug) -> None:
     """Teacher-forced top-1/top-5 agreement and logits PCC against the float reference.
 
     \b
@@ -204,8 +235,12 @@ def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, 
 
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device,
                               flash_attention)
-    accuracy_task(model_path, target, dtype, act_dtype, dataset, seqlen, nsamples, float_model, fmt, options,
-                  pcc_tokens)
+    kwargs = dict(model_path=model_path, target=target, dtype=dtype, act_dtype=act_dtype, dataset=dataset,
+                  seqlen=seqlen, nsamples=nsamples, float_model=float_model, fmt=fmt, engine_options=options,
+                  pcc_tokens=pcc_tokens)
+    if not _on_mesh("edgeawq.tasks.accuracy:accuracy_task", kwargs, mesh_shape, pp, threads_per_rank,
+                    collective_timeout, debug):
+        accuracy_task(**kwargs)
 
 
 def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir,

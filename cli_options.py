@@ -164,3 +164,17 @@ benchmark_options = _stack(
                  help="Also measure this target in the same run and report the ratios. Default: cpu when --target "
                       "is not cpu; 'none' turns it off."),
 )
+
+# scale-out: decode, perplexity, accuracy, benchmark on several ranks (scale_out/)
+mesh_options = _stack(
+    click.option("--mesh_shape", default="1x1", show_default=True,
+                 help="BxM: B data-parallel groups (each takes a share of the batch) of M tensor-parallel ranks "
+                      "(heads, MLP channels and vocabulary split between them). 1x1 = one process. Without torchrun "
+                      "the ranks are started here (gloo over loopback); under torchrun they join its world."),
+    click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Pipeline stages: consecutive layer ranges, one per stage (ranks = B x M x pp)."),
+    click.option("--threads_per_rank", type=click.IntRange(min=1), default=None,
+                 help="Compute threads of each rank. Default: the cores of this machine / its local ranks."),
+    click.option("--collective_timeout", type=click.FloatRange(min=1.0), default=300.0, show_default=True,
+                 help="Seconds a rank waits for its peers in one step before the run is stopped as failed."),
+)

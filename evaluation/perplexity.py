@@ -78,15 +78,17 @@ def eval_windows(tokenizer, text: str, seqlen: int, nsamples: int | None, contex
 
 @torch.no_grad()
 def window_nll(engine, windows: torch.Tensor) -> torch.Tensor:
-    """Summed next-token NLL per window (n,), float64, one window per forward (batch 1)."""
+    """Summed next-token NLL per window (n,), float64. One window per forward (batch 1), or `engine.batch_rows`
+    windows per forward for engines that split a batch between replicas (a data-parallel mesh)."""
+    rows = max(1, int(getattr(engine, "batch_rows", 1)))
     out = []
-    for w in bar(windows, "perplexity", unit="window"):
-        ids = w[None]                                          # (1, T)
-        T = ids.shape[1]
-        engine.start(1, T)
-        logits = engine.forward(ids, torch.arange(T)[None], torch.ones_like(ids), last_only=False)  # (1, T, V)
-        nll = F.cross_entropy(logits[0, :-1].float(), ids[0, 1:], reduction="sum")
-        out.append(nll.double())
+    batches = [windows[i:i + rows] for i in range(0, windows.shape[0], rows)]
+    for ids in bar(batches, "perplexity", unit="window" if rows == 1 else f"x{rows} windows"):
+        n, T = ids.shape                                       # (n, T)
+        engine.start(n, T)
+        logits = engine.forward(ids, torch.arange(T).expand(n, T), torch.ones_like(ids), last_only=False)  # (n, T, V)
+        for row in range(n):
+            out.append(F.cross_entropy(logits[row, :-1].float(), ids[row, 1:], reduction="sum").double())
     return torch.stack(out)
 
 

@@ -194,7 +194,8 @@ def open_checkpoint(path: str | Path | None = None, streamed: bool = False) -> C
         raise UserError(f"{folder} has a config.json but no weights (model.safetensors, "
                         "model.safetensors.index.json or pytorch_model.bin).",
                         "Copy the weight files of the checkpoint into that folder.")
-    if streamed and reader is None and all(f.suffix == ".safetensors" for f in files):
+    native_names = reader is None or reader is QUANT_READERS["edgeawq"]      # tensors need no translation
+    if streamed and native_names and all(f.suffix == ".safetensors" for f in files):
         return CheckpointSource(folder, config, family, quant, hf_files.StreamedSafetensors(files),
                                 load_tokenizer(folder))
     state = hf_files.load_tensors(files)

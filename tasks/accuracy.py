@@ -14,14 +14,15 @@ from ..evaluation.accuracy import AccuracyReport, teacher_forced_accuracy
 from ..runtime.backends import EngineOptions, require
 from ..runtime.model_loader import load_model
 from ..evaluation.perplexity import eval_windows, load_eval_text
+from .model import load_with_options
 from .perplexity import recorded_source
 
 
 def accuracy_task(model_path: str | None, target: str, dtype: str, act_dtype: str, dataset: str, seqlen: int,
                   nsamples: int, float_model: str | None, fmt: str, engine_options: EngineOptions,
                   pcc_tokens: int = 16) -> dict:
-    backend = require(target)
-    loaded = load_model(model_path, dtype, act_dtype)
+    model = load_with_options(model_path, target, engine_options, dtype, act_dtype)   # on the mesh when one runs
+    loaded, engine = model.loaded, model.engine
     reference_path = float_model or (recorded_source(loaded.source) if loaded.quant is not None else
                                      str(loaded.source))
     reference = load_model(reference_path, "fp32", "fp32")
@@ -31,7 +32,6 @@ def accuracy_task(model_path: str | None, target: str, dtype: str, act_dtype: st
     text, desc = load_eval_text(dataset)
     windows = eval_windows(loaded.tokenizer, text, seqlen, nsamples, loaded.max_context)
     ref_engine = require("cpu").make_engine(reference, EngineOptions(engine="torch"))
-    engine = backend.make_engine(loaded, engine_options)
     report = teacher_forced_accuracy(ref_engine, engine, windows, seqlen // 2)
     result = {"model": str(loaded.source), "reference_model": str(reference.source), "target": target,
               "engine": engine.name, "precision": engine.config.to_json() if hasattr(engine, "config") else None,

@@ -31,7 +31,11 @@ def load_with_options(path: str | Path | None, target: str, options, dtype: str 
     """`load` with the engine flags as a runtime.backends.EngineOptions (what the CLI's subcommands hold)."""
     from ..runtime.backends import require
     from ..runtime.model_loader import load_model
+    from ..scale_out.driver import current, load_on_mesh
 
+    session = current()
+    if session is not None:                      # rank 0 of a mesh run: every rank loads its slice
+        return load_on_mesh(session, path, target, options, dtype, act_dtype)
     backend = require(target)
     loaded = load_model(None if path is None else str(path), dtype, act_dtype)
     return Model(loaded, backend.make_engine(loaded, options), target, dtype, act_dtype)

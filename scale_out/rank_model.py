@@ -1,0 +1,88 @@
+"""Build this rank's part of a model for a mesh run: plan the mesh, read the rank's slice, pick its engine.
+
+Engines per rank (`--target cpu`): `native` (the project's C++ decoder on the rank's slice, with the all-reduce
+between layers; native_shard.py) or `torch` (the PyTorch reference; torch_shard.py). `--engine auto` takes native
+for quantized checkpoints when every rank's slice can run on it, else torch; all ranks always run the same engine.
+"""
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from ..errors import UserError
+from ..runtime.fusion import head_dim as head_dim_of
+from ..runtime.model_loader import open_checkpoint
+from ..runtime.quantized_model import QuantLayout
+from .comm import Comm
+from .partition import MeshPlan, plan_mesh
+from .shard_loader import load_shard
+
+MESH_ENGINES = ("auto", "native", "torch")
+
+
+def mesh_plan_for(path, mesh) -> MeshPlan:
+    """The plan of `mesh` for the checkpoint at `path` (reads its config only); an impossible mesh is a UserError."""
+    src = open_checkpoint(path, streamed=True)
+    return plan_for_config(src.config, src.family, src.quant, src.folder, mesh)
+
+
+def plan_for_config(config, family, quant, folder, mesh) -> MeshPlan:
+    o_group = down_group = None
+    if quant is not None:
+        layout = QuantLayout.from_config(quant, family, folder)
+        hd = head_dim_of(config)
+        if f"{family.attn}.{family.o}" in layout.modules:
+            o_group = layout.spec.group(config.num_attention_heads * hd, "o_proj")
+        if f"{family.mlp}.{family.down}" in layout.modules:
+            down_group = layout.spec.group(config.intermediate_size, "down_proj")
+    return plan_mesh(config, mesh, o_group, down_group)
+
+
+def check_request(request) -> None:
+    if request.target != "cpu":
+        raise UserError(f"--mesh_shape / --pp run on --target cpu only in this version (got --target "
+                        f"{request.target}).", "Use --target cpu for a mesh run, or drop --mesh_shape / --pp.")
+    engine = request.options.engine
+    if engine not in MESH_ENGINES:
+        raise UserError(f"--engine {engine} cannot run on a mesh.",
+                        f"Use --engine {', '.join(MESH_ENGINES)} with --mesh_shape / --pp.")
+    if request.options.flash_attention or request.act_dtype == "aie":
+        raise UserError("--flash_attention and --act_dtype aie select single-process PyTorch engines.",
+                        "Drop them for a mesh run (each rank already runs grouped q/k/v over a static KV cache).")
+
+
+def load_rank_model(request, comm: Comm, threads: int):
+    """-> (the rank's model: TorchShard or NativeShard, the mesh plan). Collective: every rank calls it."""
+    check_request(request)
+    src = open_checkpoint(request.path, streamed=True)
+    plan = plan_for_config(src.config, src.family, src.quant, src.folder, comm.mesh)
+    shard = plan.shard(comm.rank)
+    loaded = load_shard(request.path, request.dtype, request.act_dtype, shard, plan.head_dim)
+    vocab_sizes = [b - a for a, b in plan.vocab]
+    problem = _native_problem(loaded) if request.options.engine in ("auto", "native") else "not asked for"
+    problems: list = [None] * comm.mesh.world
+    dist.all_gather_object(problems, problem, group=comm.work)
+    first = next(((r, p) for r, p in enumerate(problems) if p), None)
+    if request.options.engine == "native" and first is not None:
+        raise UserError(f"--engine native cannot run rank {first[0]}'s slice of this model: {first[1]}.",
+                        "Use --engine torch (or auto) for this mesh.")
+    if first is None:
+        from .native_shard import NativeShard
+
+        model = NativeShard(loaded, shard, comm, vocab_sizes, threads)
+    else:
+        from .torch_shard import TorchShard
+
+        model = TorchShard(loaded, shard, comm, vocab_sizes)
+    sizes: list = [None] * comm.mesh.world
+    dist.all_gather_object(sizes, model.weight_bytes, group=comm.work)
+    model.weight_bytes_total = sum(sizes[:comm.mesh.tp * comm.mesh.pp])        # one data-parallel replica
+    model.full_config = src.config
+    return model, plan
+
+
+def _native_problem(loaded) -> str | None:
+    if loaded.quant is None:
+        return "the checkpoint is not quantized"
+    from ..cpu_backend.native_state import native_problem
+
+    return native_problem(loaded)
