@@ -92,6 +92,20 @@ def build_problem() -> str | None:
     return None
 
 
+def _import_built(name: str, path: Path):
+    """The already built extension module at `path` (torch must be imported first: the module links libtorch)."""
+    import importlib.machinery
+    import importlib.util
+
+    import torch  # noqa: F401 - loads libtorch and libgomp the module links against
+
+    spec = importlib.util.spec_from_file_location(name, str(path),
+                                                  loader=importlib.machinery.ExtensionFileLoader(name, str(path)))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @lru_cache(maxsize=None)
 def load(isa: str | None = None):
     """The compiled extension module for `isa` (default: best_isa()). Raises RuntimeError when it cannot build."""
@@ -105,7 +119,14 @@ def load(isa: str | None = None):
     name = f"edgeawq_native_{isa}_{key}"
     folder = Path(os.environ.get("EDGEAWQ_NATIVE_BUILD") or cache_root() / "native-build") / name
     folder.mkdir(parents=True, exist_ok=True)
-    first = not any(folder.glob(f"{name}*.so"))
+    built = sorted(folder.glob(f"{name}*.so"))
+    if built and (folder / "build.ninja").exists() and all(
+            f.stat().st_mtime >= SOURCE.stat().st_mtime for f in built):
+        try:
+            return _import_built(name, built[0])       # skips ninja's up-to-date check (about 2 s per process)
+        except (ImportError, OSError):                 # e.g. a link cut short: let the build below redo it
+            pass
+    first = not built
     if first:
         print(f"[native] compiling the native kernels ({isa}) into {folder}: once per machine and version, "
               "about 30-60 s ...", file=sys.stderr, flush=True)

@@ -72,52 +72,84 @@ class NativeEngine:
         return self.weight_bytes + self.embed.shape[1] * self.embed.element_size()
 
     def start(self, batch: int, max_seq_len: int) -> None:
-        if max_seq_len > self.max_positions:
-            raise ValueError(f"{max_seq_len} cache slots exceed the model's {self.max_positions} positions")
-        slots = -(-max_seq_len // 16) * 16
-        shape = (batch, self.kv_heads, slots, self.head_dim)                   # values; keys in blocks of 16
-        if not self.values or tuple(self.values[0].shape) != shape:
-            self.keys = [torch.zeros(batch, self.kv_heads, slots // 16, self.head_dim, 16) for _ in range(self.layers)]
-            self.values = [torch.zeros(shape) for _ in range(self.layers)]
-            self.decoder.set_cache(self.keys, self.values)
+        self.keys, self.values = allocate_cache(self.decoder, self.keys, self.values, batch, self.kv_heads,
+                                                max_seq_len, self.head_dim, self.layers, self.max_positions)
         self.capacity = max_seq_len
         self.lengths = np.zeros(batch, np.int64)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 last_only: bool = True) -> torch.Tensor:
-        B, T = input_ids.shape
-        new = attention_mask[:, -T:].sum(1).numpy()                               # (B,) real tokens per row
-        if int((self.lengths + new).max()) > self.capacity:
-            raise ValueError(f"KV cache of {self.capacity} slots is full")
-        ids = torch.cat([input_ids[b, T - new[b]:] for b in range(B)])            # (M,) compacted
-        rows = torch.from_numpy(np.repeat(np.arange(B), new))                     # (M,)
-        slots = torch.from_numpy(np.concatenate([self.lengths[b] + np.arange(new[b]) for b in range(B)]))
-        self.lengths = self.lengths + new
+        tokens = Compacted(input_ids, attention_mask, self.lengths, self.capacity)
+        self.lengths = tokens.lengths
         clock = _Clock(self.profiler)
-        h = self.embed[ids].float()                                                # (M, D)
+        h = self.embed[tokens.ids].float()                                         # (M, D)
         clock.lap("model.embed_tokens", "embedding")
-        self.decoder.forward(h, rows, slots)
+        self.decoder.forward(h, tokens.rows, tokens.slots)
         clock.layers(self.decoder)
-        ends = np.cumsum(new)                                                      # row b's tokens: [end-new, end)
-        if last_only:
-            x = h[torch.from_numpy(np.maximum(ends - 1, 0))]                       # (B, D)
-            logits = self._logits(x)                                               # (B, V)
-            clock.lap("lm_head", "final norm + lm_head")
-            if (new == 0).any():
-                logits[torch.from_numpy(new == 0)] = 0.0
-            return logits[:, None]                                                 # (B, 1, V)
-        logits = self._logits(h)                                                   # (M, V)
+        logits = self._logits(tokens.select(h, last_only))                         # (B or M, V)
         clock.lap("lm_head", "final norm + lm_head")
-        out = torch.zeros(B, T, self.vocab)
-        for b in range(B):
-            out[b, T - new[b]:] = logits[ends[b] - new[b]: ends[b]]
-        return out                                                                 # (B, T, V)
+        return tokens.arrange(logits, last_only)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 (n, D) -> final RMSNorm -> lm_head -> (n, V)."""
-        var = x.pow(2).mean(-1, keepdim=True)
-        return self.head((x * torch.rsqrt(var + self.norm_eps) * self.norm_weight).contiguous())
+        return self.head(final_norm(x, self.norm_weight, self.norm_eps))
+
+
+def final_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of x float32 (n, D) with `weight` (D,), contiguous."""
+    var = x.pow(2).mean(-1, keepdim=True)
+    return (x * torch.rsqrt(var + eps) * weight).contiguous()
+
+
+def allocate_cache(decoder, keys: list, values: list, batch: int, kv_heads: int, max_seq_len: int, head_dim: int,
+                   layers: int, max_positions: int) -> tuple[list, list]:
+    """The decoder's KV cache for `batch` rows of `max_seq_len` slots (kept when the shape is unchanged): values
+    float32 (batch, kv_heads, slots, head_dim), keys (batch, kv_heads, slots / 16, head_dim, 16), slots rounded up
+    to 16."""
+    if max_seq_len > max_positions:
+        raise ValueError(f"{max_seq_len} cache slots exceed the model's {max_positions} positions")
+    slots = -(-max_seq_len // 16) * 16
+    shape = (batch, kv_heads, slots, head_dim)
+    if not values or tuple(values[0].shape) != shape:
+        keys = [torch.zeros(batch, kv_heads, slots // 16, head_dim, 16) for _ in range(layers)]
+        values = [torch.zeros(shape) for _ in range(layers)]
+        decoder.set_cache(keys, values)
+    return keys, values
+
+
+class Compacted:
+    """One call's left-padded rows compacted to their real tokens: `ids`, `rows`, `slots` (M,) int64 (a token's
+    cache slot = its row's count of earlier real tokens); `lengths` (B,) the rows' token counts after the call."""
+
+    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: np.ndarray,
+                 capacity: int) -> None:
+        B, T = input_ids.shape
+        new = attention_mask[:, -T:].sum(1).numpy()                               # (B,) real tokens per row
+        if int((lengths + new).max()) > capacity:
+            raise ValueError(f"KV cache of {capacity} slots is full")
+        self.B, self.T, self.new = B, T, new
+        self.ids = torch.cat([input_ids[b, T - new[b]:] for b in range(B)])       # (M,)
+        self.rows = torch.from_numpy(np.repeat(np.arange(B), new))                # (M,)
+        self.slots = torch.from_numpy(np.concatenate([lengths[b] + np.arange(new[b]) for b in range(B)]))
+        self.lengths = lengths + new
+        self.ends = np.cumsum(new)                                                # row b's tokens: [end-new, end)
+
+    def select(self, h: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """Hidden states (M, D) -> those whose logits are wanted: each row's last token (B, D), or all (M, D)."""
+        return h[torch.from_numpy(np.maximum(self.ends - 1, 0))] if last_only else h
+
+    def arrange(self, logits: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """Logits of `select`ed tokens -> (B, 1, V), or (B, T, V) right-aligned (padding positions zero)."""
+        new = self.new
+        if last_only:
+            if (new == 0).any():
+                logits[torch.from_numpy(new == 0)] = 0.0
+            return logits[:, None]
+        out = torch.zeros(self.B, self.T, logits.shape[-1])
+        for b in range(self.B):
+            out[b, self.T - new[b]:] = logits[self.ends[b] - new[b]: self.ends[b]]
+        return out
 
 
 class _Clock:

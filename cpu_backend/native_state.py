@@ -88,7 +88,7 @@ def _model_problem(loaded: LoadedModel) -> str | None:
     return None
 
 
-def _pack(parts: list[QLinearPerGrp], prefix: str, tensors: dict) -> int:
+def pack_group(parts: list[QLinearPerGrp], prefix: str, tensors: dict) -> int:
     """Stack `parts` along N into the native layout under `prefix`; -> group size."""
     bits = parts[0].spec.bits
     codes = torch.cat([unpack(p.packed, native_format(bits)) for p in parts])                 # (N, K) uint8
@@ -98,6 +98,16 @@ def _pack(parts: list[QLinearPerGrp], prefix: str, tensors: dict) -> int:
         tensors[f"{prefix}.bias"] = torch.cat([p.bias.detach().float() if p.bias is not None
                                                else torch.zeros(p.out_features) for p in parts])
     return w.group
+
+
+@torch.no_grad()
+def pack_layer(layer, family) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """One decoder layer in the native layout: ({"input_norm", "post_norm", "{qkv,o,gate_up,down}.{lines,meta}",
+    "qkv.bias"?}, [qkv, o, gate_up, down] group sizes)."""
+    tensors = {"input_norm": getattr(layer, family.input_norm).weight.detach().float(),
+               "post_norm": getattr(layer, family.post_attn_norm).weight.detach().float()}
+    groups = [pack_group(parts, name, tensors) for name, parts in linear_groups(layer, family).items()]
+    return tensors, groups
 
 
 def build_state(loaded: LoadedModel) -> tuple[dict[str, torch.Tensor], dict]:
@@ -115,14 +125,13 @@ def build_state(loaded: LoadedModel) -> tuple[dict[str, torch.Tensor], dict]:
     groups = []
     with torch.no_grad():
         for i, layer in enumerate(bar(layers, "packing for the native engine", unit="layer")):
-            tensors[f"layers.{i}.input_norm"] = getattr(layer, f.input_norm).weight.detach().float()
-            tensors[f"layers.{i}.post_norm"] = getattr(layer, f.post_attn_norm).weight.detach().float()
-            groups.append([_pack(parts, f"layers.{i}.{name}", tensors)
-                           for name, parts in linear_groups(layer, f).items()])
+            packed, layer_groups = pack_layer(layer, f)
+            tensors.update({f"layers.{i}.{k}": v for k, v in packed.items()})
+            groups.append(layer_groups)
             layer.to("meta")
         head = get_module(m, f.lm_head)
         if isinstance(head, QLinearPerGrp):
-            group = _pack([head], "lm_head", tensors)
+            group = pack_group([head], "lm_head", tensors)
             lm_head = {"kind": "quantized", "N": head.out_features, "K": head.in_features, "group": group}
         else:
             if head.weight.data_ptr() == tensors["embed"].data_ptr():

@@ -164,11 +164,14 @@ class CheckpointSource:
     tokenizer: object
 
 
-def open_checkpoint(path: str | Path | None = None, streamed: bool = False) -> CheckpointSource:
+def open_checkpoint(path: str | Path | None = None, streamed: bool = False, verify: bool = True,
+                    with_tokenizer: bool = True) -> CheckpointSource:
     """Open a Hugging Face, Meta-format or quantized folder (None or an alias: an embedded default model).
 
     `streamed`: safetensors tensors are indexed, not mapped, and read one at a time by `state.load(name)`
-    (for layer-by-layer passes whose memory must stay bounded)."""
+    (for layer-by-layer passes whose memory must stay bounded). `verify=False` skips the check of a quantized
+    checkpoint's files against its manifest (for the ranks of a mesh run whose launcher checked them in this run);
+    `with_tokenizer=False` leaves `tokenizer` None for Hugging Face folders (ranks that never tokenize)."""
     folder = default_models.resolve(None if path is None else str(path))
     gguf_path = gguf_format.gguf_file(folder) if folder.exists() else None
     if gguf_path is not None:
@@ -187,7 +190,8 @@ def open_checkpoint(path: str | Path | None = None, streamed: bool = False) -> C
     config, family, quant = read_config(folder)
     reader = QUANT_READERS[quant["quant_method"]] if quant is not None else None
     if reader is not None:
-        reader.check(folder, quant)
+        if verify:
+            reader.check(folder, quant)
         quant = reader.to_native(quant, family)
     files = hf_files.weight_files(folder)
     if not files:
@@ -197,12 +201,12 @@ def open_checkpoint(path: str | Path | None = None, streamed: bool = False) -> C
     native_names = reader is None or reader is QUANT_READERS["edgeawq"]      # tensors need no translation
     if streamed and native_names and all(f.suffix == ".safetensors" for f in files):
         return CheckpointSource(folder, config, family, quant, hf_files.StreamedSafetensors(files),
-                                load_tokenizer(folder))
+                                load_tokenizer(folder) if with_tokenizer else None)
     state = hf_files.load_tensors(files)
     if reader is not None:
         state = reader.translate(state)
     return CheckpointSource(folder, config, family, quant, hf_files.CheckedTensors(state, folder),
-                            load_tokenizer(folder))
+                            load_tokenizer(folder) if with_tokenizer else None)
 
 
 def _open_gguf(path: Path, streamed: bool) -> CheckpointSource:

@@ -52,8 +52,10 @@ class LoadRequest:
 class Session:
     """One rank's side of a mesh run: the models it holds and the commands it executes."""
 
-    def __init__(self, comm: Comm, threads: int, status=None) -> None:
-        self.comm, self.threads, self.status = comm, threads, status
+    def __init__(self, comm: Comm, threads: int, status=None, verify: bool = True) -> None:
+        """`verify`: every rank checks a quantized checkpoint against its manifest (else rank 0 only: ranks on one
+        machine read the same files)."""
+        self.comm, self.threads, self.status, self.verify = comm, threads, status, verify
         self.models: dict[int, object] = {}
         self.plans: dict[int, MeshPlan] = {}
         self.next_id = 1
@@ -94,7 +96,7 @@ class Session:
         request = box[0]
         error = None
         try:
-            self.models[mid], self.plans[mid] = load_rank_model(request, self.comm, self.threads)
+            self.models[mid], self.plans[mid] = load_rank_model(request, self.comm, self.threads, self.verify)
         except UserError as exc:
             error = (self.comm.rank, exc.problem, exc.fix)
         errors: list = [None] * self.comm.mesh.world

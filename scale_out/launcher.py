@@ -68,7 +68,7 @@ def _rank_body(rank: int, settings: RunSettings, task: str, kwargs: dict, init_m
                             timeout=COMMAND_TIMEOUT)
     try:
         comm = build_comm(mesh, rank, settings.collective_timeout)
-        session = Session(comm, settings.threads_per_rank, status)
+        session = Session(comm, settings.threads_per_rank, status, verify=init_method == "env://")
         if rank == 0:
             set_current(session)
             try:
@@ -155,7 +155,8 @@ def spawn(settings: RunSettings, task: str, kwargs: dict) -> None:
     """Run `task(**kwargs)` on rank 0 of `settings.mesh.world` local ranks; raise the run's error as a UserError."""
     import torch.multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["edgeawq.scale_out.preload"])
     world = settings.mesh.world
     status = ctx.Array("b", world, lock=False)
     errors = ctx.SimpleQueue()

@@ -180,15 +180,12 @@ def plan_mesh(config, mesh: Mesh, o_group: int | None = None, down_group: int | 
     nh, nkv, hd = config.num_attention_heads, config.num_key_value_heads, head_dim_of(config)
     F, V, L = config.intermediate_size, config.vocab_size, config.num_hidden_layers
     tp, label = mesh.tp, f"--mesh_shape {mesh.dp}x{mesh.tp}"
-    if tp > nh:
-        raise UserError(f"{label} asks for {tp} tensor-parallel ranks, more than the model's {nh} query heads (a "
-                        "rank would hold only padding).", f"Use at most {nh} tensor-parallel ranks (M of BxM).")
     heads = head_shards(nh, nkv, tp)
     padded = len(heads[0].q_heads) * tp
     if padded > 2 * nh:
         raise UserError(f"{label}: spreading {nh} query heads in {nkv} KV groups over {tp} ranks needs {padded} "
-                        "heads with padding, more than twice the real ones.",
-                        f"Use a tensor-parallel size that divides {nkv} or is a multiple of it.")
+                        "heads with padding, more than twice the real ones (most ranks would compute padding).",
+                        f"Use fewer tensor-parallel ranks, or a number that divides {nkv} or is a multiple of it.")
     if o_group is not None and tp > 1:
         for t, shard in enumerate(heads):
             for start, length in runs(list(shard.q_heads), hd):

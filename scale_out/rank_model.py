@@ -20,8 +20,9 @@ MESH_ENGINES = ("auto", "native", "torch")
 
 
 def mesh_plan_for(path, mesh) -> MeshPlan:
-    """The plan of `mesh` for the checkpoint at `path` (reads its config only); an impossible mesh is a UserError."""
-    src = open_checkpoint(path, streamed=True)
+    """The plan of `mesh` for the checkpoint at `path` (reads its config, reads no weights); an impossible mesh is
+    a UserError."""
+    src = open_checkpoint(path, streamed=True, verify=False, with_tokenizer=False)
     return plan_for_config(src.config, src.family, src.quant, src.folder, mesh)
 
 
@@ -50,13 +51,16 @@ def check_request(request) -> None:
                         "Drop them for a mesh run (each rank already runs grouped q/k/v over a static KV cache).")
 
 
-def load_rank_model(request, comm: Comm, threads: int):
-    """-> (the rank's model: TorchShard or NativeShard, the mesh plan). Collective: every rank calls it."""
+def load_rank_model(request, comm: Comm, threads: int, verify: bool = True):
+    """-> (the rank's model: TorchShard or NativeShard, the mesh plan). Collective: every rank calls it. Rank 0
+    checks a quantized checkpoint against its manifest; the others when `verify` (ranks on other machines) and
+    load no tokenizer."""
     check_request(request)
-    src = open_checkpoint(request.path, streamed=True)
+    src = open_checkpoint(request.path, streamed=True, verify=verify or comm.rank == 0,
+                          with_tokenizer=comm.rank == 0)
     plan = plan_for_config(src.config, src.family, src.quant, src.folder, comm.mesh)
     shard = plan.shard(comm.rank)
-    loaded = load_shard(request.path, request.dtype, request.act_dtype, shard, plan.head_dim)
+    loaded = load_shard(src, request.dtype, request.act_dtype, shard, plan.head_dim)
     vocab_sizes = [b - a for a, b in plan.vocab]
     problem = _native_problem(loaded) if request.options.engine in ("auto", "native") else "not asked for"
     problems: list = [None] * comm.mesh.world

@@ -22,8 +22,8 @@ from ..errors import UserError
 from ..kernels.formats import native_format
 from ..kernels.quantizer import QuantSpec
 from ..runtime.families import Family
-from ..runtime.model_loader import (DTYPES, ACT_MODES, IGNORED_KEYS, LoadedModel, build_skeleton, check_names,
-                                    open_checkpoint, rebuild_rotary)
+from ..runtime.model_loader import (ACT_MODES, DTYPES, IGNORED_KEYS, CheckpointSource, LoadedModel, build_skeleton,
+                                    check_names, rebuild_rotary)
 from ..runtime.module_paths import get_module
 from ..runtime.quantized_model import QuantLayout, install_qlinears
 from .partition import RankShard, runs
@@ -178,9 +178,9 @@ def _in_features(state, name: str, quantized: bool, bits: int | None) -> int:
     return _shape(state, f"{name}.packed")[1] * per_byte
 
 
-def load_shard(path, dtype: str, act_dtype: str, shard: RankShard, head_dim: int) -> LoadedModel:
-    """The rank's model: its config (shard_config), only its tensors, quantized Linears as QLinearPerGrp."""
-    src = open_checkpoint(path, streamed=True)
+def load_shard(src: CheckpointSource, dtype: str, act_dtype: str, shard: RankShard, head_dim: int) -> LoadedModel:
+    """The rank's model from an opened checkpoint (runtime.model_loader.open_checkpoint, streamed): its config
+    (shard_config), only its tensors, quantized Linears as QLinearPerGrp."""
     layout = QuantLayout.from_config(src.quant, src.family, src.folder) if src.quant is not None else None
     config = shard_config(src.config, shard, head_dim)
     state = shard_state(src.state, src.config, src.family, layout, shard, head_dim)

@@ -432,6 +432,7 @@ class Decoder {
             mark(li, 3);
             quantize_rows(att.data(), M, nh_ * hd_, L.o.g, acts_, pool_);
             qmatmul(L.o, acts_, M, out.data(), D_, pool_);
+            reduce(out.data(), M * D_);
             for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
             mark(li, 4);
             rms_norm(hp, L.post_norm, M, x.data());
@@ -443,10 +444,15 @@ class Decoder {
             mark(li, 7);
             quantize_rows(act.data(), M, F_, L.down.g, acts_, pool_);
             qmatmul(L.down, acts_, M, out.data(), D_, pool_);
+            reduce(out.data(), M * D_);
             for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
             mark(li, 8);
         }
     }
+
+    // Tensor parallel: `fn(t)` sums t (float32 (M * hidden,), a view of the partial o_proj / down_proj output)
+    // in place over the ranks; called with the GIL held, after each of the two projections of every layer.
+    void set_reducer(py::object fn) { reducer_ = std::move(fn); }
 
     // Per-phase wall time (--profile): while on, forward adds each layer's step times to a (layers, kPhases)
     // table of seconds (phase names: profile_phases()); take_profile() returns it flattened and zeroes it.
@@ -461,6 +467,12 @@ class Decoder {
     }
 
   private:
+    void reduce(float* p, int64_t n) {
+        if (!reducer_) return;
+        py::gil_scoped_acquire gil;
+        reducer_(torch::from_blob(p, {n}, torch::kFloat32));
+    }
+
     void rms_norm(const float* h, const torch::Tensor& w, int64_t M, float* y) {
         const float* wp = w.data_ptr<float>();
         pool_.run(M, [&](int64_t b, int64_t e) {
@@ -579,6 +591,7 @@ class Decoder {
     QActs acts_;
     bool profiling_ = false;
     std::vector<double> profile_;
+    py::object reducer_;
 };
 
 // A standalone quantized Linear (the lm_head, and the tests): x float32 (M, K) -> float32 (M, N).
@@ -617,6 +630,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def("add_layer", &Decoder::add_layer)
         .def("set_cache", &Decoder::set_cache)
         .def("forward", &Decoder::forward, py::call_guard<py::gil_scoped_release>())
+        .def("set_reducer", &Decoder::set_reducer)
         .def("set_profiling", &Decoder::set_profiling)
         .def("take_profile", &Decoder::take_profile);
     m.def("profile_phases", [] { return std::vector<std::string>(kPhaseNames, kPhaseNames + kPhases); },

@@ -1,0 +1,118 @@
+"""One rank's part of the model on the native C++ kernels (cpu_backend/native/decoder.cpp).
+
+The rank's layers are packed into the native layout (cpu_backend/native_state.pack_layer) and run by one native
+Decoder of the local sizes (local query / KV heads, local MLP width), whose reducer sums the partial o_proj and
+down_proj outputs over the tensor-parallel group (Comm.all_reduce, called from inside the C++ layer loop). The
+hidden state between stages is the compacted token matrix (M, D) float32 of the native engine (cpu_backend/
+native_engine.Compacted: each row's real tokens only). Embedding: the local vocabulary rows, summed over the group;
+lm_head: the local rows (native quantized Linear, or a float32 matmul), then an all-gather of the logits.
+
+Numerics are the native engine's: int8 activations per weight group. Cuts fall on group boundaries, so every rank
+quantizes exactly the activation groups the single-process engine does; only the order of the fp32 sums differs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..cpu_backend import native_build
+from ..cpu_backend.native_engine import Compacted, allocate_cache, final_norm
+from ..cpu_backend.native_state import pack_group, pack_layer
+from ..kernels.qlinear import QLinearPerGrp
+from ..runtime.fusion import layer_windows, rope_half_tables
+from ..runtime.memory import release_free_memory
+from ..runtime.model_loader import LoadedModel
+from ..runtime.module_paths import get_module
+from .comm import Comm
+from .partition import RankShard
+
+
+class NativeShard:
+    def __init__(self, loaded: LoadedModel, shard: RankShard, comm: Comm, vocab_sizes: list[int],
+                 threads: int) -> None:
+        ext = native_build.load()
+        c, f, m = loaded.config, loaded.family, loaded.model
+        self.loaded, self.shard, self.comm, self.vocab_sizes = loaded, shard, comm, vocab_sizes
+        self.name = f"native/{ext.isa()}"
+        self.vocab = sum(vocab_sizes)
+        layers = get_module(m, f.layers)
+        self.layers, self.kv_heads, self.head_dim = len(layers), c.num_key_value_heads, c.head_dim
+        self.hidden = c.hidden_size
+        cos, sin = rope_half_tables(m, c, f)
+        self.max_positions = cos.shape[0]
+        eps = float(getattr(getattr(layers[0], f.input_norm), "variance_epsilon", 1e-6))
+        self.decoder = ext.Decoder(c.hidden_size, c.num_attention_heads, self.kv_heads, self.head_dim,
+                                   c.intermediate_size, eps, cos, sin, threads)
+        self.weight_bytes = 0
+        for layer, window in zip(layers, layer_windows(c)):
+            t, g = pack_layer(layer, f)
+            self.decoder.add_layer(t["input_norm"], t["post_norm"], [t["qkv.lines"], t["qkv.meta"]], t.get("qkv.bias"),
+                                   [t["o.lines"], t["o.meta"]], [t["gate_up.lines"], t["gate_up.meta"]],
+                                   [t["down.lines"], t["down.meta"]], *g, window or 0)
+            self.weight_bytes += sum(v.numel() for k, v in t.items() if k.endswith((".lines", ".meta")))
+            layer.to("meta")
+        if comm.mesh.tp > 1:
+            self.decoder.set_reducer(comm.all_reduce)
+        self.embed = get_module(m, f.embed).weight.detach() if shard.first_stage else None     # (V_r, D)
+        self.head = None
+        if shard.last_stage:
+            norm = get_module(m, f.final_norm)
+            self.norm_weight = norm.weight.detach().float()
+            self.norm_eps = float(getattr(norm, "variance_epsilon", eps))
+            self.head = self._head(ext, get_module(m, f.lm_head), threads)
+        if self.embed is not None:
+            self.weight_bytes += self.embed.shape[1] * self.embed.element_size()       # one row read per token
+        m.to("meta")                  # the shard keeps only what it references above
+        release_free_memory()
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.lengths = np.zeros(0, np.int64)
+        self.capacity = 0
+
+    def _head(self, ext, head, threads: int):
+        """The local lm_head rows: x float32 (n, D) -> (n, V_r)."""
+        if isinstance(head, QLinearPerGrp):
+            tensors: dict = {}
+            group = pack_group([head], "lm_head", tensors)
+            self.weight_bytes += tensors["lm_head.lines"].numel() + tensors["lm_head.meta"].numel()
+            return ext.Linear(tensors["lm_head.lines"], tensors["lm_head.meta"], tensors.get("lm_head.bias"),
+                              head.out_features, head.in_features, group, threads).forward
+        weight = head.weight.detach().float()                                           # (V_r, D)
+        bias = None if head.bias is None else head.bias.detach().float()
+        self.weight_bytes += weight.numel() * 4
+        return lambda x: torch.nn.functional.linear(x, weight, bias)
+
+    def start(self, batch: int, max_seq_len: int) -> None:
+        self.keys, self.values = allocate_cache(self.decoder, self.keys, self.values, batch, self.kv_heads,
+                                                max_seq_len, self.head_dim, self.layers, self.max_positions)
+        self.capacity = max_seq_len
+        self.lengths = np.zeros(batch, np.int64)
+
+    def begin(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> None:
+        """The call's inputs for this rank's rows: ids (b, T), mask (b, S) (positions follow from the cache)."""
+        self.tokens = Compacted(ids, mask, self.lengths, self.capacity)
+        self.lengths = self.tokens.lengths
+
+    def hidden_shape(self) -> tuple[tuple[int, ...], torch.dtype]:
+        return (int(self.tokens.ids.numel()), self.hidden), torch.float32
+
+    @torch.inference_mode()
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """-> the compacted tokens' embeddings (M, D) float32, summed over the tensor-parallel group."""
+        v0, v1 = self.shard.vocab
+        tok = self.tokens.ids
+        local = ((tok >= v0) & (tok < v1)).unsqueeze(-1)
+        h = self.embed[(tok - v0).clamp(0, v1 - v0 - 1)].float() * local
+        return self.comm.all_reduce(h.contiguous())
+
+    @torch.inference_mode()
+    def run_layers(self, h: torch.Tensor) -> torch.Tensor:
+        h = h.contiguous()
+        self.decoder.forward(h, self.tokens.rows, self.tokens.slots)
+        return h
+
+    @torch.inference_mode()
+    def logits(self, h: torch.Tensor, last_only: bool) -> torch.Tensor:
+        x = final_norm(self.tokens.select(h, last_only), self.norm_weight, self.norm_eps)
+        logits = self.comm.all_gather_last(self.head(x), self.vocab_sizes)               # (B or M, V)
+        return self.tokens.arrange(logits, last_only)
