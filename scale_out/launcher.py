@@ -95,10 +95,20 @@ def describe_exception(exc: BaseException, debug: bool) -> tuple[str, str, str]:
     return "error", text + ("\n" + traceback.format_exc() if debug else ""), ""
 
 
+def name_process(rank: int) -> None:
+    """Show the rank in ps / top (the process name, 15 characters at most)."""
+    try:
+        with open("/proc/self/comm", "w") as f:
+            f.write(f"edgeawq-rank{rank}"[:15])
+    except OSError:
+        pass
+
+
 def _spawned_rank(rank: int, settings: RunSettings, task: str, kwargs: dict, init_method: str, status, errors,
                   cores: list[int]) -> None:
     """Entry point of a spawned rank: quiet unless rank 0, pinned, errors reported to the launcher."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C is the launcher's to handle
+    name_process(rank)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     if rank != 0:
         os.environ["EDGEAWQ_QUIET"] = "1"
@@ -140,11 +150,12 @@ def _verdict(reports: dict[int, tuple], exits: dict[int, int], status, world: in
         return UserError(f"Rank {r} of {world} {how} without reporting an error; the run was stopped.",
                          "Check the machine's memory (an out-of-memory kill) and logs, then rerun.")
     waiting = sorted(r for r, rep in reports.items() if rep[0] in ("timeout", "peer"))
-    stuck = [r for r in range(world) if r not in reports and r not in exits and status[r] == 1]
-    if stuck:
-        return UserError(f"Rank {stuck[0]} of {world} stopped responding: it was executing a step but sent nothing "
-                         f"for {timeout:g} s, and rank(s) {', '.join(map(str, waiting))} timed out waiting for it; the "
-                         "run was stopped.", "Check that rank's machine (load, a stopped process), or raise "
+    silent = [r for r in range(world) if r not in reports and r not in exits]
+    stuck = [r for r in silent if status[r] == 1] or silent      # busy and silent first, else any silent one
+    if waiting and stuck:
+        return UserError(f"Rank {stuck[0]} of {world} stopped responding: it sent nothing for {timeout:g} s while "
+                         f"rank(s) {', '.join(map(str, waiting))} waited for it in a collective; the run was stopped.",
+                         "Check that rank's machine (load, a stopped or swapped-out process), or raise "
                          "--collective_timeout for very slow steps.")
     r = waiting[0] if waiting else 0
     return UserError(f"Rank {r} of {world} failed in a collective ({reports.get(r, ('', 'no report'))[1]}); the "

@@ -186,8 +186,12 @@ def plan_mesh(config, mesh: Mesh, o_group: int | None = None, down_group: int | 
         raise UserError(f"{label}: spreading {nh} query heads in {nkv} KV groups over {tp} ranks needs {padded} "
                         "heads with padding, more than twice the real ones (most ranks would compute padding).",
                         f"Use fewer tensor-parallel ranks, or a number that divides {nkv} or is a multiple of it.")
+    if o_group is not None and tp > 1 and o_group >= nh * hd:
+        raise UserError(f"{label}: o_proj is quantized with one group per output channel (group_size -1), so its "
+                        "input channels cannot be split between ranks.",
+                        "Use --mesh_shape Bx1 (data parallel and --pp still work), or quantize with a group size.")
     if o_group is not None and tp > 1:
-        for t, shard in enumerate(heads):
+        for shard in heads:
             for start, length in runs(list(shard.q_heads), hd):
                 if (start or 0) % o_group or length % o_group:
                     raise UserError(f"{label}: o_proj's input channels cannot be cut between ranks on its group "
