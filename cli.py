@@ -60,15 +60,21 @@ def _engine_options(target: str, engine: str, ep, strict_ep: bool, onnx_dir, acc
 def _on_mesh(task: str, kwargs: dict, mesh_shape: str, pp: int, threads_per_rank, collective_timeout: float,
              debug: bool) -> bool:
     """Run `task` on the mesh when one is asked for (True), after checking the mesh against the model's config."""
+    from dataclasses import replace
+
     from .scale_out.partition import parse_mesh
 
     mesh = parse_mesh(mesh_shape, pp)
     if mesh.single:
         return False
     from .scale_out.launcher import RunSettings, default_threads, run, under_torchrun
-    from .scale_out.rank_model import mesh_plan_for
+    from .scale_out.rank_model import check_run_flags, mesh_plan_for
 
-    mesh_plan_for(kwargs.get("model_path"), mesh)           # an impossible mesh fails here, before any rank starts
+    # an impossible mesh or flag fails here, before any rank starts
+    options = kwargs["engine_options"]
+    check_run_flags(kwargs["target"], replace(options, flash_attention=options.flash_attention or bool(
+        kwargs.get("flash_attention"))), kwargs.get("act_dtype", "bf16"))
+    mesh_plan_for(kwargs.get("model_path"), mesh)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", mesh.world)) if under_torchrun() else mesh.world
     threads = threads_per_rank or default_threads(local)
     run(RunSettings(mesh, threads, collective_timeout, local * threads <= len(os.sched_getaffinity(0)), debug),

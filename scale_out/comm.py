@@ -1,7 +1,8 @@
 """The process groups of a mesh and the collectives the shards use, with a count of the bytes they move.
 
 Groups (torch.distributed, gloo): the default group carries the driver's commands only (ranks wait there between
-calls, so its timeout is long); `work` (every rank) and one `tp` group per (dp, stage) carry the model's data and
+calls, so its timeout is long; rank 0, which sends them, waits at most `--collective_timeout` for a broadcast to be
+taken, since gloo's root blocks until every rank receives); `work` (every rank) and one `tp` group per (dp, stage) carry the model's data and
 time out after `--collective_timeout` seconds, so a dead or stuck peer ends the run instead of hanging it.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Comm:
     work: object                        # process group of every rank (data, timeout-bounded)
     tp_group: object                    # this rank's tensor-parallel group
     tp_ranks: list[int]                 # global ranks of that group, by tp index
+    timeout_s: float = 300.0            # --collective_timeout
     bytes_reduced: int = 0              # payload bytes this rank sent into all-reduces / all-gathers
     bytes_sent: int = 0                 # payload bytes of point-to-point sends (pipeline, logits to rank 0)
     counts: dict = field(default_factory=lambda: {"all_reduce": 0, "all_gather": 0, "send": 0})
@@ -86,4 +88,4 @@ def build_comm(mesh: Mesh, rank: int, timeout_s: float) -> Comm:
             group = dist.new_group(ranks, timeout=timeout, backend="gloo") if mesh.tp > 1 else None
             if rank in ranks:
                 mine, my_ranks = group, ranks
-    return Comm(mesh, rank, work, mine, my_ranks)
+    return Comm(mesh, rank, work, mine, my_ranks, timeout_s)

@@ -20,6 +20,7 @@ times out, the launcher blames the ranks that were executing but did not report.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -67,6 +68,9 @@ class Session:
 
     def _header(self, values: list[int] | None = None) -> list[int]:
         h = torch.tensor((values or []) + [0] * (8 - len(values or [])), dtype=torch.int64)
+        if self.comm.rank == 0:                   # the sender: a rank that never takes it is a failure
+            dist.broadcast(h, 0, async_op=True).wait(timeout=timedelta(seconds=self.comm.timeout_s))
+            return h.tolist()
         self._busy(0)
         dist.broadcast(h, 0)                      # default group: long timeout (ranks idle here)
         self._busy(1)

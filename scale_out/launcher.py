@@ -66,20 +66,18 @@ def _rank_body(rank: int, settings: RunSettings, task: str, kwargs: dict, init_m
     torch.set_num_threads(settings.threads_per_rank)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=mesh.world,
                             timeout=COMMAND_TIMEOUT)
-    try:
-        comm = build_comm(mesh, rank, settings.collective_timeout)
-        session = Session(comm, settings.threads_per_rank, status, verify=init_method == "env://")
-        if rank == 0:
-            set_current(session)
-            try:
-                _call_task(task, kwargs)
-            finally:
-                set_current(None)
-            session.shutdown()
-        else:
-            session.serve()
-    finally:
-        dist.destroy_process_group()
+    comm = build_comm(mesh, rank, settings.collective_timeout)
+    session = Session(comm, settings.threads_per_rank, status, verify=init_method == "env://")
+    if rank == 0:
+        set_current(session)
+        try:
+            _call_task(task, kwargs)
+        finally:
+            set_current(None)
+        session.shutdown()
+    else:
+        session.serve()
+    dist.destroy_process_group()       # only after success: with a peer gone it would wait for it
 
 
 def describe_exception(exc: BaseException, debug: bool) -> tuple[str, str, str]:
@@ -95,6 +93,31 @@ def describe_exception(exc: BaseException, debug: bool) -> tuple[str, str, str]:
     return "error", text + ("\n" + traceback.format_exc() if debug else ""), ""
 
 
+def exit_with(launcher_pid: int) -> None:
+    """End this rank when the launcher ends (however it ends: a killed launcher leaves no ranks behind). The rank's
+    parent is the fork server, which outlives the launcher while ranks run, so a watcher thread waits on a pidfd of
+    the launcher (Linux >= 5.3; else it polls once a second)."""
+    import select
+    import threading
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(launcher_pid)
+        except (AttributeError, OSError):
+            fd = None
+        while True:
+            if fd is not None:
+                select.select([fd], [], [])
+                os._exit(3)
+            try:
+                os.kill(launcher_pid, 0)
+            except ProcessLookupError:
+                os._exit(3)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="edgeawq-launcher-watch", daemon=True).start()
+
+
 def name_process(rank: int) -> None:
     """Show the rank in ps / top (the process name, 15 characters at most)."""
     try:
@@ -105,9 +128,10 @@ def name_process(rank: int) -> None:
 
 
 def _spawned_rank(rank: int, settings: RunSettings, task: str, kwargs: dict, init_method: str, status, errors,
-                  cores: list[int]) -> None:
+                  cores: list[int], launcher_pid: int) -> None:
     """Entry point of a spawned rank: quiet unless rank 0, pinned, errors reported to the launcher."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # Ctrl-C is the launcher's to handle
+    exit_with(launcher_pid)
     name_process(rank)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     if rank != 0:
@@ -175,7 +199,7 @@ def spawn(settings: RunSettings, task: str, kwargs: dict) -> None:
     with tempfile.TemporaryDirectory(prefix="edgeawq-mesh-") as tmp:
         init_method = f"file://{tmp}/store"
         procs = [ctx.Process(target=_spawned_rank, args=(r, settings, task, kwargs, init_method, status, errors,
-                                                          cores), daemon=False) for r in range(world)]
+                                                          cores, os.getpid()), daemon=False) for r in range(world)]
         try:
             for p in procs:
                 p.start()

@@ -39,14 +39,18 @@ def plan_for_config(config, family, quant, folder, mesh) -> MeshPlan:
 
 
 def check_request(request) -> None:
-    if request.target != "cpu":
-        raise UserError(f"--mesh_shape / --pp run on --target cpu only in this version (got --target "
-                        f"{request.target}).", "Use --target cpu for a mesh run, or drop --mesh_shape / --pp.")
-    engine = request.options.engine
-    if engine not in MESH_ENGINES:
-        raise UserError(f"--engine {engine} cannot run on a mesh.",
+    check_run_flags(request.target, request.options, request.act_dtype)
+
+
+def check_run_flags(target: str, options, act_dtype: str) -> None:
+    """The flags a mesh run cannot honour are UserErrors (checked before the ranks start, and by every rank)."""
+    if target != "cpu":
+        raise UserError(f"--mesh_shape / --pp run on --target cpu only in this version (got --target {target}).",
+                        "Use --target cpu for a mesh run, or drop --mesh_shape / --pp.")
+    if options.engine not in MESH_ENGINES:
+        raise UserError(f"--engine {options.engine} cannot run on a mesh.",
                         f"Use --engine {', '.join(MESH_ENGINES)} with --mesh_shape / --pp.")
-    if request.options.flash_attention or request.act_dtype == "aie":
+    if options.flash_attention or act_dtype == "aie":
         raise UserError("--flash_attention and --act_dtype aie select single-process PyTorch engines.",
                         "Drop them for a mesh run (each rank already runs grouped q/k/v over a static KV cache).")
 
