@@ -251,7 +251,8 @@ def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, 
 
 def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir,
                accuracy_level, tt_precision, tt_device, prompt_lengths, new_tokens, repeats, random_weights, profile,
-               compare_target, w_bit, group_size, symmetric, lm_head, lm_head_group_size, overwrite, fmt) -> None:
+               compare_target, w_bit, group_size, symmetric, lm_head, lm_head_group_size, overwrite, fmt, mesh_shape,
+               pp, threads_per_rank, collective_timeout, debug=False) -> None:
     ctx = click.get_current_context()
     spec_flags = [f"--{n}" for n in ("w_bit", "group_size", "symmetric", "lm_head", "lm_head_group_size")
                   if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
@@ -266,10 +267,19 @@ def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_at
     spec = QuantSpec(int(w_bit), int(group_size), not symmetric).validate() if random_weights else None
     if compare_target is None:
         compare_target = None if target == "cpu" else "cpu"
-    benchmark_task(task, model_path, target, dtype, act_dtype, flash_attention, prompt_lengths, new_tokens, repeats,
-                   "md" if fmt == "text" else fmt, profile, spec, options,
-                   None if compare_target == "none" else compare_target,
-                   int(lm_head_group_size) if (random_weights and lm_head) else None, overwrite=overwrite)
+    kwargs = dict(task=task, model_path=model_path, target=target, dtype=dtype, act_dtype=act_dtype,
+                  flash_attention=flash_attention, prompt_lengths=prompt_lengths, new_tokens=new_tokens,
+                  repeats=repeats, fmt="md" if fmt == "text" else fmt, profile=profile, random_spec=spec,
+                  engine_options=options, compare_target=None if compare_target == "none" else compare_target,
+                  random_lm_head_group=int(lm_head_group_size) if (random_weights and lm_head) else None,
+                  overwrite=overwrite)
+    if random_weights and (mesh_shape != "1x1" or pp != 1):
+        raise UserError("--random_weights builds its model in one process; a mesh run reads each rank's slice from "
+                        "a checkpoint.", "Write a random-weight checkpoint first (benchmarks/scale_out.py does), or "
+                        "drop --mesh_shape / --pp.")
+    if not _on_mesh("edgeawq.tasks.benchmark:benchmark_task", kwargs, mesh_shape, pp, threads_per_rank,
+                    collective_timeout, debug):
+        benchmark_task(**kwargs)
 
 
 def _benchmark_command(name: str, doc: str):
@@ -280,9 +290,10 @@ def _benchmark_command(name: str, doc: str):
     @weight_spec_options
     @overwrite_option
     @format_option
+    @mesh_options
     @debug_option
     def command(debug, **flags) -> None:
-        _benchmark(name, **flags)
+        _benchmark(name, debug=debug, **flags)
     return command
 
 

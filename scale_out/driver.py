@@ -12,6 +12,7 @@ a header int64 (8,) = [op, model id, a, b, c, d, 0, 0], then its tensors on the 
                                        sends the hidden state to the next, the last stage's tp rank 0 sends the
                                        logits (b, T or 1, V) to rank 0, which returns them in the caller's order
   RELEASE  (id)                      the ranks drop the model
+  STATS                              every rank's peak RSS and traffic counters, gathered on rank 0
   EXIT                               the ranks leave `serve`
 
 Each rank records in `status[rank]` whether it is executing a command (1) or waiting for one (0): when a collective
@@ -29,7 +30,7 @@ from ..errors import UserError
 from .comm import Comm
 from .partition import MeshPlan, split_sizes
 
-LOAD, START, FORWARD, RELEASE, EXIT = 1, 2, 3, 4, 5
+LOAD, START, FORWARD, RELEASE, EXIT, STATS = 1, 2, 3, 4, 5, 6
 
 
 def row_ranges(batch: int, groups: int) -> list[tuple[int, int]]:
@@ -90,6 +91,8 @@ class Session:
         if op == RELEASE:
             self.models.pop(mid, None)
             return None
+        if op == STATS:
+            return self._stats()
         raise RuntimeError(f"unknown command {op}")
 
     def _load(self, mid: int, request: LoadRequest):
@@ -111,6 +114,19 @@ class Session:
             rank, problem, fix = failed[0]
             raise UserError(problem + (f" (on rank {rank})" if rank else ""), fix)
         return self.models[mid]
+
+    def _stats(self) -> list[dict]:
+        import resource
+
+        c = self.comm
+        dp, stage, tp = c.coords
+        mine = {"rank": c.rank, "dp": dp, "stage": stage, "tp": tp, "bytes_reduced": c.bytes_reduced,
+                "bytes_sent": c.bytes_sent, "collectives": sum(c.counts.values()),
+                "weight_bytes": sum(getattr(m, "held_bytes", 0) for m in self.models.values()),
+                "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        out: list = [None] * c.mesh.world
+        dist.all_gather_object(out, mine, group=c.work)
+        return out
 
     def _forward(self, mid: int, header: list[int], tensors):
         B, T, S, last_only = header[2:6]
@@ -178,6 +194,9 @@ class Session:
                                                              torch.float32, src))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
+    def stats(self) -> list[dict]:
+        return self._execute(self._header([STATS]))
+
     def release(self, mid: int) -> None:
         self._execute(self._header([RELEASE, mid]))
 
@@ -203,10 +222,23 @@ class DistributedEngine:
                 last_only: bool = True) -> torch.Tensor:
         return self.session.forward(self.mid, input_ids, position_ids, attention_mask, last_only)
 
-    def traffic(self) -> dict:
-        """Payload bytes rank 0 moved so far (all-reduce / all-gather, point-to-point)."""
-        c = self.session.comm
-        return {"bytes_reduced": c.bytes_reduced, "bytes_sent": c.bytes_sent, **c.counts}
+    def mesh_report(self) -> dict:
+        """The mesh, and per rank: the weight bytes it holds, peak RSS so far, and the payload bytes it sends per
+        decode token (into
+        all-reduces / all-gathers, and point-to-point), measured over one decode step of one sequence."""
+        self.start(1, 4)
+        ids = torch.tensor([[5, 6]])
+        self.forward(ids[:, :1], torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1, dtype=torch.long))
+        before = self.session.stats()
+        self.forward(ids[:, 1:], torch.ones(1, 1, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))
+        after = self.session.stats()
+        mesh = self.plan.mesh
+        ranks = [{**{k: a[k] for k in ("rank", "dp", "stage", "tp", "peak_rss_bytes", "weight_bytes")},
+                  "bytes_reduced_per_token": a["bytes_reduced"] - b["bytes_reduced"],
+                  "bytes_sent_per_token": a["bytes_sent"] - b["bytes_sent"],
+                  "collectives_per_token": a["collectives"] - b["collectives"]} for b, a in zip(before, after)]
+        return {"mesh_shape": f"{mesh.dp}x{mesh.tp}", "pp": mesh.pp, "world": mesh.world,
+                "threads_per_rank": self.session.threads, "ranks": ranks}
 
 
 _current: Session | None = None

@@ -43,7 +43,7 @@ class NativeShard:
         eps = float(getattr(getattr(layers[0], f.input_norm), "variance_epsilon", 1e-6))
         self.decoder = ext.Decoder(c.hidden_size, c.num_attention_heads, self.kv_heads, self.head_dim,
                                    c.intermediate_size, eps, cos, sin, threads)
-        self.weight_bytes = 0
+        self.weight_bytes = 0                  # bytes of weights read per decode token (for GB/s)
         for layer, window in zip(layers, layer_windows(c)):
             t, g = pack_layer(layer, f)
             self.decoder.add_layer(t["input_norm"], t["post_norm"], [t["qkv.lines"], t["qkv.meta"]], t.get("qkv.bias"),
@@ -60,8 +60,10 @@ class NativeShard:
             self.norm_weight = norm.weight.detach().float()
             self.norm_eps = float(getattr(norm, "variance_epsilon", eps))
             self.head = self._head(ext, get_module(m, f.lm_head), threads)
+        self.held_bytes = self.weight_bytes                                              # what the rank holds
         if self.embed is not None:
             self.weight_bytes += self.embed.shape[1] * self.embed.element_size()       # one row read per token
+            self.held_bytes += self.embed.numel() * self.embed.element_size()
         m.to("meta")                  # the shard keeps only what it references above
         release_free_memory()
         self.keys: list[torch.Tensor] = []

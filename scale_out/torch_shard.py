@@ -51,8 +51,9 @@ class TorchShard:
         self.cache: StaticKVCache | None = None
         self.hidden = c.hidden_size
         self.vocab = sum(vocab_sizes)
-        self.weight_bytes = sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers())
-                                if not t.is_meta)
+        self.held_bytes = sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers())
+                              if not t.is_meta)                      # what the rank holds
+        self.weight_bytes = self.held_bytes                           # read per decode token (the embedding: all)
 
     def start(self, batch: int, max_seq_len: int) -> None:
         c = self.loaded.config

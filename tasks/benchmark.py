@@ -101,8 +101,20 @@ def _runs_existing_export(target: str, loaded, options: EngineOptions) -> bool:
 
 def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengths, user_given, new_tokens,
                       repeats, profile, random_spec, random_lm_head_group) -> dict:
+    from ..scale_out.driver import current
+
     backend = require(target)
-    if random_spec is not None:
+    engine = None
+    if current() is not None:                                    # rank 0 of a mesh run
+        if random_spec is not None:
+            raise UserError("--random_weights builds its model in this process; a mesh run reads each rank's slice "
+                            "from a checkpoint.", "Write the random-weight checkpoint first (benchmarks/"
+                            "scale_out.py does), or drop --mesh_shape / --pp.")
+        from .model import load_with_options
+
+        model = load_with_options(model_path, target, options, dtype, act_dtype)
+        loaded, engine = model.loaded, model.engine
+    elif random_spec is not None:
         args = (model_path, random_spec, DTYPES[dtype], ACT_MODES[act_dtype])
         loaded = random_model_shell(*args, lm_head_group_size=random_lm_head_group)
         if not _runs_existing_export(target, loaded, options):
@@ -119,7 +131,7 @@ def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengt
                                                "group_size": loaded.quant.spec.group_size,
                                                "lm_head_group_size": loaded.quant.lm_head_group_size}
     source = str(loaded.source)
-    engine = backend.make_engine(loaded, options)
+    engine = engine or backend.make_engine(loaded, options)
     if profile and not can_profile(engine):
         raise UserError(f"--profile times PyTorch modules or the native engine's steps; this run uses the "
                         f"{engine.name} engine (one ONNX Runtime graph).",
@@ -142,10 +154,11 @@ def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengt
                              profile_length if profile else None)
     if profile:
         write_profile_csv(profile, profile_rows)
+    mesh = engine.mesh_report() if hasattr(engine, "mesh_report") else None
     return {"task": task, "model": source, "target": target, "engine": engine.name, "dtype": dtype,
             "act_dtype": act_dtype if quant is not None else None, "quantization": quant,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "weight_bytes_per_token": bytes_per_token, "results": rows}
+            "weight_bytes_per_token": bytes_per_token, "results": rows, **({"mesh": mesh} if mesh else {})}
 
 
 def format_report(report: dict, fmt: str) -> str:
