@@ -255,11 +255,11 @@ def set_current(session: Session | None) -> None:
 
 
 def load_on_mesh(session: Session, path, target: str, options, dtype: str, act_dtype: str):
-    """tasks.model.Model of a checkpoint loaded across the mesh (rank 0; every rank loads its slice)."""
+    """(LoadedModel, DistributedEngine) of a checkpoint loaded across the mesh (rank 0; every rank loads its
+    slice). The LoadedModel carries the full model's config and rank 0's own (released) module tree."""
     import sys
 
     from ..runtime.model_loader import LoadedModel
-    from ..tasks.model import Model
 
     mid, model, plan = session.load(LoadRequest(None if path is None else str(path), target, options, dtype,
                                                 act_dtype))
@@ -268,4 +268,4 @@ def load_on_mesh(session: Session, path, target: str, options, dtype: str, act_d
           file=sys.stderr)
     shard = model.loaded
     loaded = LoadedModel(shard.model, full, shard.family, shard.tokenizer, shard.source, shard.dtype, shard.quant)
-    return Model(loaded, DistributedEngine(session, mid, model, plan), target, dtype, act_dtype)
+    return loaded, DistributedEngine(session, mid, model, plan)

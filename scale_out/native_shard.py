@@ -54,7 +54,7 @@ class NativeShard:
         if comm.mesh.tp > 1:
             self.decoder.set_reducer(comm.all_reduce)
         self.embed = get_module(m, f.embed).weight.detach() if shard.first_stage else None     # (V_r, D)
-        self.head = None
+        self.head, self.head_storage = None, None
         if shard.last_stage:
             norm = get_module(m, f.final_norm)
             self.norm_weight = norm.weight.detach().float()
@@ -63,7 +63,8 @@ class NativeShard:
         self.held_bytes = self.weight_bytes                                              # what the rank holds
         if self.embed is not None:
             self.weight_bytes += self.embed.shape[1] * self.embed.element_size()       # one row read per token
-            self.held_bytes += self.embed.numel() * self.embed.element_size()
+            if self.head_storage != self.embed.data_ptr():                            # else counted as the head
+                self.held_bytes += self.embed.numel() * self.embed.element_size()
         m.to("meta")                  # the shard keeps only what it references above
         release_free_memory()
         self.keys: list[torch.Tensor] = []
@@ -79,7 +80,8 @@ class NativeShard:
             self.weight_bytes += tensors["lm_head.lines"].numel() + tensors["lm_head.meta"].numel()
             return ext.Linear(tensors["lm_head.lines"], tensors["lm_head.meta"], tensors.get("lm_head.bias"),
                               head.out_features, head.in_features, group, threads).forward
-        weight = head.weight.detach().float()                                           # (V_r, D)
+        weight = head.weight.detach().float()                          # (V_r, D); the embedding itself if tied
+        self.head_storage = weight.data_ptr()
         bias = None if head.bias is None else head.bias.detach().float()
         self.weight_bytes += weight.numel() * 4
         return lambda x: torch.nn.functional.linear(x, weight, bias)

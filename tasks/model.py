@@ -35,7 +35,7 @@ def load_with_options(path: str | Path | None, target: str, options, dtype: str 
 
     session = current()
     if session is not None:                      # rank 0 of a mesh run: every rank loads its slice
-        return load_on_mesh(session, path, target, options, dtype, act_dtype)
+        return Model(*load_on_mesh(session, path, target, options, dtype, act_dtype), target, dtype, act_dtype)
     backend = require(target)
     loaded = load_model(None if path is None else str(path), dtype, act_dtype)
     return Model(loaded, backend.make_engine(loaded, options), target, dtype, act_dtype)

@@ -44,7 +44,11 @@ def make_config(name: str, **overrides):
 
 def write_checkpoint(path: Path, name: str, seed: int = 0, **save_kwargs) -> Path:
     """A random-weight HF folder for family config `name`, with the default model's tokenizer files."""
-    config = make_config(name)
+    return write_model(path, make_config(name), seed, **save_kwargs)
+
+
+def write_model(path: Path, config, seed: int = 0, **save_kwargs) -> Path:
+    """A random-weight HF folder for a transformers `config`, with the default model's tokenizer files."""
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # larger-than-init weights so that differences in the math show in the logits

@@ -5,12 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).parent))       # before the first mesh run starts its fork server
 
-from ..conftest import TOKENIZER_FILES, TOKENIZER_SOURCE, quantize_tiny  # noqa: E402
+from ..conftest import quantize_tiny, write_model  # noqa: E402
 
 from edgeawq.default_models import DEFAULT_MODELS  # noqa: E402
 
@@ -20,22 +19,6 @@ QWEN7B_HEADS = dict(vocab_size=4096, hidden_size=256, intermediate_size=1184, nu
                     num_attention_heads=28, num_key_value_heads=4, head_dim=32, max_position_embeddings=512,
                     bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
                     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
-
-
-def write_qwen7b_heads(path: Path) -> Path:
-    import shutil
-
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(transformers.Qwen2Config(**QWEN7B_HEADS),
-                                                          dtype=torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.2 if p.dim() > 1 else 0.5).add_(1.0 if p.dim() == 1 else 0.0)
-    model.save_pretrained(path)
-    for f in TOKENIZER_FILES:
-        if (TOKENIZER_SOURCE / f).exists():
-            shutil.copy(TOKENIZER_SOURCE / f, path / f)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +31,7 @@ def mesh_models(tmp_path_factory) -> dict[str, str]:
                   awq_mode="none")
     quantize_tiny(DEFAULT_MODELS["default-qwen2"], root / "qwen2-w4g64", group_size=64, algorithm="pergrp",
                   awq_mode="none", lm_head=True)
-    write_qwen7b_heads(root / "qwen7b-heads")
+    write_model(root / "qwen7b-heads", transformers.Qwen2Config(**QWEN7B_HEADS))
     quantize_tiny(root / "qwen7b-heads", root / "qwen7b-heads-w4g32", group_size=32, algorithm="pergrp",
                   awq_mode="none")
     out.update({name: str(root / name) for name in ("llama-w4g64", "qwen2-w4g64", "qwen7b-heads",
