@@ -51,6 +51,8 @@ def _read_rows(state, name: str, start: int, count: int) -> torch.Tensor:
 
 
 def _shape(state, name: str) -> tuple[int, ...]:
+    if name not in state:                     # the same message a single-process load gives
+        check_names(getattr(state, "source", None) or "the checkpoint", [name], [])
     return tuple(state[name][2]) if isinstance(state, StreamedSafetensors) else tuple(state[name].shape)
 
 

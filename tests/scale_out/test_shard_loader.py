@@ -69,3 +69,14 @@ def test_streamed_ranges_equal_the_mapped_tensor(mesh_models):
     ref = read_block(mapped, name, rows, cols)
     assert torch.equal(got, ref) and got.shape == (8, 74)
     assert torch.equal(got[:5, :7], mapped[name][3:8, :7]) and not got[5:7].any() and not got[:, 7:10].any()
+
+
+def test_a_tensor_missing_from_the_checkpoint_is_a_user_error(mesh_models):
+    from edgeawq.errors import UserError
+
+    src = open_checkpoint(mesh_models["llama-w4g64"], streamed=True)
+    plan = plan_for_config(src.config, src.family, src.quant, src.folder, Mesh(1, 2, 1))
+    layout = QuantLayout.from_config(src.quant, src.family, src.folder)
+    del src.state["model.layers.1.mlp.down_proj.scales"]
+    with pytest.raises(UserError, match="down_proj.scales"):
+        shard_state(src.state, src.config, src.family, layout, plan.shard(1), plan.head_dim)
