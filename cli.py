@@ -57,20 +57,24 @@ def _engine_options(target: str, engine: str, ep, strict_ep: bool, onnx_dir, acc
                          flash_attention=flash_attention)
 
 
-def _on_mesh(task: str, kwargs: dict, mesh_shape: str, pp: int, threads_per_rank, collective_timeout: float,
-             debug: bool) -> bool:
-    """Run `task` on the mesh when one is asked for (True), after checking the mesh against the model's config."""
-    from dataclasses import replace
-
+def _run_task(task: str, kwargs: dict, mesh_shape: str, pp: int, threads_per_rank, collective_timeout: float,
+              debug: bool) -> None:
+    """Call `task` ("module:function") with `kwargs` in this process, or on the mesh when one is asked for (after
+    checking the mesh and the flags against the model's config, before any rank starts)."""
+    from .scale_out.launcher import call_task
     from .scale_out.partition import parse_mesh
 
     mesh = parse_mesh(mesh_shape, pp)
     if mesh.single:
-        return False
-    from .scale_out.launcher import RunSettings, default_threads, run, under_torchrun
-    from .scale_out.rank_model import check_run_flags, mesh_plan_for
+        call_task(task, kwargs)
+        return
+    from dataclasses import replace
 
-    # an impossible mesh or flag fails here, before any rank starts
+    from .scale_out.launcher import RunSettings, default_threads, run, under_torchrun
+    from .scale_out.rank_model import RANDOM_WEIGHTS_ON_MESH, check_run_flags, mesh_plan_for
+
+    if kwargs.get("random_spec") is not None:
+        raise RANDOM_WEIGHTS_ON_MESH
     options = kwargs["engine_options"]
     check_run_flags(kwargs["target"], replace(options, flash_attention=options.flash_attention or bool(
         kwargs.get("flash_attention"))), kwargs.get("act_dtype", "bf16"))
@@ -79,7 +83,6 @@ def _on_mesh(task: str, kwargs: dict, mesh_shape: str, pp: int, threads_per_rank
     threads = threads_per_rank or default_threads(local)
     run(RunSettings(mesh, threads, collective_timeout, local * threads <= len(os.sched_getaffinity(0)), debug),
         task, kwargs)
-    return True
 
 
 @click.group(context_settings=CONTEXT)
@@ -165,17 +168,14 @@ def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, st
       run_awq decode --model runs/default-w4g128 --prompt "The hacker ethic" --max_new_tokens 32
     """
     _prepare_libraries()
-    from .tasks.decode import decode_task
-
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device)
     kwargs = dict(model_path=model_path, target=target, dtype=dtype, flash_attention=flash_attention,
                   max_seq_len=max_seq_len, prompts=list(prompts), prompts_file=prompts_file,
                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                   stop_at_eos=stop_at_eos, instruct=instruct, output=output, act_dtype=act_dtype,
                   engine_options=options, overwrite=overwrite)
-    if not _on_mesh("edgeawq.tasks.decode:decode_task", kwargs, mesh_shape, pp, threads_per_rank, collective_timeout,
-                    debug):
-        decode_task(**kwargs)
+    _run_task("edgeawq.tasks.decode:decode_task", kwargs, mesh_shape, pp, threads_per_rank,
+              collective_timeout, debug)
 
 
 @cli.command(cls=Subcommand, context_settings=CONTEXT)
@@ -203,15 +203,12 @@ def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep
       run_awq perplexity --model runs/default-w4g128 --seqlen 512 --compare
     """
     _prepare_libraries()
-    from .tasks.perplexity import perplexity_task
-
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device)
     kwargs = dict(model_path=model_path, target=target, dtype=dtype, act_dtype=act_dtype,
                   flash_attention=flash_attention, dataset=dataset, seqlen=seqlen, nsamples=nsamples, compare=compare,
                   float_model=float_model, fmt=fmt, engine_options=options)
-    if not _on_mesh("edgeawq.tasks.perplexity:perplexity_task", kwargs, mesh_shape, pp, threads_per_rank,
-                    collective_timeout, debug):
-        perplexity_task(**kwargs)
+    _run_task("edgeawq.tasks.perplexity:perplexity_task", kwargs, mesh_shape, pp, threads_per_rank,
+              collective_timeout, debug)
 
 
 @cli.command(cls=Subcommand, context_settings=CONTEXT)
@@ -237,16 +234,13 @@ def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, 
       run_awq accuracy --model runs/default-w4g128 --target tt --tt_precision accuracy
     """
     _prepare_libraries()
-    from .tasks.accuracy import accuracy_task
-
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device,
                               flash_attention)
     kwargs = dict(model_path=model_path, target=target, dtype=dtype, act_dtype=act_dtype, dataset=dataset,
                   seqlen=seqlen, nsamples=nsamples, float_model=float_model, fmt=fmt, engine_options=options,
                   pcc_tokens=pcc_tokens)
-    if not _on_mesh("edgeawq.tasks.accuracy:accuracy_task", kwargs, mesh_shape, pp, threads_per_rank,
-                    collective_timeout, debug):
-        accuracy_task(**kwargs)
+    _run_task("edgeawq.tasks.accuracy:accuracy_task", kwargs, mesh_shape, pp, threads_per_rank,
+              collective_timeout, debug)
 
 
 def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir,
@@ -261,7 +255,6 @@ def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_at
                         "is benchmarked as it was quantized.", "Add --random_weights, or drop those flags.")
     _prepare_libraries()
     from .kernels.quantizer import QuantSpec
-    from .tasks.benchmark import benchmark_task
 
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device)
     spec = QuantSpec(int(w_bit), int(group_size), not symmetric).validate() if random_weights else None
@@ -273,13 +266,8 @@ def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_at
                   engine_options=options, compare_target=None if compare_target == "none" else compare_target,
                   random_lm_head_group=int(lm_head_group_size) if (random_weights and lm_head) else None,
                   overwrite=overwrite)
-    if random_weights and (mesh_shape != "1x1" or pp != 1):
-        raise UserError("--random_weights builds its model in one process; a mesh run reads each rank's slice from "
-                        "a checkpoint.", "Write a random-weight checkpoint first (benchmarks/scale_out.py does), or "
-                        "drop --mesh_shape / --pp.")
-    if not _on_mesh("edgeawq.tasks.benchmark:benchmark_task", kwargs, mesh_shape, pp, threads_per_rank,
-                    collective_timeout, debug):
-        benchmark_task(**kwargs)
+    _run_task("edgeawq.tasks.benchmark:benchmark_task", kwargs, mesh_shape, pp, threads_per_rank,
+              collective_timeout, debug)
 
 
 def _benchmark_command(name: str, doc: str):

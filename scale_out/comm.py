@@ -1,9 +1,10 @@
 """The process groups of a mesh and the collectives the shards use, with a count of the bytes they move.
 
 Groups (torch.distributed, gloo): the default group carries the driver's commands only (ranks wait there between
-calls, so its timeout is long; rank 0, which sends them, waits at most `--collective_timeout` for a broadcast to be
-taken, since gloo's root blocks until every rank receives); `work` (every rank) and one `tp` group per (dp, stage) carry the model's data and
-time out after `--collective_timeout` seconds, so a dead or stuck peer ends the run instead of hanging it.
+calls, so its timeout is long; rank 0, which sends them, waits at most `--collective_timeout` for a broadcast
+to be taken, since gloo's root blocks until every rank receives); `work` (every rank) and one `tp` group per
+(dp, stage) carry the model's data and time out after `--collective_timeout` seconds, so a dead or stuck peer
+ends the run instead of hanging it.
 """
 from __future__ import annotations
 

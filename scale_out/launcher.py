@@ -49,7 +49,8 @@ def default_threads(local_ranks: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(1, local_ranks))
 
 
-def _call_task(task: str, kwargs: dict):
+def call_task(task: str, kwargs: dict):
+    """`task` ("module:function") called with `kwargs`."""
     module, _, name = task.partition(":")
     return getattr(importlib.import_module(module), name)(**kwargs)
 
@@ -71,7 +72,7 @@ def _rank_body(rank: int, settings: RunSettings, task: str, kwargs: dict, init_m
     if rank == 0:
         set_current(session)
         try:
-            _call_task(task, kwargs)
+            call_task(task, kwargs)
         finally:
             set_current(None)
         session.shutdown()

@@ -17,6 +17,9 @@ from .partition import MeshPlan, plan_mesh
 from .shard_loader import load_shard
 
 MESH_ENGINES = ("auto", "native", "torch")
+RANDOM_WEIGHTS_ON_MESH = UserError(
+    "--random_weights builds its model in one process; a mesh run reads each rank's slice from a checkpoint.",
+    "Write a random-weight checkpoint first (benchmarks/scale_out.py does), or drop --mesh_shape / --pp.")
 
 
 def mesh_plan_for(path, mesh) -> MeshPlan:

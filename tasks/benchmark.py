@@ -107,9 +107,9 @@ def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengt
     engine = None
     if current() is not None:                                    # rank 0 of a mesh run
         if random_spec is not None:
-            raise UserError("--random_weights builds its model in this process; a mesh run reads each rank's slice "
-                            "from a checkpoint.", "Write the random-weight checkpoint first (benchmarks/"
-                            "scale_out.py does), or drop --mesh_shape / --pp.")
+            from ..scale_out.rank_model import RANDOM_WEIGHTS_ON_MESH
+
+            raise RANDOM_WEIGHTS_ON_MESH
         from .model import load_with_options
 
         model = load_with_options(model_path, target, options, dtype, act_dtype)

@@ -29,7 +29,7 @@ def specs(mesh_models, runs):
 def on_mesh(mesh: str, runs: list[dict], tmp_path: Path, pp: int = 1) -> list[dict]:
     out = tmp_path / f"probe-{mesh}-{pp}.pt"
     run(RunSettings(parse_mesh(mesh, pp), 1, 120.0, False, True), "probe:probe", {"runs": runs, "out": str(out)})
-    return torch.load(out)
+    return torch.load(out, weights_only=True)
 
 
 _references: dict = {}
@@ -99,3 +99,20 @@ def test_perplexity_and_accuracy_on_a_mesh(mesh_models):
     assert acc.returncode == 0, acc.stderr
     report = json.loads(acc.stdout)
     assert report["engine"].startswith("mesh 1x2/native") and report["top1"] > 0.9 and report["mean_pcc"] > 0.99
+
+
+def test_benchmark_on_a_mesh_reports_memory_and_traffic_per_rank(mesh_models):
+    """Each tensor-parallel rank holds about half the weights and sends, per decode token, one all-reduce of the hidden
+    state per row-parallel Linear and for the embedding, and its share of the logits."""
+    run = run_awq("benchmark", "--model", mesh_models["qwen7b-heads-w4g32"], "--mesh_shape", "1x2",
+                  "--prompt_lengths", "8", "--new_tokens", "3", "--repeats", "1", "--format", "json")
+    assert run.returncode == 0, run.stderr
+    mesh = json.loads(run.stdout)["mesh"]
+    assert mesh["mesh_shape"] == "1x2" and mesh["world"] == 2
+    a, b = mesh["ranks"]
+    hidden, layers, vocab = 256, 2, 4096
+    expected = (2 * layers + 1) * hidden * 4 + vocab // 2 * 4
+    assert a["bytes_reduced_per_token"] == b["bytes_reduced_per_token"] == expected
+    # the MLP's 37 groups split 19 / 18: rank 0 holds one group of gate, up and down more
+    assert 0 < a["weight_bytes"] - b["weight_bytes"] <= 0.01 * b["weight_bytes"]
+    assert a["peak_rss_bytes"] > a["weight_bytes"]
