@@ -57,14 +57,14 @@ def _engine_options(target: str, engine: str, ep, strict_ep: bool, onnx_dir, acc
                          flash_attention=flash_attention)
 
 
-def _run_task(task: str, kwargs: dict, mesh_shape: str, pp: int, threads_per_rank, collective_timeout: float,
-              debug: bool) -> None:
+def _run_task(task: str, kwargs: dict, mesh_shape: str, pp: int, tt_mesh: str | None, threads_per_rank,
+              collective_timeout: float, debug: bool) -> None:
     """Call `task` ("module:function") with `kwargs` in this process, or on the mesh when one is asked for (after
     checking the mesh and the flags against the model's config, before any rank starts)."""
     from .scale_out.launcher import call_task
-    from .scale_out.partition import parse_mesh
+    from .scale_out.partition import resolve_mesh
 
-    mesh = parse_mesh(mesh_shape, pp)
+    mesh = resolve_mesh(mesh_shape, pp, tt_mesh, kwargs["target"])
     if mesh.single:
         call_task(task, kwargs)
         return
@@ -159,8 +159,8 @@ def export(model_path, target, out, overwrite, accuracy_level, fmt, debug) -> No
 @debug_option
 def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
            tt_precision, tt_device, prompts, prompts_file, max_new_tokens, max_seq_len, temperature, top_p, top_k,
-           seed, stop_at_eos, instruct, output, overwrite, mesh_shape, pp, threads_per_rank, collective_timeout,
-           debug) -> None:
+           seed, stop_at_eos, instruct, output, overwrite, mesh_shape, pp, tt_mesh, threads_per_rank,
+           collective_timeout, debug) -> None:
     """Generate text from prompts on a target.
 
     \b
@@ -174,7 +174,7 @@ def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, st
                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                   stop_at_eos=stop_at_eos, instruct=instruct, output=output, act_dtype=act_dtype,
                   engine_options=options, overwrite=overwrite)
-    _run_task("edgeawq.tasks.decode:decode_task", kwargs, mesh_shape, pp, threads_per_rank,
+    _run_task("edgeawq.tasks.decode:decode_task", kwargs, mesh_shape, pp, tt_mesh, threads_per_rank,
               collective_timeout, debug)
 
 
@@ -195,7 +195,7 @@ def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, st
 @debug_option
 def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir,
                accuracy_level, tt_precision, tt_device, dataset, seqlen, nsamples, compare, float_model, fmt,
-               mesh_shape, pp, threads_per_rank, collective_timeout, debug) -> None:
+               mesh_shape, pp, tt_mesh, threads_per_rank, collective_timeout, debug) -> None:
     """Perplexity of a checkpoint on a dataset (the AWQ/GPTQ-paper protocol).
 
     \b
@@ -207,7 +207,7 @@ def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep
     kwargs = dict(model_path=model_path, target=target, dtype=dtype, act_dtype=act_dtype,
                   flash_attention=flash_attention, dataset=dataset, seqlen=seqlen, nsamples=nsamples, compare=compare,
                   float_model=float_model, fmt=fmt, engine_options=options)
-    _run_task("edgeawq.tasks.perplexity:perplexity_task", kwargs, mesh_shape, pp, threads_per_rank,
+    _run_task("edgeawq.tasks.perplexity:perplexity_task", kwargs, mesh_shape, pp, tt_mesh, threads_per_rank,
               collective_timeout, debug)
 
 
@@ -226,7 +226,7 @@ def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep
 @debug_option
 def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
              tt_precision, tt_device, dataset, seqlen, nsamples, pcc_tokens, float_model, fmt, mesh_shape, pp,
-             threads_per_rank, collective_timeout, debug) -> None:
+             tt_mesh, threads_per_rank, collective_timeout, debug) -> None:
     """Teacher-forced top-1/top-5 agreement and logits PCC against the float reference.
 
     \b
@@ -239,14 +239,14 @@ def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, 
     kwargs = dict(model_path=model_path, target=target, dtype=dtype, act_dtype=act_dtype, dataset=dataset,
                   seqlen=seqlen, nsamples=nsamples, float_model=float_model, fmt=fmt, engine_options=options,
                   pcc_tokens=pcc_tokens)
-    _run_task("edgeawq.tasks.accuracy:accuracy_task", kwargs, mesh_shape, pp, threads_per_rank,
+    _run_task("edgeawq.tasks.accuracy:accuracy_task", kwargs, mesh_shape, pp, tt_mesh, threads_per_rank,
               collective_timeout, debug)
 
 
 def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir,
                accuracy_level, tt_precision, tt_device, prompt_lengths, new_tokens, repeats, random_weights, profile,
                compare_target, w_bit, group_size, symmetric, lm_head, lm_head_group_size, overwrite, fmt, mesh_shape,
-               pp, threads_per_rank, collective_timeout, debug=False) -> None:
+               pp, tt_mesh, threads_per_rank, collective_timeout, debug=False) -> None:
     ctx = click.get_current_context()
     spec_flags = [f"--{n}" for n in ("w_bit", "group_size", "symmetric", "lm_head", "lm_head_group_size")
                   if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
@@ -266,7 +266,7 @@ def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_at
                   engine_options=options, compare_target=None if compare_target == "none" else compare_target,
                   random_lm_head_group=int(lm_head_group_size) if (random_weights and lm_head) else None,
                   overwrite=overwrite)
-    _run_task("edgeawq.tasks.benchmark:benchmark_task", kwargs, mesh_shape, pp, threads_per_rank,
+    _run_task("edgeawq.tasks.benchmark:benchmark_task", kwargs, mesh_shape, pp, tt_mesh, threads_per_rank,
               collective_timeout, debug)
 
 

@@ -173,6 +173,9 @@ mesh_options = _stack(
                       "the ranks are started here (gloo over loopback); under torchrun they join its world."),
     click.option("--pp", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Pipeline stages: consecutive layer ranges, one per stage (ranks = B x M x pp)."),
+    click.option("--tt_mesh", type=click.Choice(["N150", "N300", "T3K", "TG"], case_sensitive=False), default=None,
+                 help="With --target tt: emulate this Tenstorrent system, one rank per chip (N150 1, N300 2, T3K 8, "
+                      "TG 32); alone it runs 1xN, with --mesh_shape / --pp the mesh must have N ranks."),
     click.option("--threads_per_rank", type=click.IntRange(min=1), default=None,
                  help="Compute threads of each rank. Default: the cores of this machine / its local ranks."),
     click.option("--collective_timeout", type=click.FloatRange(min=1.0), default=300.0, show_default=True,

@@ -20,6 +20,35 @@ import torch
 from .providers import choose_providers, ort_module, session_options
 
 
+def right_padded(input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 prior: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The runtime's left-padded call (ids, positions (B, T), mask (B, S)) in the graph's layout, given `prior`
+    (B,) real tokens per row so far -> ids, positions (B, T) int64 with each row's real tokens of the chunk first;
+    the mask (B, max(prior) + T) int64 the graph takes (see the module docstring); new (B,) real tokens per row in
+    this chunk."""
+    B, T = input_ids.shape
+    chunk = attention_mask[:, -T:]
+    if bool(chunk.all()):                                      # no padding in this chunk (the common case)
+        new = np.full(B, T, np.int64)
+        ids = input_ids.numpy().astype(np.int64, copy=False)
+        pos = position_ids.numpy().astype(np.int64, copy=False)
+    else:                                                      # left -> right padding, row by row
+        new = chunk.sum(1).numpy()
+        ids, pos = np.zeros((B, T), np.int64), np.zeros((B, T), np.int64)
+        for b in range(B):
+            ids[b, : new[b]] = input_ids[b, T - new[b]:].numpy()
+            pos[b, : new[b]] = position_ids[b, T - new[b]:].numpy()
+    width = int(prior.max()) + T
+    if (prior == prior[0]).all() and (new == T).all():
+        mask = np.ones((B, width), np.int64)
+    else:
+        mask = np.zeros((B, width), np.int64)
+        for b in range(B):
+            mask[b, : prior[b]] = 1
+            mask[b, width - T: width - T + new[b]] = 1
+    return ids, pos, mask, new
+
+
 class OrtEngine:
     def __init__(self, folder: Path, ep: str | None = None, strict: bool = False, threads: int | None = None) -> None:
         ort = ort_module()
@@ -59,28 +88,10 @@ class OrtEngine:
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 last_only: bool = True) -> torch.Tensor:
         B, T = input_ids.shape
-        chunk = attention_mask[:, -T:]
         prior = self.lengths
-        if bool(chunk.all()):                                      # no padding in this chunk (the common case)
-            new = np.full(B, T, np.int64)
-            ids = input_ids.numpy().astype(np.int64, copy=False)
-            pos = position_ids.numpy().astype(np.int64, copy=False)
-        else:                                                      # left -> right padding, row by row
-            new = chunk.sum(1).numpy()
-            ids, pos = np.zeros((B, T), np.int64), np.zeros((B, T), np.int64)
-            for b in range(B):
-                ids[b, : new[b]] = input_ids[b, T - new[b]:].numpy()
-                pos[b, : new[b]] = position_ids[b, T - new[b]:].numpy()
-        width = int(prior.max()) + T
-        if width > self.cache[0].shape()[2]:
+        if int(prior.max()) + T > self.cache[0].shape()[2]:
             raise ValueError(f"KV cache of {self.cache[0].shape()[2]} slots is full")
-        if (prior == prior[0]).all() and (new == T).all():
-            mask = np.ones((B, width), np.int64)
-        else:
-            mask = np.zeros((B, width), np.int64)
-            for b in range(B):
-                mask[b, : prior[b]] = 1
-                mask[b, width - T: width - T + new[b]] = 1
+        ids, pos, mask, new = right_padded(input_ids, position_ids, attention_mask, prior)
         self.lengths = prior + new
         io = self.io
         io.bind_cpu_input("input_ids", ids)

@@ -113,7 +113,11 @@ class Session:
             self.models.pop(mid, None)
             rank, problem, fix = failed[0]
             raise UserError(problem + (f" (on rank {rank})" if rank else ""), fix)
-        return self.models[mid]
+        model = self.models[mid]
+        sizes: list = [None] * self.comm.mesh.world
+        dist.all_gather_object(sizes, model.weight_bytes, group=self.comm.work)
+        model.weight_bytes_total = sum(sizes[:self.comm.mesh.tp * self.comm.mesh.pp])   # one data-parallel replica
+        return model
 
     def _stats(self) -> list[dict]:
         import resource

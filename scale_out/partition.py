@@ -67,6 +67,34 @@ def parse_mesh(shape: str, pp: int = 1) -> Mesh:
     return mesh
 
 
+TT_SYSTEMS = {"N150": 1, "N300": 2, "T3K": 8, "TG": 32}     # chips of a Tenstorrent system (tt-metal's names)
+
+
+def resolve_mesh(shape: str, pp: int, tt_mesh: str | None, target: str) -> Mesh:
+    """The run's mesh from --mesh_shape, --pp and --tt_mesh. `--tt_mesh NAME` (target tt) emulates that system's
+    chips, one rank each: alone it means 1xN (tensor parallel over the chips, as tt-metal's multi-chip demos run);
+    with --mesh_shape / --pp the mesh must use exactly N ranks (e.g. TG as --mesh_shape 8x4)."""
+    mesh = parse_mesh(shape, pp)
+    if tt_mesh is None:
+        return mesh
+    name = str(tt_mesh).upper()
+    if name not in TT_SYSTEMS:
+        raise UserError(f"--tt_mesh {tt_mesh!r} is not a Tenstorrent system this tool emulates.",
+                        f"Use one of: {', '.join(f'{k} ({v} chips)' for k, v in TT_SYSTEMS.items())}.")
+    if target != "tt":
+        raise UserError(f"--tt_mesh names the chips of a Tenstorrent system; it needs --target tt (got --target "
+                        f"{target}).", "Add --target tt, or use --mesh_shape / --pp for other targets.")
+    chips = TT_SYSTEMS[name]
+    if mesh.single:
+        return Mesh(1, chips, 1)
+    if mesh.world != chips:
+        raise UserError(f"--tt_mesh {name} has {chips} chips, but --mesh_shape {mesh.dp}x{mesh.tp} --pp {mesh.pp} "
+                        f"asks for {mesh.world} ranks.",
+                        f"Give a mesh of {chips} ranks (B x M x pp = {chips}), or drop --mesh_shape / --pp to run "
+                        f"1x{chips}.")
+    return mesh
+
+
 @dataclass(frozen=True)
 class HeadShard:
     q_heads: tuple[int, ...]     # source query head of each local head, -1 = zero padding
@@ -144,6 +172,12 @@ class RankShard:
     vocab: tuple[int, int]                # [start, end) of the embedding / lm_head rows
     first_stage: bool
     last_stage: bool
+
+    def key(self) -> str:
+        """What the slice holds (not where it runs): the layout key of the caches derived from it."""
+        return (f"layers {self.layers[0]}-{self.layers[1]}; q heads {list(self.heads.q_heads)}; kv heads "
+                f"{list(self.heads.kv_heads)}; mlp {self.ffn[0]}-{self.ffn[1]}; vocab {self.vocab[0]}-"
+                f"{self.vocab[1]}; embed {self.first_stage}; head {self.last_stage}")
 
 
 @dataclass(frozen=True)

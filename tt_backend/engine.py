@@ -66,7 +66,7 @@ class TTEngine:
         self.max_context = loaded.max_context
         w = weights.tensors
         coarse = weights_needing_hi(config)
-        self.embed = w["embed"]                                                  # (V, D), bf16 values
+        self.embed = w.get("embed")                # (V, D), bf16 values (None on a later pipeline stage)
         self.srca = {n: SrcA.of(t, need_hi=n in coarse) for n, t in w.items() if n in weights.formats}  # [K, N]
         rotary = get_module(loaded.model, loaded.family.rotary)
         with torch.no_grad():
@@ -117,32 +117,51 @@ class TTEngine:
         probs = bf16(torch.softmax(scores, dim=-1))
         out = stored(fidelity_matmul_srca(probs, SrcA.of(values, coarse), *fid), act)  # (B, nh, T, hd)
         out = out.transpose(1, 2).reshape(B, T, self.nh * self.hd)
-        return stored(self.linear(out, f"layers.{i}.wo", p.fidelity(f"li_o_{mode}")), act)
+        return self.reduce(stored(self.linear(out, f"layers.{i}.wo", p.fidelity(f"li_o_{mode}")), act), act)
 
     def mlp(self, i: int, x: torch.Tensor, p: LayerPrecision, mode: str) -> torch.Tensor:
         act, fid = p.tensors["activation"], p.fidelity("li_ff1_3")
         gate = stored(self.linear(x, f"layers.{i}.ff1", fid), act)
         up = stored(self.linear(x, f"layers.{i}.ff3", fid), act)
         hidden = stored(stored(F.silu(gate), act) * up, act)
-        return stored(self.linear(hidden, f"layers.{i}.ff2", p.fidelity("li_ff2")), act)
+        return self.reduce(stored(self.linear(hidden, f"layers.{i}.ff2", p.fidelity("li_ff2")), act), act)
 
-    # --- the engine interface (runtime/engines.py) ---------------------------------------------------------
+    def reduce(self, partial: torch.Tensor, act: str) -> torch.Tensor:
+        """The sum of a row-parallel Linear's written outputs over the chips of a mesh (one chip: itself)."""
+        return partial
+
+    # --- the engine interface (runtime/engines.py), in the steps a mesh rank runs (scale_out/tt_shard.py) ------
+    def begin(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        """The call's inputs: ids, positions (B, T); attention_mask (B, S)."""
+        self.positions, self.tokens = position_ids, input_ids.shape[1]
+        self.masks = {win: build_mask(attention_mask, self.length, win) for win in set(self.windows)}  # (B,1,T,S)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed[input_ids]                                                 # (B, T, D)
+
+    def run_layers(self, h: torch.Tensor) -> torch.Tensor:
+        """h (B, T, D) through the decoder layers; the KV cache advances by T."""
+        w, start = self.weights.tensors, self.length
+        mode = "decode" if self.tokens == 1 else "prefill"
+        for i, p in enumerate(self.config.layers):
+            act = p.tensors["activation"]
+            x = self.rms_norm(h, w[f"layers.{i}.attn_norm"], act)
+            h = stored(h + self.attention(i, x, self.positions, self.masks[self.windows[i]], start, p, mode), act)
+            x = self.rms_norm(h, w[f"layers.{i}.ffn_norm"], act)
+            h = stored(h + self.mlp(i, x, p, mode), act)
+        self.length = start + self.tokens
+        return h
+
+    def logits(self, h: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """h (B, T, D) -> final norm -> lm_head: (B, T or 1, V) float32 (bf16 values)."""
+        if last_only:
+            h = h[:, -1:]
+        x = self.rms_norm(h, self.weights.tensors["norm"], self.config.layers[-1].tensors["activation"])
+        return bf16(self.linear(x, "lm_head", FIDELITY_SETTINGS[self.config.li_lm_head]))
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 last_only: bool = True) -> torch.Tensor:
         """input_ids, position_ids (B, T); attention_mask (B, S) -> logits (B, T or 1, V) float32."""
-        w, start, T = self.weights.tensors, self.length, input_ids.shape[1]
-        mode = "decode" if T == 1 else "prefill"
-        masks = {win: build_mask(attention_mask, start, win) for win in set(self.windows)}   # (B, 1, T, S)
-        h = self.embed[input_ids]                                                    # (B, T, D)
-        for i, p in enumerate(self.config.layers):
-            act = p.tensors["activation"]
-            x = self.rms_norm(h, w[f"layers.{i}.attn_norm"], act)
-            h = stored(h + self.attention(i, x, position_ids, masks[self.windows[i]], start, p, mode), act)
-            x = self.rms_norm(h, w[f"layers.{i}.ffn_norm"], act)
-            h = stored(h + self.mlp(i, x, p, mode), act)
-        self.length = start + T
-        if last_only:
-            h = h[:, -1:]
-        x = self.rms_norm(h, w["norm"], self.config.layers[-1].tensors["activation"])
-        return bf16(self.linear(x, "lm_head", FIDELITY_SETTINGS[self.config.li_lm_head]))   # (B, T or 1, V)
+        self.begin(input_ids, position_ids, attention_mask)
+        return self.logits(self.run_layers(self.embed_tokens(input_ids)), last_only)

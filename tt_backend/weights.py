@@ -50,11 +50,17 @@ WEIGHTS = "weights.safetensors"
 LAYER_WEIGHTS = {"wqkv": "wqkv", "wo": "wo", "ff1": "ff1_3", "ff3": "ff1_3", "ff2": "ff2"}   # name -> tensor group
 
 
+def held(module: nn.Module) -> bool:
+    """False for a module a pipeline stage does not run (left on the meta device: scale_out/shard_loader.py)."""
+    return not any(t.is_meta for t in module.parameters())
+
+
 def weight_formats(loaded: LoadedModel, config: PrecisionConfig) -> dict[str, str]:
     """Converted tensor name -> format, from the config."""
     formats = {f"layers.{i}.{name}": layer.tensors[group] for i, layer in enumerate(config.layers)
                for name, group in LAYER_WEIGHTS.items()}
-    formats["lm_head"] = config.lm_head
+    if held(get_module(loaded.model, loaded.family.lm_head)):
+        formats["lm_head"] = config.lm_head
     return formats
 
 
@@ -81,13 +87,15 @@ def linear_modules(loaded: LoadedModel):
         yield f"layers.{i}.ff1", (getattr(mlp, f.gate),)
         yield f"layers.{i}.ff3", (getattr(mlp, f.up),)
         yield f"layers.{i}.ff2", (getattr(mlp, f.down),)
-    yield "lm_head", (get_module(m, f.lm_head),)
+    if held(get_module(m, f.lm_head)):
+        yield "lm_head", (get_module(m, f.lm_head),)
 
 
 def source_tensors(loaded: LoadedModel):
     """Yield (name, float32 tensor, is_linear) of everything the tt engine needs; linears as [K, N]."""
     m, f = loaded.model, loaded.family
-    yield "embed", get_module(m, f.embed).weight.detach().float(), False
+    if held(get_module(m, f.embed)):
+        yield "embed", get_module(m, f.embed).weight.detach().float(), False
     for name, modules in linear_modules(loaded):
         yield name, torch.cat([_float_weight(p) for p in modules]).t(), True
         if name.endswith(".wqkv") and modules[0].bias is not None:
@@ -95,14 +103,17 @@ def source_tensors(loaded: LoadedModel):
     for i, layer in enumerate(get_module(m, f.layers)):
         yield f"layers.{i}.attn_norm", getattr(layer, f.input_norm).weight.detach().float(), False
         yield f"layers.{i}.ffn_norm", getattr(layer, f.post_attn_norm).weight.detach().float(), False
-    yield "norm", get_module(m, f.final_norm).weight.detach().float(), False
+    if held(get_module(m, f.final_norm)):
+        yield "norm", get_module(m, f.final_norm).weight.detach().float(), False
 
 
 def source_count(loaded: LoadedModel) -> int:
     """How many tensors source_tensors yields (without computing them)."""
     linears = list(linear_modules(loaded))
     biases = sum(1 for name, mods in linears if name.endswith(".wqkv") and mods[0].bias is not None)
-    return 2 + len(linears) + biases + 2 * len(get_module(loaded.model, loaded.family.layers))
+    m, f = loaded.model, loaded.family
+    ends = sum(held(get_module(m, name)) for name in (f.embed, f.final_norm))
+    return ends + len(linears) + biases + 2 * len(get_module(m, f.layers))
 
 
 def _ttnn_version() -> str | None:

@@ -18,9 +18,11 @@ def prompts(vocab: int = 4096, seed: int = 0) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def run_model(path: str, engine: str = "torch", act_dtype: str = "fp32", batch: int = len(PROMPT_LENGTHS)) -> dict:
-    """Full-sequence logits of a left-padded batch, then STEPS greedy steps (last-token logits and tokens)."""
-    model = load_with_options(path, "cpu", EngineOptions(engine=engine), "fp32", act_dtype)
+def run_model(path: str, engine: str = "torch", act_dtype: str = "fp32", batch: int = len(PROMPT_LENGTHS),
+              target: str = "cpu", options: dict | None = None) -> dict:
+    """Full-sequence logits of a left-padded batch, then STEPS greedy steps (last-token logits and tokens).
+    `options`: further EngineOptions fields (e.g. tt_precision, accuracy_level)."""
+    model = load_with_options(path, target, EngineOptions(engine=engine, **(options or {})), "fp32", act_dtype)
     e = model.engine
     ids, mask, positions = left_pad(prompts()[:batch], 2)
     e.start(ids.shape[0], 64)
