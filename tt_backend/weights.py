@@ -52,7 +52,7 @@ LAYER_WEIGHTS = {"wqkv": "wqkv", "wo": "wo", "ff1": "ff1_3", "ff3": "ff1_3", "ff
 
 def held(module: nn.Module) -> bool:
     """False for a module a pipeline stage does not run (left on the meta device: scale_out/shard_loader.py)."""
-    return not any(t.is_meta for t in module.parameters())
+    return not any(t.is_meta for t in (*module.parameters(), *module.buffers()))
 
 
 def weight_formats(loaded: LoadedModel, config: PrecisionConfig) -> dict[str, str]:

@@ -36,7 +36,7 @@ _references: dict = {}
 
 
 def reference(spec: dict) -> dict:
-    key = tuple(sorted(spec.items()))
+    key = repr(sorted(spec.items()))
     if key not in _references:
         _references[key] = run_model(**spec)
     return _references[key]
