@@ -244,9 +244,9 @@ def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, 
 
 
 def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir,
-               accuracy_level, tt_precision, tt_device, prompt_lengths, new_tokens, repeats, random_weights, profile,
-               compare_target, w_bit, group_size, symmetric, lm_head, lm_head_group_size, overwrite, fmt, mesh_shape,
-               pp, tt_mesh, threads_per_rank, collective_timeout, debug=False) -> None:
+               accuracy_level, tt_precision, tt_device, prompt_lengths, new_tokens, repeats, batch, random_weights,
+               profile, compare_target, w_bit, group_size, symmetric, lm_head, lm_head_group_size, overwrite, fmt,
+               mesh_shape, pp, tt_mesh, threads_per_rank, collective_timeout, debug=False) -> None:
     ctx = click.get_current_context()
     spec_flags = [f"--{n}" for n in ("w_bit", "group_size", "symmetric", "lm_head", "lm_head_group_size")
                   if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
@@ -265,7 +265,7 @@ def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_at
                   repeats=repeats, fmt="md" if fmt == "text" else fmt, profile=profile, random_spec=spec,
                   engine_options=options, compare_target=None if compare_target == "none" else compare_target,
                   random_lm_head_group=int(lm_head_group_size) if (random_weights and lm_head) else None,
-                  overwrite=overwrite)
+                  overwrite=overwrite, batch=batch)
     _run_task("edgeawq.tasks.benchmark:benchmark_task", kwargs, mesh_shape, pp, tt_mesh, threads_per_rank,
               collective_timeout, debug)
 

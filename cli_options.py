@@ -153,6 +153,9 @@ benchmark_options = _stack(
                       "512,1024,2048,4096 (benchmark_long)."),
     click.option("--new_tokens", type=int, default=32, show_default=True, help="Tokens generated per run."),
     click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per length (median)."),
+    click.option("--batch", type=int, default=None,
+                 help="Prompts decoded together (rows of every call; tokens/s counts all rows). Default: 1, or the "
+                      "data-parallel groups of --mesh_shape so that every group works."),
     click.option("--random_weights", is_flag=True,
                  help="--model names a shipped shape (llama-2-7b, llama-3.1-8b, llama-3.2-1b, qwen2.5-7b) or a "
                       "config.json; random weights are RTN-quantized in memory with --w_bit/--group_size (and "

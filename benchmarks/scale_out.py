@@ -3,15 +3,16 @@
 For each model shape (random weights, RTN w4 g128, written once as a checkpoint of this tool under
 $EDGEAWQ_CACHE/bench-checkpoints, since every rank reads its slice from a checkpoint) and each configuration:
 
-  1x1 x 2 threads   one process (the baseline)
-  1x1 x 1 thread    one process, one core
-  1x2 x 1 thread    tensor parallel, 2 ranks
-  2x1 x 1 thread    data parallel, 2 ranks (the benchmark decodes one prompt: the second group idles)
-  1x2 --pp 2        tensor x pipeline, 4 ranks on 2 cores (oversubscribed)
+  1x1 x 2 threads             one process (the baseline), one prompt
+  1x1 x 1 thread              one process, one core
+  1x2 x 1 thread              tensor parallel, 2 ranks
+  1x2 --pp 2                  tensor x pipeline, 4 ranks on 2 cores (oversubscribed)
+  1x1 x 2 threads, batch 2    one process decoding two prompts together (the data-parallel baseline)
+  2x1 x 1 thread, batch 2     data parallel, 2 ranks, one prompt per group
 
 `run_awq benchmark --format json` runs (decode tok/s, prefill tok/s at one prompt length, median of --repeats
-runs), in interleaved rounds; the line per configuration gives the median over rounds, the ratio to the 1x1 x 2
-threads baseline of the same round, peak RSS and payload bytes per decode token of every rank. A last line states
+runs; tokens/s counts every row of a batch), in interleaved rounds; the line per configuration gives the median
+over rounds, the ratio to the 1x1 x 2 threads baseline with the same batch in the same round, peak RSS and payload bytes per decode token of every rank. A last line states
 the communication model for a real multi-node run: per token, each tensor-parallel rank sends its all-reduce and
 all-gather payload (bytes_reduced_per_token) over the link; at link bandwidth W and per-collective latency a the
 added time per token is bytes / W + collectives x a (stated, not measured: this machine has no second host).
@@ -29,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-CONFIGS = [("1x1", 1, 2), ("1x1", 1, 1), ("1x2", 1, 1), ("2x1", 1, 1), ("1x2", 2, 1)]   # mesh, pp, threads/rank
+CONFIGS = [("1x1", 1, 2, 1), ("1x1", 1, 1, 1), ("1x2", 1, 1, 1), ("1x2", 2, 1, 1), ("1x1", 1, 2, 2),
+           ("2x1", 1, 1, 2)]                                        # mesh, pp, threads per rank, batch
 LINK_BYTES_PER_S = {"25GbE": 25e9 / 8, "100GbE": 100e9 / 8}
 LINK_LATENCY_S = 20e-6          # per collective on a fast Ethernet link (assumed, stated)
 
@@ -74,9 +76,10 @@ def checkpoint_for(shape: str, root: Path) -> Path:
     return out
 
 
-def run_config(ckpt: Path, mesh: str, pp: int, threads: int, length: int, new_tokens: int, repeats: int) -> dict:
+def run_config(ckpt: Path, mesh: str, pp: int, threads: int, batch: int, length: int, new_tokens: int,
+               repeats: int) -> dict:
     cmd = [sys.executable, "-m", "edgeawq.cli", "benchmark", "--model", str(ckpt), "--prompt_lengths", str(length),
-           "--new_tokens", str(new_tokens), "--repeats", str(repeats), "--format", "json"]
+           "--new_tokens", str(new_tokens), "--repeats", str(repeats), "--batch", str(batch), "--format", "json"]
     if mesh != "1x1" or pp != 1:
         cmd += ["--mesh_shape", mesh, "--pp", str(pp), "--threads_per_rank", str(threads)]
     env = {**os.environ, "EDGEAWQ_QUIET": "1", "OMP_NUM_THREADS": str(threads)}
@@ -106,12 +109,12 @@ def main() -> None:
         for _ in range(args.rounds):
             for config in CONFIGS:                                   # interleaved: every config once per round
                 rounds[config].append(run_config(ckpt, *config, args.prompt_length, args.new_tokens, args.repeats))
-        base = rounds[CONFIGS[0]]
         for config, reports in rounds.items():
-            mesh, pp, threads = config
+            mesh, pp, threads, batch = config
+            base = rounds[("1x1", 1, 2, batch)]
             decode = [r["results"][0]["tokens_per_s"] for r in reports]
             prefill = [r["results"][0]["prefill_tokens_per_s"] for r in reports]
-            line = {"shape": shape, "mesh_shape": mesh, "pp": pp, "threads_per_rank": threads,
+            line = {"shape": shape, "mesh_shape": mesh, "pp": pp, "threads_per_rank": threads, "batch": batch,
                     "ranks": reports[0].get("mesh", {}).get("world", 1), "engine": reports[0]["engine"],
                     "prompt_length": args.prompt_length, "new_tokens": args.new_tokens, "rounds": args.rounds,
                     "decode_tokens_per_s": statistics.median(decode),

@@ -44,8 +44,8 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
                    flash_attention: bool, prompt_lengths: str | None, new_tokens: int, repeats: int, fmt: str,
                    profile: str | None, random_spec: QuantSpec | None = None,
                    engine_options: EngineOptions | None = None, compare_target: str | None = None,
-                   random_lm_head_group: int | None = None, overwrite: bool = False) -> dict:
-    """`random_spec`: build `model_path` (a shape name or config.json) with random weights quantized this way
+                   random_lm_head_group: int | None = None, overwrite: bool = False, batch: int | None = None) -> dict:
+    """`batch`: prompts decoded together (None: 1, or the data-parallel groups of a mesh). `random_spec`: build `model_path` (a shape name or config.json) with random weights quantized this way
     (`random_lm_head_group`: lm_head too). `compare_target`: measure that target too, same lengths, same run.
     `profile`: a CSV file (replacing only an earlier profile of this tool, unless `overwrite`)."""
     profile = check_output_file(profile, "--profile", "profile", is_profile_csv, overwrite)
@@ -53,6 +53,8 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
         raise UserError(f"--new_tokens {new_tokens} is too small.", "Use at least 2 (time/token needs a decode step).")
     if repeats < 1:
         raise UserError(f"--repeats {repeats} is invalid.", "Use 1 or more.")
+    if batch is not None and not 1 <= batch <= 256:
+        raise UserError(f"--batch {batch} is invalid.", "Use 1 to 256 prompts per call.")
     if random_spec is not None and model_path is None:
         raise UserError("--random_weights needs --model SHAPE.", f"Use one of: {', '.join(shape_names())}.")
     lengths, user_given = parse_lengths(prompt_lengths, task)
@@ -67,7 +69,7 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
     for name in targets:
         part = _benchmark_target(task, name, model_path, dtype, act_dtype, options, lengths, user_given, new_tokens,
                                  repeats,
-                                 profile if name == target else None, random_spec, random_lm_head_group)
+                                 profile if name == target else None, random_spec, random_lm_head_group, batch)
         if report is None:
             report = part
         else:
@@ -100,7 +102,7 @@ def _runs_existing_export(target: str, loaded, options: EngineOptions) -> bool:
 
 
 def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengths, user_given, new_tokens,
-                      repeats, profile, random_spec, random_lm_head_group) -> dict:
+                      repeats, profile, random_spec, random_lm_head_group, batch=None) -> dict:
     from ..scale_out.driver import current
 
     backend = require(target)
@@ -150,14 +152,15 @@ def _benchmark_target(task, target, model_path, dtype, act_dtype, options, lengt
             profiler.remove()
         profile_rows.extend(profiler.rows(L, new_tokens - 1))
 
+    batch = batch or getattr(engine, "batch_rows", 1)
     rows = benchmark_lengths(engine, loaded.tokenizer, lengths, new_tokens, repeats, bytes_per_token, context,
-                             profile_length if profile else None)
+                             profile_length if profile else None, batch)
     if profile:
         write_profile_csv(profile, profile_rows)
     mesh = engine.mesh_report() if hasattr(engine, "mesh_report") else None
     return {"task": task, "model": source, "target": target, "engine": engine.name, "dtype": dtype,
             "act_dtype": act_dtype if quant is not None else None, "quantization": quant,
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "batch": batch,
             "weight_bytes_per_token": bytes_per_token, "results": rows, **({"mesh": mesh} if mesh else {})}
 
 
@@ -185,7 +188,8 @@ def format_report(report: dict, fmt: str) -> str:
 
 def _md_table(report: dict, rows: list[dict], target: str, engine: str) -> list[str]:
     lines = [f"{report['model']} | target {target} | engine {engine} | {report['dtype']} | "
-             f"{report['threads']} threads | {report['weight_bytes_per_token'] / 1e6:.2f} MB of weights per token",
+             f"{report['threads']} threads | batch {report.get('batch', 1)} | "
+             f"{report['weight_bytes_per_token'] / 1e6:.2f} MB of weights per step",
              "", "| prompt | new | total ms | prefill ms (TTFT) | ms/token | tokens/s | prefill tok/s | GB/s | "
              "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -13,7 +13,7 @@ from edgeawq.evaluation.benchmark import weight_bytes_per_token
 from edgeawq.runtime.model_loader import load_model
 from edgeawq.tasks.benchmark import benchmark_task
 
-FIELDS = {"prompt_tokens", "new_tokens", "repeats", "total_ms", "total_ms_min", "total_ms_max", "prefill_ms",
+FIELDS = {"prompt_tokens", "new_tokens", "batch", "repeats", "total_ms", "total_ms_min", "total_ms_max", "prefill_ms",
           "time_per_token_ms", "tokens_per_s", "prefill_tokens_per_s", "achieved_gb_s", "peak_rss_bytes"}
 
 
@@ -34,6 +34,20 @@ def test_benchmark_json_schema_and_positive_numbers(checkpoints, tmp_path, capsy
     assert {r["prompt_tokens"] for r in rows} == {"4", "16"}
     lm_head = next(r for r in rows if r["module"] == "lm_head" and r["prompt_tokens"] == "4")
     assert int(lm_head["prefill_calls"]) == 1 and int(lm_head["decode_calls"]) == 3
+
+
+def test_a_batch_counts_every_row(checkpoints, capsys):
+    """--batch 3: three different prompts per call; tokens/s and prefill tok/s count all rows."""
+    report = benchmark_task("benchmark", str(checkpoints["qwen2"]), "cpu", "fp32", "bf16", False, "8", 3, 1, "json",
+                            None, batch=3)
+    row = report["results"][0]
+    assert report["batch"] == row["batch"] == 3
+    assert row["tokens_per_s"] == pytest.approx(3 * 1e3 / row["time_per_token_ms"])
+    assert row["prefill_tokens_per_s"] == pytest.approx(3 * 8 * 1e3 / row["prefill_ms"])
+    assert row["achieved_gb_s"] == pytest.approx(report["weight_bytes_per_token"] / row["time_per_token_ms"] / 1e6)
+    with pytest.raises(UserError, match="--batch 0"):
+        benchmark_task("benchmark", str(checkpoints["qwen2"]), "cpu", "fp32", "bf16", False, "8", 3, 1, "json", None,
+                       batch=0)
 
 
 def test_jsonl_and_skipped_default_lengths(checkpoints, capsys):

@@ -116,3 +116,11 @@ def test_benchmark_on_a_mesh_reports_memory_and_traffic_per_rank(mesh_models):
     # the MLP's 37 groups split 19 / 18: rank 0 holds one group of gate, up and down more
     assert 0 < a["weight_bytes"] - b["weight_bytes"] <= 0.01 * b["weight_bytes"]
     assert a["peak_rss_bytes"] > a["weight_bytes"]
+
+
+def test_benchmark_on_data_parallel_groups_decodes_a_row_per_group(mesh_models):
+    run = run_awq("benchmark", "--model", mesh_models["llama-w4g64"], "--mesh_shape", "2x1", "--prompt_lengths", "8",
+                  "--new_tokens", "3", "--repeats", "1", "--format", "json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["batch"] == report["results"][0]["batch"] == 2
