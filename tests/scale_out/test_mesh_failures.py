@@ -123,9 +123,11 @@ def listening_addresses(pids: list[int]) -> list[str]:
 @pytest.mark.parametrize("args, words", [
     (["--mesh_shape", "1x16"], "twice"),
     (["--pp", "5"], "--pp 5"),
-    (["--mesh_shape", "1x2", "--target", "npu"], "--target cpu only"),
+    (["--mesh_shape", "1x2", "--target", "npu", "--engine", "native"], "cannot run on a mesh of --target npu"),
     (["--mesh_shape", "1x2", "--flash_attention"], "--flash_attention"),
-    (["--mesh_shape", "1x2", "--engine", "onnx"], "--engine onnx"),
+    (["--tt_mesh", "N300"], "needs --target tt"),
+    (["--target", "tt", "--tt_mesh", "T3K", "--mesh_shape", "1x2"], "T3K has 8 chips"),
+    (["--target", "tt", "--tt_mesh", "N300", "--tt_device", "on"], "--tt_device on"),
     (["--mesh_shape", "3"], "BxM"),
 ])
 def test_impossible_meshes_and_flags_fail_before_any_rank_starts(mesh_models, args, words):
