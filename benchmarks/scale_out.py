@@ -18,6 +18,7 @@ all-gather payload (bytes_reduced_per_token) over the link; at link bandwidth W 
 added time per token is bytes / W + collectives x a (stated, not measured: this machine has no second host).
 
     python benchmarks/scale_out.py [--shapes llama-3.2-1b,qwen2.5-7b] [--rounds 2] [--prompt_length 64]
+    python benchmarks/scale_out.py --table benchmarks/results/scale_out.jsonl     # the README table of such lines
 """
 from __future__ import annotations
 
@@ -91,14 +92,44 @@ def run_config(ckpt: Path, mesh: str, pp: int, threads: int, batch: int, length:
     return json.loads(done.stdout)
 
 
+def table(lines: list[dict]) -> str:
+    """The README's markdown table of this script's JSON lines (MB = 1e6 bytes, KB = 1e3)."""
+    out = ["| shape | mesh | ranks x threads | batch | engine | decode tok/s | vs 1x1 x2 | prefill tok/s | vs 1x1 x2 | "
+           "weights per rank (MB) | peak RSS per rank (MB) | payload per token per rank (KB) | collectives per token "
+           "| model: added ms/token at 25 / 100 GbE |", "|" + "---|" * 14]
+    for d in lines:
+        if "decode_tokens_per_s" not in d:
+            continue
+        mesh = d["mesh_shape"] + (f" pp{d['pp']}" if d["pp"] > 1 else "")
+        ranks = d.get("per_rank")
+        join = lambda f: "/".join(f(r) for r in ranks) if ranks else "-"          # noqa: E731
+        weights = join(lambda r: f"{r['weight_bytes'] / 1e6:.0f}")
+        rss = join(lambda r: f"{r['peak_rss_bytes'] / 1e6:.0f}") if ranks else f"{d['peak_rss_bytes'] / 1e6:.0f}"
+        payload = join(lambda r: f"{(r['bytes_reduced_per_token'] + r['bytes_sent_per_token']) / 1e3:.0f}") \
+            if ranks else "0"
+        model = d.get("model_added_ms_per_token")
+        link = f"{model['25GbE']:.2f} / {model['100GbE']:.2f}" if model else "-"
+        out.append(f"| {d['shape']} | {mesh} | {d['ranks']} x {d['threads_per_rank']} | {d.get('batch', 1)} | "
+                   f"{d['engine'].split('/', 1)[1] if d['engine'].startswith('mesh ') else d['engine']} | "
+                   f"{d['decode_tokens_per_s']:.2f} | "
+                   f"{d['decode_vs_1x1_2threads']:.2f} | {d['prefill_tokens_per_s']:.1f} | "
+                   f"{d['prefill_vs_1x1_2threads']:.2f} | {weights} | {rss} | {payload} | "
+                   f"{d.get('collectives_per_token', 0)} | {link} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", type=Path, default=None, help="Print the markdown table of a JSON-lines file, then exit.")
     ap.add_argument("--shapes", default="llama-3.2-1b,qwen2.5-7b")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--prompt_length", type=int, default=64)
     ap.add_argument("--new_tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.table is not None:
+        print(table([json.loads(x) for x in args.table.read_text().splitlines() if x.strip()]))
+        return
     from edgeawq.runtime.model_identity import cache_root
 
     root = cache_root() / "bench-checkpoints"
