@@ -12,7 +12,8 @@ $EDGEAWQ_CACHE/bench-checkpoints, since every rank reads its slice from a checkp
 
 `run_awq benchmark --format json` runs (decode tok/s, prefill tok/s at one prompt length, median of --repeats
 runs; tokens/s counts every row of a batch), in interleaved rounds; the line per configuration gives the median
-over rounds, the ratio to the 1x1 x 2 threads baseline with the same batch in the same round, peak RSS and payload bytes per decode token of every rank. A last line states
+over rounds, the ratio to the 1x1 x 2 threads baseline with the same batch in the same round, peak RSS and payload
+bytes per decode token of every rank. A last line states
 the communication model for a real multi-node run: per token, each tensor-parallel rank sends its all-reduce and
 all-gather payload (bytes_reduced_per_token) over the link; at link bandwidth W and per-collective latency a the
 added time per token is bytes / W + collectives x a (stated, not measured: this machine has no second host).
@@ -120,7 +121,8 @@ def table(lines: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--table", type=Path, default=None, help="Print the markdown table of a JSON-lines file, then exit.")
+    ap.add_argument("--table", type=Path, default=None,
+                    help="Print the markdown table of a JSON-lines file, then exit.")
     ap.add_argument("--shapes", default="llama-3.2-1b,qwen2.5-7b")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--prompt_length", type=int, default=64)

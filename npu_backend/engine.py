@@ -21,12 +21,14 @@ from .providers import choose_providers, ort_module, session_options
 
 
 def right_padded(input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 prior: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 prior: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The runtime's left-padded call (ids, positions (B, T), mask (B, S)) in the graph's layout, given `prior`
-    (B,) real tokens per row so far -> ids, positions (B, T) int64 with each row's real tokens of the chunk first;
-    the mask (B, max(prior) + T) int64 the graph takes (see the module docstring); new (B,) real tokens per row in
-    this chunk."""
+    (B,) real tokens per row so far and the KV cache's `capacity` slots -> ids, positions (B, T) int64 with each
+    row's real tokens of the chunk first; the mask (B, max(prior) + T) int64 the graph takes (see the module
+    docstring); new (B,) real tokens per row in this chunk. A call that would overflow the cache is a ValueError."""
     B, T = input_ids.shape
+    if int(prior.max()) + T > capacity:
+        raise ValueError(f"KV cache of {capacity} slots is full")
     chunk = attention_mask[:, -T:]
     if bool(chunk.all()):                                      # no padding in this chunk (the common case)
         new = np.full(B, T, np.int64)
@@ -89,9 +91,7 @@ class OrtEngine:
                 last_only: bool = True) -> torch.Tensor:
         B, T = input_ids.shape
         prior = self.lengths
-        if int(prior.max()) + T > self.cache[0].shape()[2]:
-            raise ValueError(f"KV cache of {self.cache[0].shape()[2]} slots is full")
-        ids, pos, mask, new = right_padded(input_ids, position_ids, attention_mask, prior)
+        ids, pos, mask, new = right_padded(input_ids, position_ids, attention_mask, prior, self.cache[0].shape()[2])
         self.lengths = prior + new
         io = self.io
         io.bind_cpu_input("input_ids", ids)

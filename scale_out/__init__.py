@@ -8,6 +8,6 @@ Global rank 0 drives: it runs the task (decode, perplexity, accuracy, benchmark)
 (driver.py) that broadcasts every engine call to the other ranks, which only serve (driver.serve). Each rank
 holds only its slice of the weights, read straight from the checkpoint (shard_loader.py), and runs it with the
 PyTorch reference (torch_shard.py), the native C++ kernels (native_shard.py), ONNX Runtime sessions of segment
-graphs (ort_shard.py: --target npu, --engine onnx) or the tt emulation of one chip (tt_shard.py: --target tt). launcher.py starts the ranks (or
-joins a torchrun world) and turns a dead or stuck rank into one error message.
+graphs (ort_shard.py: --target npu, --engine onnx) or the tt emulation of one chip (tt_shard.py: --target tt).
+launcher.py starts the ranks (or joins a torchrun world) and turns a dead or stuck rank into one error message.
 """

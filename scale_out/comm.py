@@ -47,6 +47,16 @@ class Comm:
             x.copy_(buf)
         return x
 
+    def vocab_parallel_embedding(self, table: torch.Tensor, ids: torch.Tensor, vocab: tuple[int, int],
+                                 dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Embeddings of `ids` (...) when this rank holds rows [vocab[0], vocab[1]) as `table` (V_r, D): each rank
+        looks up the ids in its rows (zeros elsewhere), summed over the tensor-parallel group -> (..., D) in `dtype`
+        (default: the table's)."""
+        v0, v1 = vocab
+        local = ((ids >= v0) & (ids < v1)).unsqueeze(-1)
+        h = table[(ids - v0).clamp(0, v1 - v0 - 1)].to(dtype or table.dtype) * local
+        return self.all_reduce(h.contiguous())
+
     def all_gather_last(self, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
         """Concatenate the tp ranks' `x` (..., sizes[t]) along the last dimension, in tp order."""
         if self.mesh.tp == 1:

@@ -103,11 +103,7 @@ class NativeShard:
     @torch.inference_mode()
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """-> the compacted tokens' embeddings (M, D) float32, summed over the tensor-parallel group."""
-        v0, v1 = self.shard.vocab
-        tok = self.tokens.ids
-        local = ((tok >= v0) & (tok < v1)).unsqueeze(-1)
-        h = self.embed[(tok - v0).clamp(0, v1 - v0 - 1)].float() * local
-        return self.comm.all_reduce(h.contiguous())
+        return self.comm.vocab_parallel_embedding(self.embed, self.tokens.ids, self.shard.vocab, torch.float32)
 
     @torch.inference_mode()
     def run_layers(self, h: torch.Tensor) -> torch.Tensor:

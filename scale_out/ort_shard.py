@@ -76,17 +76,16 @@ class OrtShard:
         self.vocab = sum(vocab_sizes)
         self.hidden, self.kv_heads, self.head_dim = c.hidden_size, c.num_key_value_heads, c.head_dim
         self.layers = c.num_hidden_layers
-        ep = "CPU" if target == "cpu" else options.ep
-        providers = choose_providers(ep, options.strict_ep if target != "cpu" else False)
+        strict = options.strict_ep and target != "cpu"                  # the cpu target runs the CPU provider
+        providers = choose_providers("CPU" if target == "cpu" else options.ep, strict)
         folder = ensure_segments(loaded, shard, options.accuracy_level)
-        so = session_options(options.strict_ep and target != "cpu", threads, providers)
+        so = session_options(strict, threads, providers)
         self.sessions = {name: ort.InferenceSession(str(folder / f"{name}.onnx"), sess_options=so,
                                                     providers=providers)
                          for name in segment_names(self.layers, shard.last_stage)}
         self.provider = next(iter(self.sessions.values())).get_providers()[0]
         self.name = f"onnxruntime/{self.provider}"
         cos, sin = rope_half_tables(m, c, f)                                   # (positions, hd / 2) each
-        self.max_positions = cos.shape[0]
         self.rope = [ort.OrtValue.ortvalue_from_numpy(t.numpy()) for t in (cos, sin)]
         self.embed = get_module(m, f.embed).weight.detach() if shard.first_stage else None    # (V_r, D)
         self.held_bytes = sum((folder / n).stat().st_size for n in folder.iterdir() if n.name.endswith(".data"))
@@ -118,13 +117,9 @@ class OrtShard:
 
     def begin(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> None:
         """The call's inputs for this rank's rows: ids/positions (b, T), mask (b, S)."""
-        b, T = ids.shape
-        capacity = self.cache[0].shape()[2]
-        if int(self.lengths.max()) + T > capacity:
-            raise ValueError(f"KV cache of {capacity} slots is full")
-        self.ids, _, graph_mask, self.new = right_padded(ids, positions, mask, self.lengths)
+        self.ids, _, graph_mask, self.new = right_padded(ids, positions, mask, self.lengths, self.cache[0].shape()[2])
         self.lengths = self.lengths + self.new
-        self.batch_shape = (b, T)
+        self.batch_shape = tuple(ids.shape)
         for i in range(self.layers):
             self.io[f"attn.{i}"].bind_cpu_input("attention_mask", graph_mask)
 
@@ -132,24 +127,22 @@ class OrtShard:
         return (*self.batch_shape, self.hidden), torch.float32
 
     def _run(self, name: str, h: torch.Tensor, out_name: str, out_shape: tuple[int, ...]) -> torch.Tensor:
+        """Segment `name` on h -> its output (out_shape), a view of the segment's own output buffer (valid until the
+        segment runs again)."""
         io = self.io[name]
         io.bind_cpu_input("hidden", h.numpy())
-        key = (name, out_shape)
-        if key not in self._outputs:
-            self._outputs = {k: v for k, v in self._outputs.items() if k[1] == out_shape}
-            self._outputs[key] = self._ort.OrtValue.ortvalue_from_numpy(np.empty(out_shape, np.float32))
-        io.bind_ortvalue_output(out_name, self._outputs[key])
+        out = self._outputs.get(name)
+        if out is None or tuple(out.shape()) != out_shape:     # one preallocated buffer per segment, bound once
+            out = self._outputs[name] = self._ort.OrtValue.ortvalue_from_numpy(np.empty(out_shape, np.float32))
+            io.bind_ortvalue_output(out_name, out)
         self.sessions[name].run_with_iobinding(io)
-        return torch.from_numpy(self._outputs[key].numpy())
+        return torch.from_numpy(out.numpy())
 
     @torch.inference_mode()
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """-> (b, T, D) float32 embeddings of the graph-layout ids, summed over the tensor-parallel group."""
-        v0, v1 = self.shard.vocab
-        tok = torch.from_numpy(self.ids)
-        local = ((tok >= v0) & (tok < v1)).unsqueeze(-1)
-        h = self.embed[(tok - v0).clamp(0, v1 - v0 - 1)].float() * local
-        return self.comm.all_reduce(h.contiguous())
+        return self.comm.vocab_parallel_embedding(self.embed, torch.from_numpy(self.ids), self.shard.vocab,
+                                                  torch.float32)
 
     @torch.inference_mode()
     def run_layers(self, h: torch.Tensor) -> torch.Tensor:
@@ -158,7 +151,7 @@ class OrtShard:
         shape = tuple(h.shape)
         for i in range(self.layers):
             for kind in ("attn", "mlp"):
-                h = h + self.comm.all_reduce(self._run(f"{kind}.{i}", h, "partial", shape).clone())
+                h = h + self.comm.all_reduce(self._run(f"{kind}.{i}", h, "partial", shape))
         return h
 
     @torch.inference_mode()
@@ -169,5 +162,5 @@ class OrtShard:
         j = torch.arange(n)[None]                                                     # (1, n)
         idx = (j + torch.from_numpy(self.new)[:, None] - n).clamp(min=0)              # (b, n)
         picked = torch.gather(h, 1, idx[..., None].expand(b, n, h.shape[-1])).contiguous()
-        local = self._run("head", picked, "logits", (b, n, self.vocab_sizes[self.shard.tp])).clone()
-        return self.comm.all_gather_last(local, self.vocab_sizes)
+        local = self._run("head", picked, "logits", (b, n, self.vocab_sizes[self.shard.tp]))
+        return self.comm.all_gather_last(local.clone(), self.vocab_sizes)       # the caller keeps the logits

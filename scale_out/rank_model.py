@@ -50,7 +50,8 @@ def check_request(request) -> None:
 def check_run_flags(target: str, options, act_dtype: str) -> None:
     """The flags a mesh run cannot honour are UserErrors (checked before the ranks start, and by every rank)."""
     if target not in MESH_ENGINES_BY_TARGET:
-        raise UserError(f"--target {target} cannot run on a mesh.", f"Use --target {', '.join(MESH_ENGINES_BY_TARGET)}.")
+        raise UserError(f"--target {target} cannot run on a mesh.",
+                        f"Use --target {', '.join(MESH_ENGINES_BY_TARGET)}.")
     engines = MESH_ENGINES_BY_TARGET[target]
     if options.engine not in engines:
         raise UserError(f"--engine {options.engine} cannot run on a mesh of --target {target}.",
@@ -66,9 +67,9 @@ def check_run_flags(target: str, options, act_dtype: str) -> None:
 
 
 def load_rank_model(request, comm: Comm, threads: int, verify: bool = True):
-    """-> (the rank's model: TorchShard, NativeShard, OrtShard or TTShard, the mesh plan). Collective: every rank calls it. Rank 0
-    checks a quantized checkpoint against its manifest; the others when `verify` (ranks on other machines) and
-    load no tokenizer."""
+    """-> (the rank's model: TorchShard, NativeShard, OrtShard or TTShard, the mesh plan). Collective: every rank
+    calls it. Rank 0 checks a quantized checkpoint against its manifest; the others when `verify` (ranks on other
+    machines) and load no tokenizer."""
     check_request(request)
     src = open_checkpoint(request.path, streamed=True, verify=verify or comm.rank == 0,
                           with_tokenizer=comm.rank == 0)

@@ -73,10 +73,7 @@ class TorchShard:
     @torch.inference_mode()
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (b, T) -> embeddings (b, T, D): the local rows, summed over the tensor-parallel group."""
-        v0, v1 = self.shard.vocab
-        local = (ids >= v0) & (ids < v1)
-        h = self.embed((ids - v0).clamp(0, v1 - v0 - 1)) * local.unsqueeze(-1).to(self.loaded.dtype)
-        return self.comm.all_reduce(h)
+        return self.comm.vocab_parallel_embedding(self.embed.weight, ids, self.shard.vocab)
 
     @torch.inference_mode()
     def run_layers(self, h: torch.Tensor) -> torch.Tensor:

@@ -63,14 +63,7 @@ class TTShard(TTEngine):
     @torch.inference_mode()
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """ids (b, T) -> (b, T, D): the rows this chip holds, zeros elsewhere, summed over the chips."""
-        v0, v1 = self.shard.vocab
-        local = ((input_ids >= v0) & (input_ids < v1)).unsqueeze(-1)
-        h = self.embed[(input_ids - v0).clamp(0, v1 - v0 - 1)] * local
-        return self.comm.all_reduce(h.contiguous())
-
-    @torch.inference_mode()
-    def run_layers(self, h: torch.Tensor) -> torch.Tensor:
-        return super().run_layers(h)
+        return self.comm.vocab_parallel_embedding(self.embed, input_ids, self.shard.vocab)
 
     @torch.inference_mode()
     def logits(self, h: torch.Tensor, last_only: bool) -> torch.Tensor:

@@ -45,7 +45,8 @@ def benchmark_task(task: str, model_path: str | None, target: str, dtype: str, a
                    profile: str | None, random_spec: QuantSpec | None = None,
                    engine_options: EngineOptions | None = None, compare_target: str | None = None,
                    random_lm_head_group: int | None = None, overwrite: bool = False, batch: int | None = None) -> dict:
-    """`batch`: prompts decoded together (None: 1, or the data-parallel groups of a mesh). `random_spec`: build `model_path` (a shape name or config.json) with random weights quantized this way
+    """`batch`: prompts decoded together (None: 1, or the data-parallel groups of a mesh). `random_spec`: build
+    `model_path` (a shape name or config.json) with random weights quantized this way
     (`random_lm_head_group`: lm_head too). `compare_target`: measure that target too, same lengths, same run.
     `profile`: a CSV file (replacing only an earlier profile of this tool, unless `overwrite`)."""
     profile = check_output_file(profile, "--profile", "profile", is_profile_csv, overwrite)

@@ -136,9 +136,11 @@ class TTEngine:
         self.positions, self.tokens = position_ids, input_ids.shape[1]
         self.masks = {win: build_mask(attention_mask, self.length, win) for win in set(self.windows)}  # (B,1,T,S)
 
+    @torch.inference_mode()
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.embed[input_ids]                                                 # (B, T, D)
 
+    @torch.inference_mode()
     def run_layers(self, h: torch.Tensor) -> torch.Tensor:
         """h (B, T, D) through the decoder layers; the KV cache advances by T."""
         w, start = self.weights.tensors, self.length
@@ -152,6 +154,7 @@ class TTEngine:
         self.length = start + self.tokens
         return h
 
+    @torch.inference_mode()
     def logits(self, h: torch.Tensor, last_only: bool) -> torch.Tensor:
         """h (B, T, D) -> final norm -> lm_head: (B, T or 1, V) float32 (bf16 values)."""
         if last_only:
@@ -159,7 +162,6 @@ class TTEngine:
         x = self.rms_norm(h, self.weights.tensors["norm"], self.config.layers[-1].tensors["activation"])
         return bf16(self.linear(x, "lm_head", FIDELITY_SETTINGS[self.config.li_lm_head]))
 
-    @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 last_only: bool = True) -> torch.Tensor:
         """input_ids, position_ids (B, T); attention_mask (B, S) -> logits (B, T or 1, V) float32."""
