@@ -26,7 +26,8 @@ def quantize(model: str | Path | None, out: str | Path, bits: int = 4, group_siz
              algorithm: str = "awq", *, symmetric: bool = False, lm_head: bool = False, lm_head_group_size: int = 32,
              calib_dataset: str | None = None, n_samples: int = 128, seqlen: int = 512, seed: int = 0,
              duo_scaling: bool = False, export: str = "native", awq_cache: str | None = None,
-             dump_awq: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+             dump_awq: str | None = None, overwrite: bool = False, progress: bool = True,
+             search_tokens: int = 4096, search_dtype: str = "auto") -> dict:
     """Quantize the float model at `model` (a folder, an alias, or None for the embedded default) into the
     checkpoint folder `out`. `algorithm`: "awq" (search), "rtn" (round-to-nearest) or "awq-load" (llm-awq results
     from `awq_cache`). Returns the summary (out, bits, group_size, algorithm, format, seconds, weights_bytes...)."""
@@ -40,4 +41,5 @@ def quantize(model: str | Path | None, out: str | Path, bits: int = 4, group_siz
         raise UserError(f"algorithm {algorithm!r} is not known.", "Use awq, rtn or awq-load.")
     return quantize_task(None if model is None else str(model), str(out), int(bits), int(group_size), not symmetric,
                          kind, mode, awq_cache, dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples,
-                         seqlen, seed, duo_scaling, export, progress=progress, overwrite=overwrite)
+                         seqlen, seed, duo_scaling, export, progress=progress, overwrite=overwrite,
+                         search_tokens=search_tokens, search_dtype=search_dtype)

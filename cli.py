@@ -107,8 +107,8 @@ def cli() -> None:
 @awq_options
 @debug_option
 def quantize(model_path, out, overwrite, w_bit, group_size, symmetric, lm_head, lm_head_group_size, algorithm,
-             awq_mode, awq_cache, dump_awq, export, calib_dataset, n_samples, seqlen, duo_scaling, seed,
-             debug) -> None:
+             awq_mode, awq_cache, dump_awq, export, calib_dataset, n_samples, seqlen, duo_scaling, search_tokens,
+             search_dtype, seed, debug) -> None:
     """Quantize a float model (AWQ or round-to-nearest) into a checkpoint.
 
     \b
@@ -122,7 +122,7 @@ def quantize(model_path, out, overwrite, w_bit, group_size, symmetric, lm_head, 
 
     quantize_task(model_path, out, int(w_bit), int(group_size), not symmetric, algorithm, awq_mode, awq_cache,
                   dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples, seqlen, seed, duo_scaling,
-                  export, overwrite=overwrite)
+                  export, overwrite=overwrite, search_tokens=search_tokens, search_dtype=search_dtype)
 
 
 @cli.command(cls=Subcommand, context_settings=CONTEXT)

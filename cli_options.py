@@ -137,12 +137,19 @@ awq_options = _stack(
     click.option("--seqlen", type=click.IntRange(min=2), default=512, show_default=True,
                  help="Tokens per calibration block."),
     click.option("--duo_scaling", is_flag=True, help="Scale search with weight magnitudes as well."),
+    click.option("--search_tokens", type=click.IntRange(min=0), default=4096, show_default=True,
+                 help="Calibration tokens (whole blocks, evenly spaced) the scale-search loss is measured on; the "
+                      "activation statistics use every block. 0: all."),
+    click.option("--search_dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+                 help="Dtype of the calibration forward and the scale search; auto = bf16 where the CPU has "
+                      "AVX512-BF16 or AMX, else fp32. Clip search and quantization always use fp32 weights."),
     seed_option,
 )
 
 dataset_option = click.option(
     "--dataset", default="corpus-test", show_default=True,
-    help="corpus-test, corpus-valid (shipped splits), wikitext2 (local datasets cache) or a text file.")
+    help="corpus-test, corpus-valid (shipped splits), python-docs (shipped evaluation-only text), wikitext2 (local "
+         "datasets cache) or a text file.")
 float_model_option = click.option(
     "--float_model", default=None,
     help="The float reference (default: the quantized checkpoint's recorded source, or the model itself).")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 CORPUS_DIR = ROOT / "data" / "corpus"          # train.txt, valid.txt, test.txt (see SOURCES.md there)
+EVAL_TEXTS = {"python-docs": ROOT / "data" / "eval" / "python-docs.txt"}   # evaluation only (data/eval/SOURCES.md)
 SHAPES_DIR = ROOT / "configs" / "shapes"       # configs of real model shapes, for random-weight benchmarks
 
 

@@ -86,3 +86,15 @@ def calibration_blocks(tokenizer, source: str | None = None, n_samples: int = 12
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seqlen + 1, (n_samples,), generator=gen)
     return torch.stack([ids[s:s + seqlen] for s in starts.tolist()])
+
+
+def search_sample_indices(n_samples: int, seqlen: int, search_tokens: int) -> list[int] | None:
+    """The calibration samples the scale-search loss is measured on: ceil(search_tokens / seqlen) whole samples,
+    evenly spaced over the n_samples (sample i * n_samples // k for i < k), or None (all samples) when
+    search_tokens is 0 or covers them all. The activation statistic x_bar always uses every sample."""
+    if search_tokens < 0:
+        raise UserError(f"--search_tokens {search_tokens} is negative.", "Use 0 (all tokens) or a positive count.")
+    k = -(-search_tokens // seqlen)
+    if search_tokens == 0 or k >= n_samples:
+        return None
+    return [i * n_samples // k for i in range(k)]

@@ -2,8 +2,10 @@
 
 Only one decoder layer's float weights are materialised at a time: the model skeleton lives on the meta
 device, layer i's tensors are read from the checkpoint (a StreamedSafetensors reads them into memory that is
-freed afterwards), quantized, handed to `sink`, and the layer is moved back to the meta device. With calibration, the activations (n_samples, seqlen, hidden) flow
-from layer to layer in chunks of `chunk_samples` samples; each layer's float output is the next layer's input.
+freed afterwards), quantized, handed to `sink`, and the layer is moved back to the meta device. With calibration,
+the activations (n_samples, seqlen, hidden) flow from layer to layer in chunks of `chunk_samples` samples, in
+`options.dtype` (float32, or bfloat16 where the CPU multiplies it natively); each layer's float output is the
+next layer's input.
 
 `sink` receives plain tensors and `QuantizedWeight`s (codes, scales, zeros); packing and file formats are the
 sink's business (checkpoints/), never this package's.
@@ -17,7 +19,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..progress import bar
+from ..progress import bar, bars_enabled, log_projection
 from ..kernels.quantizer import QuantizedWeight, QuantSpec, quantize
 from ..runtime.families import Family
 from ..runtime.memory import release_free_memory
@@ -47,6 +49,7 @@ class QuantizeReport:
     scales: list = field(default_factory=list)
     clips: list = field(default_factory=list)
     groups: list[dict] = field(default_factory=list)
+    layer_seconds: list[float] = field(default_factory=list)   # wall time of each decoder layer, in order
 
 
 def _read(state, name: str) -> torch.Tensor:
@@ -72,13 +75,15 @@ def quantize_streaming(skeleton: nn.Module, config, family: Family, state, job: 
     if job.options.search:
         embed = get_module(skeleton, family.embed)
         _assign(embed, family.embed + ".", state, None)  # kept in its file dtype: only the looked-up rows are cast
-        inputs = [embed(c).float() for c in job.calib_ids.split(job.chunk_samples)]  # [(b, T, D)]
+        dtype = job.options.dtype
+        inputs = [embed(c).to(dtype) for c in job.calib_ids.split(job.chunk_samples)]  # [(b, T, D)]
         embed.to("meta")
         rotary = type(get_module(skeleton, family.rotary))(config=config)
         T = job.calib_ids.shape[1]
-        position_embeddings = rotary(inputs[0], torch.arange(T)[None])               # (1, T, hd) x2
+        position_embeddings = tuple(p.to(dtype) for p in rotary(inputs[0].float(), torch.arange(T)[None]))  # (1, T, hd) x2
     steps = range(len(layers))
     for i in (bar(steps, "quantizing layers", unit="layer") if job.progress else steps):
+        t_layer = time.perf_counter()
         prefix = f"{family.layers}.{i}."
         layer = layers[i]
         _assign(layer, prefix, state, torch.float32)
@@ -93,6 +98,9 @@ def quantize_streaming(skeleton: nn.Module, config, family: Family, state, job: 
         layer.to("meta")
         del res
         release_free_memory()
+        report.layer_seconds.append(time.perf_counter() - t_layer)
+        if job.progress and not bars_enabled():
+            log_projection(report.layer_seconds, len(layers), time.perf_counter() - t0)
     rest = {k: _read(state, k) for k in state.keys() if not k.startswith(family.layers + ".")}
     quantized: dict[str, QuantizedWeight] = {}
     head_key = family.lm_head + ".weight"

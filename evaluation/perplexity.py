@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..data_sources import corpus_split, offline_datasets
+from ..data_sources import EVAL_TEXTS, corpus_split, offline_datasets
 from ..errors import UserError
 from ..progress import bar
 
@@ -41,6 +41,9 @@ def load_eval_text(dataset: str) -> tuple[str, str]:
     if dataset in ("corpus-test", "corpus-valid"):
         path = corpus_split(dataset.split("-")[1])
         return path.read_text(encoding="utf-8"), f"shipped corpus {path.stem} split"
+    if dataset in EVAL_TEXTS:
+        path = EVAL_TEXTS[dataset]
+        return path.read_text(encoding="utf-8"), f"{dataset} ({path.name}: Python 3.11 tutorial and FAQ prose)"
     if dataset == "wikitext2":
         datasets = offline_datasets()
         try:
@@ -54,7 +57,7 @@ def load_eval_text(dataset: str) -> tuple[str, str]:
     path = Path(dataset).expanduser()
     if not path.is_file():
         raise UserError(f"--dataset {dataset!r} is not a known dataset or an existing file.",
-                        "Use corpus-test, corpus-valid, wikitext2, or the path of a UTF-8 text file.")
+                        "Use corpus-test, corpus-valid, python-docs, wikitext2, or the path of a UTF-8 text file.")
     try:
         return path.read_text(encoding="utf-8"), str(path)
     except UnicodeDecodeError:

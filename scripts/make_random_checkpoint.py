@@ -30,8 +30,12 @@ def random_tensor(shape: tuple[int, ...], name: str, gen: torch.Generator) -> to
     return (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
 
 
-def write(shape: str, out: Path, seed: int) -> int:
+def write(shape: str, out: Path, seed: int, layers: int | None = None) -> int:
+    """Write the checkpoint; `layers`: keep only the first that many decoder layers (a shorter model of the same
+    shape, e.g. to time a per-layer pass). -> bytes of weights written."""
     cfg = read_shape(shape)
+    if layers is not None:
+        cfg["num_hidden_layers"] = layers
     config, family, skeleton = meta_skeleton(cfg)
     shapes = {k: tuple(t.shape) for k, t in skeleton.state_dict().items()
               if not (config.tie_word_embeddings and k == f"{family.lm_head}.weight")}
@@ -64,8 +68,9 @@ def main() -> None:
     ap.add_argument("--shape", required=True, choices=sorted(p.stem for p in SHAPES_DIR.glob("*.json")))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--layers", type=int, default=None, help="Decoder layers to keep (default: all of the shape).")
     args = ap.parse_args()
-    total = write(args.shape, args.out, args.seed)
+    total = write(args.shape, args.out, args.seed, args.layers)
     print(json.dumps({"shape": args.shape, "out": str(args.out), "weight_bytes": total}))
 
 

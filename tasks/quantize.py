@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from ..awq.calibration import calibration_blocks
+from ..awq.calibration import calibration_blocks, search_sample_indices
 from ..awq.driver import QuantizeJob, quantize_streaming
 from ..awq.layer_quantizer import AwqOptions
 from ..awq.llm_awq_cache import is_llm_awq_cache, load_llm_awq_cache, save_llm_awq_cache
@@ -68,14 +68,33 @@ def estimated_bytes(skeleton, family, shapes: dict, spec: QuantSpec, lm_head: bo
     return total
 
 
+DEFAULT_SEARCH_TOKENS = 4096
+SEARCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def resolve_search_dtype(choice: str) -> torch.dtype:
+    """auto -> bfloat16 where the CPU multiplies it natively (avx512_bf16 or amx_bf16 in /proc/cpuinfo), else
+    float32 (bfloat16 matmuls are emulated, and slower than float32, without them)."""
+    if choice == "auto":
+        from ..cpu_backend.native_build import cpu_flags
+
+        return torch.bfloat16 if {"avx512_bf16", "amx_bf16"} & cpu_flags() else torch.float32
+    if choice not in SEARCH_DTYPES:
+        raise UserError(f"--search_dtype {choice!r} is not known.", "Use auto, fp32 or bf16.")
+    return SEARCH_DTYPES[choice]
+
+
 def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int, zero_point: bool, algorithm: str,
                   awq_mode: str, awq_cache: str | None, dump_awq: str | None, lm_head: bool,
                   lm_head_group_size: int, calib_dataset: str | None, n_samples: int, seqlen: int, seed: int,
                   duo_scaling: bool, export: str = "native", max_shard_bytes: int = 512 * 2**20,
-                  progress: bool = True, overwrite: bool = False) -> dict:
+                  progress: bool = True, overwrite: bool = False, search_tokens: int = DEFAULT_SEARCH_TOKENS,
+                  search_dtype: str = "auto") -> dict:
     """Quantize the float model at `model_path` into a checkpoint folder `out` (replacing only an earlier
     checkpoint of this tool there, or anything but protected places with `overwrite`: checkpoints/output_path.py).
-    Returns the summary printed as JSON."""
+    `search_tokens`: calibration tokens (whole samples) the scale-search loss is measured on (0: all);
+    `search_dtype`: auto|fp32|bf16, the dtype of the calibration forward and the scale search (auto: bf16 where
+    the CPU has AVX512-BF16 or AMX, else fp32). Returns the summary printed as JSON."""
     spec = QuantSpec(w_bit, group_size, zero_point).validate()
     if export == "awq":
         check_exportable(spec.bits, spec.group_size, lm_head)
@@ -103,7 +122,10 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     search = awq_mode == "run"
     calib = calibration_blocks(src.tokenizer, calib_dataset, n_samples, seqlen, seed) if search else None
     precomputed = load_llm_awq_cache(awq_cache) if awq_mode == "load" else None
-    job = QuantizeJob(AwqOptions(spec, search=search, duo_scaling=duo_scaling), calib, precomputed, lm_head,
+    dtype = resolve_search_dtype(search_dtype)
+    options = AwqOptions(spec, search=search, duo_scaling=duo_scaling, dtype=dtype,
+                         search_samples=search_sample_indices(n_samples, seqlen, search_tokens))
+    job = QuantizeJob(options, calib, precomputed, lm_head,
                       lm_head_group_size, progress=progress)
     config = src.config.to_dict()
     if lm_head and config.get("tie_word_embeddings"):
@@ -114,7 +136,8 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
         "scale_dtype": "float16", "algorithm": "awq" if awq_mode != "none" else "rtn",
         "awq": None if awq_mode == "none" else {
             "mode": awq_mode, "cache": awq_cache, "calib_dataset": calib_dataset or "shipped corpus train split",
-            "n_samples": n_samples, "seqlen": seqlen, "seed": seed, "duo_scaling": duo_scaling, "n_grid": 20},
+            "n_samples": n_samples, "seqlen": seqlen, "seed": seed, "duo_scaling": duo_scaling, "n_grid": 20,
+            "search_tokens": search_tokens, "search_dtype": str(dtype).removeprefix("torch.")},
         "lm_head": lm_head, "lm_head_group_size": lm_head_group_size if lm_head else None,
         "quantized_modules": list(src.family.linears), "fused_layout": False,
         "source_model": str(src.folder),
@@ -133,7 +156,7 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     size = sum(p.stat().st_size for p in out_path.iterdir() if p.suffix == ".safetensors")
     summary = {"out": str(out_path), "bits": spec.bits, "group_size": spec.group_size,
                "algorithm": "awq" if awq_mode != "none" else "rtn", "format": export, "lm_head": lm_head, "seconds": round(report.seconds, 2),
-               "weights_bytes": size}
+               "weights_bytes": size, "layer_seconds": [round(t, 2) for t in report.layer_seconds]}
     if report.groups:
         summary["mean_alpha"] = round(sum(g["alpha"] for g in report.groups) / len(report.groups), 3)
     print(json.dumps(summary), file=sys.stderr if progress else sys.stdout)
