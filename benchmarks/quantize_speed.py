@@ -74,7 +74,8 @@ def run_quantize(source: Path, group: int, algorithm: str, search_tokens: int | 
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"quantize failed ({cmd}):\n{log.read_text()[-3000:]}")
-    summary = json.loads((work / "stdout.log").read_text().strip().splitlines()[-1])
+    lines = (work / "stdout.log").read_text().splitlines() + log.read_text().splitlines()
+    summary = json.loads(next(line for line in reversed(lines) if line.startswith('{"out"')))   # the summary line
     return {**summary, "wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
 
 

@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SCRIPT = str(Path(sys.executable).parent / "run_awq")
-OWN = ("[", "{", "Error: ", "quantizing layers")          # progress lines, JSON summaries, errors, the bar
+OWN = ("[", "{", "Error: ", "quantizing layers", "layer ")  # progress lines, JSON summaries, errors, the bar
 
 
 def stderr_of(args, tmp_path) -> str:

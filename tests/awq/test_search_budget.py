@@ -143,3 +143,16 @@ def test_searching_the_layer_itself_equals_searching_a_copy(layer_and_inputs, mo
     copied = run()
     assert [g["alpha"] for g in in_place.report] == [g["alpha"] for g in copied.report]
     assert all(torch.equal(in_place.quantized[n].codes, copied.quantized[n].codes) for n in in_place.quantized)
+
+
+def test_checkpoint_records_the_search_settings_and_layer_times(checkpoints, tmp_path, cli):
+    from ..conftest import quantize_tiny
+    import json
+
+    summary = quantize_tiny(checkpoints["llama3"], tmp_path / "q", search_tokens=64, search_dtype="fp32")
+    awq = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["awq"]
+    assert awq["search_tokens"] == 64 and awq["search_dtype"] == "float32"
+    assert len(summary["layer_seconds"]) == 2 and all(t > 0 for t in summary["layer_seconds"])
+    code, _, err = cli(["quantize", "--model", str(checkpoints["llama3"]), "--out", str(tmp_path / "r"),
+                        "--search_tokens", "-1"])
+    assert code == 2 and "--search_tokens" in err

@@ -65,3 +65,13 @@ def test_dataset_errors(checkpoints):
         eval_windows(loaded.tokenizer, "x", 2048, None, loaded.max_context)
     with pytest.raises(UserError, match="fewer than one window"):
         eval_windows(loaded.tokenizer, "a few words", 128, None, loaded.max_context)
+
+
+def test_second_text_is_shipped_and_disjoint_from_the_training_corpus():
+    from edgeawq.data_sources import corpus_split
+
+    text, description = load_eval_text("python-docs")
+    assert "Python 3.11 tutorial and FAQ" in description and len(text.split()) > 40000
+    train = corpus_split("train").read_text(encoding="utf-8")
+    long_paragraphs = [p for p in text.splitlines() if len(p) > 200]
+    assert len(long_paragraphs) > 300 and not any(p in train for p in long_paragraphs)
