@@ -34,7 +34,7 @@ from edgeawq.default_models import DEFAULT_MODELS
 from edgeawq.runtime.engines import make_engine
 from edgeawq.runtime.model_loader import load_model
 from edgeawq.evaluation.perplexity import eval_windows, load_eval_text, perplexity
-from edgeawq.tasks.quantize import quantize_task
+from edgeawq.tasks.quantize import DEFAULT_SEARCH_TOKENS, quantize_task
 
 CONFIGS = [("w4 g128", 4, 128, False), ("w3 g128", 3, 128, False), ("w4 g32", 4, 32, False),
            ("w4 g128 +lm_head", 4, 128, True)]
@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--n_samples", type=int, default=128)
     ap.add_argument("--calib_seqlen", type=int, default=512)
     ap.add_argument("--act_dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--search_tokens", type=int, default=DEFAULT_SEARCH_TOKENS)
+    ap.add_argument("--search_dtype", choices=["auto", "fp32", "bf16"], default="auto")
     ap.add_argument("--datasets", nargs="+", default=["corpus-test", "python-docs"], help="Real model only.")
     ap.add_argument("--max_windows", type=int, default=24, help="Real model only: windows per dataset.")
     ap.add_argument("--configs", nargs="*", default=None, help="Real model only: a subset of the configs.")
@@ -145,7 +147,7 @@ def main() -> None:
                 with contextlib.redirect_stdout(io.StringIO()):
                     quantize_task(str(src), str(out), bits, group, True, "awq", "run" if method == "awq" else "none",
                                   None, None, lm_head, 32, None, args.n_samples, args.calib_seqlen, 0, False,
-                                  progress=False)
+                                  progress=False, search_tokens=args.search_tokens, search_dtype=args.search_dtype)
                 seconds = time.perf_counter() - t0
                 ppl, _ = evaluate(out, args.act_dtype, args.seqlen)
                 row = {"model": model, "config": name, "method": method, "perplexity": round(ppl, 3),
