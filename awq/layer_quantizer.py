@@ -8,6 +8,7 @@ the scaled weights and inputs; finally every Linear is quantized. Works on float
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -114,8 +115,6 @@ def search_copy(layer: nn.Module, dtype: torch.dtype) -> nn.Module:
     `dtype` (the float32 layer stays the master that scales are folded into and that is quantized)."""
     if dtype == torch.float32:
         return layer
-    import copy
-
     return copy.deepcopy(layer).to(dtype)
 
 

@@ -48,12 +48,15 @@ def evaluate(path, act_dtype, seqlen, dataset="corpus-test", max_windows=None):
     return perplexity(make_engine(loaded, True), windows)[0], windows.shape[0]
 
 
-def quantize_quietly(src, out, bits, group, method, lm_head, n_samples, calib_seqlen, dump=None, cache=None):
+def quantize_quietly(src, out, bits, group, method, lm_head, n_samples, calib_seqlen, dump=None, cache=None,
+                     search_tokens=DEFAULT_SEARCH_TOKENS, search_dtype="auto") -> float:
+    """`run_awq quantize` in-process without its output (method rtn or awq; awq loads `cache` when given) -> seconds."""
     mode = "none" if method == "rtn" else "load" if cache else "run"
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         quantize_task(str(src), str(out), bits, group, True, "awq", mode, cache, dump, lm_head, 32, None, n_samples,
-                      calib_seqlen, 0, False, progress=False, overwrite=True)
+                      calib_seqlen, 0, False, progress=False, overwrite=True, search_tokens=search_tokens,
+                      search_dtype=search_dtype)
     return time.perf_counter() - t0
 
 
@@ -143,12 +146,8 @@ def main() -> None:
         for name, bits, group, lm_head in CONFIGS:
             for method in ("rtn", "awq"):
                 out = args.out / f"{model}-{name.replace(' ', '_').replace('+', '')}-{method}"
-                t0 = time.perf_counter()
-                with contextlib.redirect_stdout(io.StringIO()):
-                    quantize_task(str(src), str(out), bits, group, True, "awq", "run" if method == "awq" else "none",
-                                  None, None, lm_head, 32, None, args.n_samples, args.calib_seqlen, 0, False,
-                                  progress=False, search_tokens=args.search_tokens, search_dtype=args.search_dtype)
-                seconds = time.perf_counter() - t0
+                seconds = quantize_quietly(src, out, bits, group, method, lm_head, args.n_samples, args.calib_seqlen,
+                                           search_tokens=args.search_tokens, search_dtype=args.search_dtype)
                 ppl, _ = evaluate(out, args.act_dtype, args.seqlen)
                 row = {"model": model, "config": name, "method": method, "perplexity": round(ppl, 3),
                        "quantize_s": round(seconds, 1),

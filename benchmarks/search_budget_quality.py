@@ -13,15 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
-import contextlib
-import io
 from pathlib import Path
 
 from edgeawq.default_models import DEFAULT_MODELS
-from edgeawq.tasks.quantize import quantize_task
 
-from quality import evaluate
+from quality import evaluate, quantize_quietly
 
 VARIANTS = [(0, "fp32"), (4096, "bf16"), (4096, "fp32")]
 
@@ -36,12 +32,8 @@ def main() -> None:
             full = None
             for tokens, dtype in VARIANTS:
                 out = args.out / f"{model}-w{bits}-{tokens}-{dtype}"
-                t0 = time.perf_counter()
-                with contextlib.redirect_stdout(io.StringIO()):
-                    quantize_task(str(DEFAULT_MODELS[model]), str(out), bits, 128, True, "awq", "run", None, None,
-                                  False, 32, None, 128, 512, 0, False, progress=False, overwrite=True,
-                                  search_tokens=tokens, search_dtype=dtype)
-                seconds = time.perf_counter() - t0
+                seconds = quantize_quietly(DEFAULT_MODELS[model], out, bits, 128, "awq", False, 128, 512,
+                                           search_tokens=tokens, search_dtype=dtype)
                 ppl, _ = evaluate(out, "fp32", 512)
                 full = ppl if full is None else full
                 print(json.dumps({"model": model, "config": f"w{bits} g128", "search_tokens": tokens,
