@@ -7,7 +7,7 @@ support (`load_gguf_checkpoint`, `AutoTokenizer.from_pretrained(gguf_file=...)`)
 
 Architectures: llama (Llama 2/3, Mistral and SmolLM2 convert to it), qwen2, mistral. Tensor names map to the
 transformers layout (below); llama.cpp stores llama-architecture q/k rows permuted for its interleaved RoPE, which
-is undone here (`_unpermute`), so the weights equal the Hugging Face checkpoint's up to the GGUF rounding.
+is undone here (`unpermute`), so the weights equal the Hugging Face checkpoint's up to the GGUF rounding.
 Tensor types: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K (whatever `gguf.quants` dequantizes); another
 type is a UserError naming it and the tensor.
 """
@@ -81,7 +81,7 @@ def load_tokenizer(path: Path):
                         f"{str(exc)[:200]}).", "Use a GGUF file written by llama.cpp's converter.") from None
 
 
-def _unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
+def unpermute(w: torch.Tensor, heads: int) -> torch.Tensor:
     """Undo llama.cpp's q/k row permutation: rows (heads, 2, half) of HF order were written as (heads, half, 2)."""
     rows = w.shape[0]
     return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
@@ -125,5 +125,5 @@ class GGUFTensors(dict):
         w = torch.from_numpy(np.array(values, dtype=np.float32)).reshape(shape)       # a private, writable copy
         proj = name.split(".")[-2]
         if self.permuted and proj in self.heads and name.endswith(".weight"):
-            w = _unpermute(w, self.heads[proj])
+            w = unpermute(w, self.heads[proj])
         return require_finite(name, w, self.path)

@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 
 import torch
 
 from ..awq.calibration import calibration_blocks, search_sample_indices
-from ..awq.driver import QuantizeJob, quantize_streaming
+from ..awq.driver import QuantizeJob, QuantizeReport, quantize_streaming
 from ..awq.layer_quantizer import AwqOptions
 from ..awq.llm_awq_cache import is_llm_awq_cache, load_llm_awq_cache, save_llm_awq_cache
 from ..checkpoints.autoawq import autoawq_quantization_config, autoawq_tensors, check_exportable
+from ..checkpoints.gguf_blocks import check_importable, import_blocks
 from ..checkpoints.quantized_format import QuantizedCheckpointWriter
 from ..errors import UserError
 from ..kernels.formats import native_format
@@ -68,6 +70,11 @@ def estimated_bytes(skeleton, family, shapes: dict, spec: QuantSpec, lm_head: bo
     return total
 
 
+def _algorithm_name(algorithm: str, awq_mode: str) -> str:
+    """quantization_config.algorithm: awq, rtn (round-to-nearest) or gguf-q4_0 (blocks taken over unchanged)."""
+    return "gguf-q4_0" if algorithm == "import" else "awq" if awq_mode != "none" else "rtn"
+
+
 DEFAULT_SEARCH_TOKENS = 4096
 SEARCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -98,7 +105,7 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     spec = QuantSpec(w_bit, group_size, zero_point).validate()
     if export == "awq":
         check_exportable(spec.bits, spec.group_size, lm_head)
-    if algorithm == "pergrp":
+    if algorithm in ("pergrp", "import"):
         awq_mode = "none"
     if awq_mode == "load" and not awq_cache:
         raise UserError("--awq load needs the cache file to load.", "Pass --awq_cache FILE (an llm-awq .pt cache).")
@@ -115,6 +122,10 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     tied = bool(getattr(src.config, "tie_word_embeddings", False))
     check_state_fits({k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, src.state.shapes(), src.folder,
                      optional=(f"{src.family.lm_head}.weight",) if tied else ())
+    if algorithm == "import":
+        check_importable(src.state, src.family, spec, lm_head, str(model_path))
+        if export != "native":
+            raise UserError("--algorithm import writes the native format only.", "Drop --export awq.")
     check_group_sizes(skeleton, src.family, spec, lm_head, lm_head_group_size)
     # Values are checked as the driver reads each tensor (state.load refuses NaN/inf by name), so a damaged tensor
     # stops the run before the checkpoint appears, without a second pass over the weights.
@@ -133,7 +144,7 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     qconfig = {
         "bits": spec.bits, "group_size": spec.group_size, "zero_point": spec.zero_point,
         "packing": native_format(spec.bits), "container_bits": 4 if spec.bits == 3 else spec.bits,
-        "scale_dtype": "float16", "algorithm": "awq" if awq_mode != "none" else "rtn",
+        "scale_dtype": "float16", "algorithm": _algorithm_name(algorithm, awq_mode),
         "awq": None if awq_mode == "none" else {
             "mode": awq_mode, "cache": awq_cache, "calib_dataset": calib_dataset or "shipped corpus train split",
             "n_samples": n_samples, "seqlen": seqlen, "seed": seed, "duo_scaling": duo_scaling, "n_grid": 20,
@@ -148,14 +159,19 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
         layout = {"tensor_fn": autoawq_tensors, "float_dtype": torch.float16}
     expected = estimated_bytes(skeleton, src.family, src.state.shapes(), spec, lm_head, lm_head_group_size,
                            layout.get("float_dtype"))
+    t0 = time.perf_counter()
     with QuantizedCheckpointWriter(out_path, config, qconfig, src.folder, max_shard_bytes, expected_bytes=expected,
                                    tokenizer=src.tokenizer, **layout) as writer:
-        report = quantize_streaming(skeleton, src.config, src.family, src.state, job, writer)
+        if algorithm == "import":
+            import_blocks(src.state, src.family, len(get_module(skeleton, src.family.layers)), writer)
+            report = QuantizeReport(seconds=time.perf_counter() - t0)
+        else:
+            report = quantize_streaming(skeleton, src.config, src.family, src.state, job, writer)
     if dump_awq:
         save_llm_awq_cache(dump_awq, report.scales, report.clips)
     size = sum(p.stat().st_size for p in out_path.iterdir() if p.suffix == ".safetensors")
     summary = {"out": str(out_path), "bits": spec.bits, "group_size": spec.group_size,
-               "algorithm": "awq" if awq_mode != "none" else "rtn", "format": export, "lm_head": lm_head, "seconds": round(report.seconds, 2),
+               "algorithm": _algorithm_name(algorithm, awq_mode), "format": export, "lm_head": lm_head, "seconds": round(report.seconds, 2),
                "weights_bytes": size, "layer_seconds": [round(t, 2) for t in report.layer_seconds]}
     if report.groups:
         summary["mean_alpha"] = round(sum(g["alpha"] for g in report.groups) / len(report.groups), 3)
