@@ -49,22 +49,45 @@ def run_rss(cmd: list[str], env: dict | None = None) -> tuple[str, int]:
     return out, usage.ru_maxrss * 1024
 
 
+REAL = "smollm2-135m"       # the real model: its own GGUF file for llama.cpp, checkpoints of it for the others
+REAL_GROUP = 64             # hidden 576: 128 does not divide it
+
+
+def real_gguf() -> Path:
+    from edgeawq.default_models import packaged_model
+
+    return next(packaged_model("smollm2").glob("*.gguf"))
+
+
+def quantize_real(out: Path, *flags: str) -> Path:
+    """RTN w4 g64 of the packaged SmolLM2 into `out` (speed does not depend on how the codes were chosen)."""
+    if not (out / "config.json").exists():
+        run_rss([sys.executable, "-m", "edgeawq.cli", "quantize", "--model", "smollm2", "--algorithm", "pergrp",
+                 "--group_size", str(REAL_GROUP), "--out", str(out), "--quiet", *flags])
+    return out
+
+
 class Ours:
     name = "ours"
 
     def __init__(self, shape: str, work: Path) -> None:
         self.shape, self.env = shape, {"EDGEAWQ_CACHE": str(work / "cache")}
+        self.checkpoint = work / f"{REAL}-w4g{REAL_GROUP}-head" if shape == REAL else None
 
     def available(self) -> str | None:
         return None
 
     def prepare(self) -> None:
+        if self.checkpoint is not None:
+            quantize_real(self.checkpoint, "--lm_head", "--lm_head_group_size", str(REAL_GROUP))
         self.measure("decode", 4, 2)             # exports into the cache on the first run
 
     def measure(self, kind: str, prompt: int, new: int) -> dict:
-        out, _ = run_rss([sys.executable, "-m", "edgeawq.cli", "--task", "benchmark", "--random_weights", "--model",
-                          self.shape, "--w_bit", "4", "--group_size", "128", "--lm_head", "--lm_head_group_size",
-                          "128", "--dtype", "bf16", "--prompt_lengths", str(prompt), "--new_tokens", str(new),
+        model = ["--model", str(self.checkpoint)] if self.checkpoint is not None else [
+            "--random_weights", "--model", self.shape, "--w_bit", "4", "--group_size", "128", "--lm_head",
+            "--lm_head_group_size", "128"]
+        out, _ = run_rss([sys.executable, "-m", "edgeawq.cli", "--task", "benchmark", *model,
+                          "--dtype", "bf16", "--prompt_lengths", str(prompt), "--new_tokens", str(new),
                           "--repeats", "1", "--format", "json", "--compare_target", "none"], self.env)
         row = json.loads(out[out.index("{"):])["results"][0]
         return {"decode_tok_s": row["tokens_per_s"], "prefill_tok_s": row["prefill_tokens_per_s"],
@@ -75,7 +98,8 @@ class LlamaCpp:
     name = "llama.cpp"
 
     def __init__(self, shape: str, work: Path) -> None:
-        self.shape, self.gguf = shape, work / f"{shape}-q4_0.gguf"
+        self.shape = shape
+        self.gguf = real_gguf() if shape == REAL else work / f"{shape}-q4_0.gguf"
         candidates = [os.environ.get("LLAMA_BENCH"), str(ROOT / ".peers/llama.cpp/bin/llama-bench"),
                       shutil.which("llama-bench")]
         self.exe = next((c for c in candidates if c and Path(c).is_file()), None)
@@ -84,7 +108,7 @@ class LlamaCpp:
         return None if self.exe else "llama-bench not found (bash scripts/build_llama_bench.sh builds it)"
 
     def prepare(self) -> None:
-        if not self.gguf.exists():
+        if self.shape != REAL and not self.gguf.exists():
             from benchmarks.peers.gguf_q4_0 import write_random_q4_0_gguf
             from edgeawq.runtime.random_model import read_shape
 
@@ -116,9 +140,11 @@ class OrtGenai:
         if not (self.folder / "genai_config.json").exists():
             from benchmarks.peers.genai_model import build_genai_model, write_random_autoawq
 
-            if not (self.awq / "config.json").exists():
+            if self.shape == REAL:
+                quantize_real(self.awq, "--export", "awq")
+            elif not (self.awq / "config.json").exists():
                 write_random_autoawq(self.shape, self.awq)
-            build_genai_model(self.awq, self.folder, THREADS)
+            build_genai_model(self.awq, self.folder, THREADS, REAL_GROUP if self.shape == REAL else 128)
 
     def measure(self, kind: str, prompt: int, new: int) -> dict:
         out, rss = run_rss([sys.executable, "-m", "benchmarks.peers.genai_runner", str(self.folder), str(prompt),

@@ -31,7 +31,9 @@ class GreedyParity:
     prompts: int
     tokens_compared: int
     identical_prompts: int
-    first_divergence: list          # per prompt: None or {"step": i, "reference": id, "target": id, "pcc": float}
+    first_divergence: list          # per prompt: None or {"step": i, "reference": id, "target": id, "pcc": float,
+                                    #   "reference_margin": a[ref id] - a[target id] >= 0 in the reference's logits,
+                                    #   "target_margin": b[target id] - b[ref id] >= 0 in the target's}
     min_pcc: float                  # lowest logits PCC over every compared step
 
 
@@ -52,7 +54,8 @@ def greedy_parity(reference, target, prompts: list[list[int]], new_tokens: int) 
             compared += 1
             ta, tb = int(a.argmax()), int(b.argmax())
             if first is None and ta != tb:
-                first = {"step": step, "reference": ta, "target": tb, "pcc": p}
+                first = {"step": step, "reference": ta, "target": tb, "pcc": p,
+                         "reference_margin": float(a[ta] - a[tb]), "target_margin": float(b[tb] - b[ta])}
             x = torch.tensor([[ta]])                       # both continue on the reference's token
             positions = positions[:, -1:] + 1
             mask = torch.cat([mask, torch.ones_like(x)], 1)

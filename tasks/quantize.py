@@ -139,6 +139,8 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     job = QuantizeJob(options, calib, precomputed, lm_head,
                       lm_head_group_size, progress=progress)
     config = src.config.to_dict()
+    if not config.get("architectures"):       # e.g. a GGUF source: transformers, vLLM and the genai builder need it
+        config["architectures"] = [src.family.model_class]
     if lm_head and config.get("tie_word_embeddings"):
         config["tie_word_embeddings"] = False  # the head gets its own quantized weight; the embedding stays float
     qconfig = {

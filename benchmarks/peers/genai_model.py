@@ -45,9 +45,9 @@ def write_random_autoawq(shape: str, out: Path, group_size: int = 128, seed: int
     return out
 
 
-def build_genai_model(awq_dir: Path, out: Path, threads: int) -> Path:
+def build_genai_model(awq_dir: Path, out: Path, threads: int, block_size: int = 128) -> Path:
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(awq_dir), "-o", str(out), "-p", "int4",
-           "-e", "cpu", "--extra_options", "block_size=128", "accuracy_level=4"]
+           "-e", "cpu", "--extra_options", f"block_size={block_size}", "accuracy_level=4"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
     cfg_path = out / "genai_config.json"

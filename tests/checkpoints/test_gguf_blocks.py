@@ -2,6 +2,8 @@
 dequantization (gguf.quants), and run on the engines; other sources, grids and block types are clear errors."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -44,6 +46,8 @@ def test_imported_weights_equal_llama_cpp_dequantization_bit_for_bit(q4_0_gguf, 
         assert torch.equal(w, source.load(name)), name
     for name in ("model.embed_tokens.weight", "model.layers.1.input_layernorm.weight", "model.norm.weight"):
         assert torch.equal(stored[name], source.load(name)), name
+    config = json.loads((imported / "config.json").read_text())   # GGUF metadata has none; other tools need it
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["num_hidden_layers"] == 2
 
 
 @pytest.mark.slow
