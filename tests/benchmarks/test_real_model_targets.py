@@ -1,5 +1,5 @@
 """benchmarks/real_model_targets.py on the real SmolLM2-135M (an RTN w4 g64 checkpoint of the whole model, one
-window, short answers): every target runs it, cpu and npu perplexity within 0.5% of the reference engine,
+8 windows of 256 tokens, short answers): every target runs it, cpu and npu perplexity within 0.5% of the reference engine,
 onnxruntime-genai's own generator gives the npu engine's greedy tokens, and the tt accuracy rows are measured."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_one_real_checkpoint_on_every_target(tmp_path):
     pytest.importorskip("onnxruntime_genai")
     env = {**os.environ, "EDGEAWQ_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_model_targets.py"), "--checkpoint",
-                           str(tmp_path / "rtn"), "--algorithm", "pergrp", "--max_windows", "1", "--seqlen", "256",
+                           str(tmp_path / "rtn"), "--algorithm", "pergrp", "--max_windows", "8", "--seqlen", "256",
                            "--decode_tokens", "4", "--new_tokens", "8"],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -27,7 +27,7 @@ def test_one_real_checkpoint_on_every_target(tmp_path):
     ppl = {r["engine"]: r for r in rows if r["measure"] == "perplexity"}
     assert set(ppl) == {"native", "onnx", "npu", "tt-performance", "tt-accuracy"}
     for name in ("native", "onnx", "npu"):
-        assert ppl[name]["ppl_rel_diff"] <= 0.005 and ppl[name]["min_last_token_pcc"] > 0.999, ppl[name]
+        assert ppl[name]["ppl_rel_diff"] <= 0.005 and ppl[name]["min_last_token_pcc"] > 0.995, ppl[name]
     tt = {r["engine"]: r for r in rows if r["measure"] == "tt accuracy"}
     assert tt["tt-accuracy"]["top1"] >= tt["tt-performance"]["top1"] and tt["tt-accuracy"]["top1"] > 0.8, tt
     chat = {(r["engine"], r.get("vs")): r for r in rows if r["measure"] == "chat"}
