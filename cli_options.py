@@ -120,8 +120,9 @@ weight_spec_options = _stack(
 awq_options = _stack(
     click.option("--algorithm", type=click.Choice(["awq", "pergrp", "import"]), default="awq", show_default=True,
                  help="awq = activation-aware scales and clipping; pergrp = plain round-to-nearest; import = keep a "
-                      "Q4_0 GGUF file's blocks as they are (codes, fp16 scales, zero point 8; needs --group_size 32; "
-                      "bit-exact to llama.cpp's dequantization)."),
+                      "Q4_0 or Q4_1 GGUF file's blocks as they are (codes, fp16 scales, zero point 8 or, for Q4_1, "
+                      "zero point 0 plus the fp16 group minimums; needs --group_size 32; bit-exact to llama.cpp's "
+                      "dequantization)."),
     click.option("--awq", "awq_mode", type=click.Choice(["run", "load", "none"]), default="run", show_default=True,
                  help="Run the AWQ search, load llm-awq results (--awq_cache), or none (RTN)."),
     click.option("--awq_cache", type=click.Path(dir_okay=False), default=None,

@@ -1,7 +1,10 @@
 """One AWQ checkpoint of the real SmolLM2-135M-Instruct on every target, against the reference engine.
 
 Checkpoint: `run_awq quantize --model smollm2 --group_size 64` (AWQ w4 g64, default calibration; RTN with
---algorithm pergrp), written to --checkpoint when missing. Reference: `--target cpu --engine torch` (PyTorch, bf16 activations: w4abf16).
+--algorithm pergrp; with --algorithm import the GGUF file's own Q4_1 blocks taken over unchanged, `--group_size 32`),
+written to --checkpoint when missing. For the import, one more row compares it with the GGUF file dequantized to
+float (`--model smollm2`), both on the torch engine with fp32 activations: the same weights, so the same numbers
+up to summation order. Reference: `--target cpu --engine torch` (PyTorch, bf16 activations: w4abf16).
 Targets: cpu native (int8 activations), cpu onnx and npu (`--ep CPU`; the exported ONNX Runtime graph, MatMulNBits
 accuracy_level 4), tt performance and tt accuracy (Tenstorrent numerics emulated on the CPU).
 
@@ -17,8 +20,9 @@ accuracy_level 4), tt performance and tt accuracy (Tenstorrent numerics emulated
 * onnxruntime-genai: `onnxruntime_genai.Model` / `Generator` on the npu export folder (what `run_awq export` writes)
   greedy-generates the same prompts; its tokens compared with the npu engine's.
 
-Prints one JSON line per measurement; --save writes them to benchmarks/results/real_model_targets.jsonl.
-Usage: python benchmarks/real_model_targets.py [--checkpoint runs/smollm2-w4g64] [--algorithm awq|pergrp]
+Prints one JSON line per measurement; --save writes them to benchmarks/results/real_model_targets.jsonl
+(real_model_targets_q4_1_import.jsonl for --algorithm import).
+Usage: python benchmarks/real_model_targets.py [--checkpoint runs/smollm2-w4g64] [--algorithm awq|pergrp|import]
        [--max_windows 8] [--new_tokens 32]
        [--targets native onnx npu tt-performance tt-accuracy] [--save]
 """
@@ -49,17 +53,21 @@ TARGETS = {"native": ("cpu", EngineOptions(engine="native")), "onnx": ("cpu", En
            "tt-performance": ("tt", EngineOptions(tt_precision="performance", tt_device="off")),
            "tt-accuracy": ("tt", EngineOptions(tt_precision="accuracy", tt_device="off"))}
 CHAT_ENGINES = ("native", "onnx", "npu")
-RESULTS = Path(__file__).parent / "results" / "real_model_targets.jsonl"
+RESULTS = {"awq": Path(__file__).parent / "results" / "real_model_targets.jsonl",
+           "pergrp": Path(__file__).parent / "results" / "real_model_targets_rtn.jsonl",
+           "import": Path(__file__).parent / "results" / "real_model_targets_q4_1_import.jsonl"}
+LABELS = {"awq": "AWQ w4 g64", "pergrp": "RTN w4 g64", "import": "GGUF Q4_1 import w4 g32"}
 
 
 def checkpoint(out: Path, algorithm: str) -> Path:
-    """`out`, quantized from the packaged SmolLM2 (w4 g64, `algorithm` awq or pergrp) when it holds no checkpoint."""
+    """`out`, quantized from the packaged SmolLM2 (w4 g64, `algorithm` awq or pergrp; import: its Q4_1 blocks, g32)
+    when it holds no checkpoint."""
     from edgeawq.tasks.quantize import quantize_task
 
     if not (out / "manifest.json").exists():
         with contextlib.redirect_stdout(io.StringIO()):
-            quantize_task("smollm2", str(out), 4, 64, True, algorithm, "run", None, None, False, 32, None, 128, 512,
-                          0, False, progress=False)
+            quantize_task("smollm2", str(out), 4, 32 if algorithm == "import" else 64, True, algorithm, "run", None,
+                          None, False, 32, None, 128, 512, 0, False, progress=False)
     return out
 
 
@@ -107,14 +115,15 @@ def genai_tokens(folder: Path, prompts: list[list[int]], new_tokens: int, stop: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=Path("runs/smollm2-w4g64"))
-    ap.add_argument("--algorithm", choices=["awq", "pergrp"], default="awq",
-                    help="How a missing --checkpoint is made (pergrp = RTN, for a quick run).")
+    ap.add_argument("--algorithm", choices=["awq", "pergrp", "import"], default="awq",
+                    help="How a missing --checkpoint is made (pergrp = RTN, for a quick run; import = the GGUF "
+                         "file's Q4_1 blocks).")
     ap.add_argument("--max_windows", type=int, default=8)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--decode_tokens", type=int, default=16)
     ap.add_argument("--new_tokens", type=int, default=32)
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    ap.add_argument("--save", action="store_true", help=f"also write the JSON lines to {RESULTS}")
+    ap.add_argument("--save", action="store_true", help="also write the JSON lines to benchmarks/results/")
     args = ap.parse_args()
     os.environ.setdefault("EDGEAWQ_CACHE", str(args.checkpoint.parent / "cache"))
     ckpt = checkpoint(args.checkpoint, args.algorithm)
@@ -126,13 +135,22 @@ def main() -> None:
     rows = []
 
     def emit(row: dict) -> None:
-        row = {"model": "smollm2-135m", "checkpoint": {"awq": "AWQ", "pergrp": "RTN"}[args.algorithm] + " w4 g64", **row}
+        row = {"model": "smollm2-135m", "checkpoint": LABELS[args.algorithm], **row}
         print(json.dumps(row), flush=True)
         rows.append(row)
 
     reference = engine(ckpt, "torch")
     ref_chat = chat_tokens(reference, prompts, args.new_tokens, stop)
     emit({"measure": "chat", "engine": "torch (reference)", "answers": [loaded.tokenizer.decode(t) for t in ref_chat]})
+    if args.algorithm == "import":            # fp32 activations on both sides: only the weights could differ
+        source = require("cpu").make_engine(load_model("smollm2", "fp32"), EngineOptions(engine="torch"))
+        imported = require("cpu").make_engine(load_model(ckpt, "fp32", "fp32"), EngineOptions(engine="torch"))
+        win = window_parity(source, imported, windows)
+        emit({"measure": "perplexity", "engine": "torch, fp32 activations", "vs": "the GGUF file dequantized to float",
+              "reference_ppl": round(win.reference_ppl, 4), "target_ppl": round(win.target_ppl, 4),
+              "ppl_rel_diff": round(win.ppl_rel_diff, 6), "min_last_token_pcc": round(win.min_last_token_pcc, 6),
+              "windows": win.windows, "seqlen": win.seqlen})
+        del source, imported
     chats = {}
     for name in args.targets:
         target = engine(ckpt, name)
@@ -165,7 +183,7 @@ def main() -> None:
     if "native" in chats and "onnx" in chats:
         emit({"measure": "chat", "engine": "onnx", **compare(chats["native"], chats["onnx"]), "vs": "native"})
     if args.save:
-        RESULTS.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        RESULTS[args.algorithm].write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 if __name__ == "__main__":

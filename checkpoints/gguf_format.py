@@ -1,8 +1,10 @@
 """GGUF files (llama.cpp's format) as an input: `--model FILE.gguf`, or a folder holding exactly one .gguf file.
 
 Read with the `gguf` package (the reference implementation shipped by llama.cpp): the file is memory-mapped, and
-each tensor is dequantized to float32 only when it is read (`GGUFTensors.load`), so a layer-by-layer pass keeps one
-layer resident. Config, tokenizer and chat template come from the file's metadata through transformers' GGUF
+each tensor is dequantized to float32 only when it is read (`GGUFTensors.load`, in blocks of rows so that a large
+tensor such as the embedding needs no temporaries beyond one block), so a layer-by-layer pass keeps one layer
+resident; the reader's parsed metadata (the tokenizer's arrays) is dropped once the tensors are indexed.
+benchmarks/gguf_streaming_rss.py measures the peak. Config, tokenizer and chat template come from the file's metadata through transformers' GGUF
 support (`load_gguf_checkpoint`, `AutoTokenizer.from_pretrained(gguf_file=...)`).
 
 Architectures: llama (Llama 2/3, Mistral and SmolLM2 convert to it), qwen2, mistral. Tensor names map to the
@@ -21,6 +23,7 @@ import torch
 from ..errors import UserError
 from .hf_files import require_finite
 
+LOAD_BLOCK_BYTES = 8 * 2**20       # float32 output bytes dequantized at a time
 ARCHITECTURES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}   # GGUF general.architecture -> model_type
 PERMUTED_QK = ("llama", "mistral")      # llama.cpp's converter permutes q/k rows for these
 GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
@@ -107,6 +110,7 @@ class GGUFTensors(dict):
             name = hf_name(t.name)
             if name is not None:
                 self[name] = t
+        self.reader.fields.clear()        # the metadata (config, tokenizer) is read by read_config / load_tokenizer
 
     def shapes(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         return {k: (torch.float32, tuple(int(d) for d in reversed(t.shape.tolist()))) for k, t in self.items()}
@@ -116,13 +120,18 @@ class GGUFTensors(dict):
 
         t = self[name]
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        rows = shape[0]
+        step = max(1, LOAD_BLOCK_BYTES // (4 * max(1, int(np.prod(shape[1:])))))
+        w = torch.empty(shape, dtype=torch.float32)
         try:
-            values = dequantize(t.data, t.tensor_type)
+            for r0 in range(0, rows, step):                           # (step, ...) float32 temporaries at most
+                block = dequantize(t.data[r0:r0 + step], t.tensor_type)
+                w[r0:r0 + step] = torch.from_numpy(np.array(block, dtype=np.float32).reshape(
+                    (min(step, rows - r0),) + shape[1:]))
         except NotImplementedError:
             raise UserError(f"GGUF file {self.path}: tensor {t.name} has type {t.tensor_type.name}, which cannot be "
                             "dequantized here.", "Convert the model with a supported type (F16, BF16, Q8_0, Q4_0, "
                             "Q4_1, Q4_K, Q5_K, Q6_K).") from None
-        w = torch.from_numpy(np.array(values, dtype=np.float32)).reshape(shape)       # a private, writable copy
         proj = name.split(".")[-2]
         if self.permuted and proj in self.heads and name.endswith(".weight"):
             w = unpermute(w, self.heads[proj])

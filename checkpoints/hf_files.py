@@ -101,10 +101,17 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
 MAX_HEADER_BYTES = 100 * 2**20   # the safetensors format's own limit on the JSON header
 
 
+def _all_finite(tensor: torch.Tensor, block: int = 2**21) -> bool:
+    """torch.isfinite(tensor).all(), a block of `block` elements at a time (its temporaries are several times the
+    block, not the tensor: the embedding of a real model is hundreds of MB)."""
+    flat = tensor.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + block]).all()) for i in range(0, flat.numel(), block))
+
+
 def require_finite(name: str, tensor: torch.Tensor, source: Path) -> torch.Tensor:
     """`tensor`, after checking that a float tensor holds no NaN or infinity (quantizing them gives unusable
     scales)."""
-    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+    if tensor.is_floating_point() and tensor.numel() and not _all_finite(tensor):
         bad = int((~torch.isfinite(tensor)).sum())
         raise UserError(f"Tensor {name} in {source} holds {bad} NaN or infinite values; a checkpoint quantized from "
                         "it would produce garbage.", "Use the original, undamaged weights of the model (re-download "

@@ -13,11 +13,13 @@ Tensors: float tensors keep their transformers names. A quantized Linear `<name>
                  shape (N, K*bits_in_container/8)
   <name>.scales  float16 (N, K/g)
   <name>.zeros   uint8 (N, K/g), unpacked zero points (codes - zeros) * scales = weight
+  <name>.mins    float16 (N, K/g), only when "group_mins" (GGUF Q4_1 imports, zeros 0):
+                 (codes - zeros) * scales + mins = weight, in float32
   <name>.bias    float32 (N,), when the Linear has a bias
 
 quantization_config = {"quant_method": "edgeawq", "format_version": 1, "bits": b, "group_size": g,
-  "zero_point": bool, "packing": "u4k"|"u2k"|"u8", "scale_dtype": "float16", "container_bits": 4 for w3,
-  "algorithm": "awq"|"rtn", "awq": {...search settings...} | null, "lm_head": bool,
+  "zero_point": bool, "group_mins": bool (absent = false), "packing": "u4k"|"u2k"|"u8", "scale_dtype": "float16", "container_bits": 4 for w3,
+  "algorithm": "awq"|"rtn"|"gguf-q4_0"|"gguf-q4_1", "awq": {...search settings...} | null, "lm_head": bool,
   "lm_head_group_size": int|null, "quantized_modules": [relative Linear names per layer], "fused_layout": false}
 Older format versions must keep loading: readers dispatch on `format_version`.
 """
@@ -44,6 +46,8 @@ def quantized_tensors(name: str, qw: QuantizedWeight, bias: torch.Tensor | None)
     out = {f"{name}.packed": pack(qw.codes, native_format(qw.spec.bits)),
            f"{name}.scales": qw.scales.to(torch.float16).contiguous(),
            f"{name}.zeros": qw.zeros.contiguous()}
+    if qw.mins is not None:
+        out[f"{name}.mins"] = qw.mins.to(torch.float16).contiguous()
     if bias is not None:
         out[f"{name}.bias"] = bias.detach().float().contiguous()
     return out

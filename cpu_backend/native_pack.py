@@ -7,7 +7,8 @@ divides K), R = ceil(N / 16) blocks of 16 rows, G = K / g groups:
 * lines uint8 (R, G, g/8, 64): byte 4*i + b of line (r, j, p) holds code[16r + i, j*g + 8p + b] in its low
   nibble and code[16r + i, j*g + 8p + 4 + b] in its high nibble (i = row in block, b = 0..3);
 * meta uint8 (R, G, 48): the 16 rows' fp16 scales of group j (32 bytes, little-endian), then their 16 uint8
-  zero points.
+  zero points; or, for weights with group minimums (GGUF Q4_1 imports, zero points 0), meta uint8 (R, G, 64):
+  the 16 fp16 scales, then the 16 rows' fp16 minimums (W = code * scale + min).
 
 Rows past N are padding: code 0, scale 0, zero 0. Codes must be < 16 (2-, 3- and 4-bit checkpoints).
 """
@@ -21,7 +22,7 @@ import torch
 @dataclass
 class NativeWeights:
     lines: torch.Tensor      # uint8 (R, G, g/8, 64)
-    meta: torch.Tensor       # uint8 (R, G, 48)
+    meta: torch.Tensor       # uint8 (R, G, 48), or (R, G, 64) with group minimums
     N: int
     K: int
     group: int
@@ -38,8 +39,12 @@ def layout_problem(N: int, K: int, group: int, bits: int, scale_dtype: torch.dty
     return None
 
 
-def pack_native(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> NativeWeights:
-    """codes uint8 (N, K) < 16; scales (N, G) fp16; zeros uint8 (N, G) -> NativeWeights."""
+def pack_native(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                mins: torch.Tensor | None = None) -> NativeWeights:
+    """codes uint8 (N, K) < 16; scales (N, G) fp16; zeros uint8 (N, G); mins fp16 (N, G) or None -> NativeWeights.
+    With mins the zero points must be 0 (the 64-byte meta has no room for them)."""
+    if mins is not None and bool(zeros.any()):
+        raise ValueError("group minimums need zero points 0 in the native layout")
     N, K = codes.shape
     G = scales.shape[1]
     g = K // G
@@ -52,7 +57,10 @@ def pack_native(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) 
     lines = (c[..., 0, :] | (c[..., 1, :] << 4)).permute(0, 2, 3, 1, 4).reshape(R, G, g // 8, 64)
     s = s.view(R, 16, G).permute(0, 2, 1).contiguous().view(torch.uint8)                # (R, G, 32)
     z = z.view(R, 16, G).permute(0, 2, 1)                                               # (R, G, 16)
-    meta = torch.cat([s, z], dim=-1).contiguous()                                       # (R, G, 48)
+    if mins is not None:
+        m = torch.nn.functional.pad(mins.to(torch.float16), (0, 0, 0, pad))             # (16R, G)
+        z = m.view(R, 16, G).permute(0, 2, 1).contiguous().view(torch.uint8)            # (R, G, 32)
+    meta = torch.cat([s, z], dim=-1).contiguous()                                       # (R, G, 48 or 64)
     return NativeWeights(lines.contiguous(), meta, N, K, g)
 
 
@@ -68,9 +76,10 @@ def quantize_activations(x: torch.Tensor, group: int) -> tuple[torch.Tensor, tor
 
 
 def native_matmul_reference(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
-                            zeros: torch.Tensor) -> torch.Tensor:
+                            zeros: torch.Tensor, mins: torch.Tensor | None = None) -> torch.Tensor:
     """What the native quantized matmul computes, in float64: x float32 (M, K), codes (N, K), scales/zeros (N, G)
-    -> (M, N) = sum_j scale[n,j] * s[m,j] * (sum_k code[n,k] q[m,k] - zero[n,j] * sum_k q[m,k])."""
+    -> (M, N) = sum_j scale[n,j] * s[m,j] * (sum_k code[n,k] q[m,k] - zero[n,j] * sum_k q[m,k])
+                (+ sum_j min[n,j] * s[m,j] * sum_k q[m,k] with mins)."""
     N, K = codes.shape
     G = scales.shape[1]
     g = K // G
@@ -79,4 +88,7 @@ def native_matmul_reference(x: torch.Tensor, codes: torch.Tensor, scales: torch.
     cd = codes.double().reshape(N, G, g)                                               # (N, G, g)
     dots = torch.einsum("mjk,njk->mnj", qd, cd)                                        # (M, N, G)
     dots = dots - zeros.double()[None] * qd.sum(-1)[:, None, :]
-    return (dots * scales.to(torch.float16).double()[None] * s.double()[:, None, :]).sum(-1)
+    y = dots * scales.to(torch.float16).double()[None]                                 # (M, N, G)
+    if mins is not None:
+        y = y + mins.to(torch.float16).double()[None] * qd.sum(-1)[:, None, :]
+    return (y * s.double()[:, None, :]).sum(-1)

@@ -70,7 +70,7 @@ def _model_problem(loaded: LoadedModel) -> str | None:
             where = f"layers.{i}.{name}"
             if not all(isinstance(p, QLinearPerGrp) for p in parts):
                 return f"{where} is not quantized (the native decoder runs quantized decoder Linears only)"
-            if len({(p.spec.bits, p.spec.group(p.in_features), p.scales.dtype) for p in parts}) != 1:
+            if len({(p.spec.bits, p.spec.group(p.in_features), p.spec.mins, p.scales.dtype) for p in parts}) != 1:
                 return f"{where} groups Linears with different bits, group sizes or scale dtypes"
             p = parts[0]
             problem = layout_problem(p.out_features, p.in_features, p.spec.group(p.in_features), p.spec.bits,
@@ -92,7 +92,8 @@ def pack_group(parts: list[QLinearPerGrp], prefix: str, tensors: dict) -> int:
     """Stack `parts` along N into the native layout under `prefix`; -> group size."""
     bits = parts[0].spec.bits
     codes = torch.cat([unpack(p.packed, native_format(bits)) for p in parts])                 # (N, K) uint8
-    w = pack_native(codes, torch.cat([p.scales for p in parts]), torch.cat([p.zeros for p in parts]))
+    mins = torch.cat([p.mins for p in parts]) if parts[0].spec.mins else None                 # (N, G) fp16
+    w = pack_native(codes, torch.cat([p.scales for p in parts]), torch.cat([p.zeros for p in parts]), mins)
     tensors[f"{prefix}.lines"], tensors[f"{prefix}.meta"] = w.lines, w.meta
     if any(p.bias is not None for p in parts):
         tensors[f"{prefix}.bias"] = torch.cat([p.bias.detach().float() if p.bias is not None

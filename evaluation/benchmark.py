@@ -51,7 +51,7 @@ def weight_bytes_per_token(model: nn.Module, embed: nn.Module) -> int:
             continue
         tensors = list(module.parameters(recurse=False))
         if isinstance(module, QLinearPerGrp):
-            tensors += [t for t in (module.packed, module.scales, module.zeros, module.bias) if t is not None]
+            tensors += [t for t in (module.packed, module.scales, module.zeros, module.mins, module.bias) if t is not None]
         for t in tensors:
             if id(t) not in seen:
                 seen.add(id(t))

@@ -13,6 +13,8 @@ A weight W (N out, K in) is cut into groups of `g` consecutive input channels of
   w_hat = (q - z) * s
 
 Codes are always stored unsigned (0..Q) with a zero point, so both modes share one representation.
+A third mode only comes from imported GGUF Q4_1 blocks (checkpoints/gguf_blocks.py), never from `quantize`:
+  with group minimums (spec.mins=True): w_hat = (q - z) * s + m, z = 0 and m a float16 per group.
 Scales are rounded to the scale dtype (fp16 by default) BEFORE the codes are computed, so that the stored
 (q, z, s) reproduce w_hat exactly.
 """
@@ -33,6 +35,7 @@ class QuantSpec:
     bits: int = 4
     group_size: int = 128
     zero_point: bool = True
+    mins: bool = False          # per-group float16 minimums added after scaling (GGUF Q4_1 imports only)
 
     def validate(self) -> "QuantSpec":
         if self.bits not in BITS:
@@ -54,28 +57,33 @@ class QuantSpec:
 
 @dataclass
 class QuantizedWeight:
-    """codes uint8 (N, K) in [0, 2**bits-1]; scales (N, K/g) scale dtype; zeros uint8 (N, K/g)."""
+    """codes uint8 (N, K) in [0, 2**bits-1]; scales (N, K/g) scale dtype; zeros uint8 (N, K/g); mins float16
+    (N, K/g) when spec.mins, else None."""
 
     codes: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor
     spec: QuantSpec
+    mins: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.codes.shape)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return dequantize(self.codes, self.scales, self.zeros, dtype)
+        return dequantize(self.codes, self.scales, self.zeros, dtype, self.mins)
 
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(codes - zeros) * scales per group -> (N, K) in `dtype` (the arithmetic is done in fp32)."""
+               dtype: torch.dtype = torch.float32, mins: torch.Tensor | None = None) -> torch.Tensor:
+    """(codes - zeros) * scales (+ mins) per group -> (N, K) in `dtype` (the arithmetic is done in fp32: one
+    exact product for 4-bit codes and fp16 scales, then one rounding for the minimum, as llama.cpp's Q4_1)."""
     N, K = codes.shape
     n_groups = scales.shape[1]
     q = codes.view(N, n_groups, K // n_groups).float()                     # (N, G, g)
     w = (q - zeros.float().unsqueeze(-1)) * scales.float().unsqueeze(-1)   # (N, G, g)
+    if mins is not None:
+        w = w + mins.float().unsqueeze(-1)
     return w.view(N, K).to(dtype)
 
 

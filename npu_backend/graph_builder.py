@@ -36,7 +36,7 @@ from ..runtime.fusion import head_dim, layer_windows, linear_groups, rope_half_t
 from ..runtime.model_loader import LoadedModel
 from ..runtime.module_paths import get_module
 from ..progress import bar
-from .matmulnbits import to_matmulnbits
+from .matmulnbits import container_bits, to_matmulnbits
 from .onnx_writer import GraphWriter
 
 
@@ -85,14 +85,32 @@ class DecoderGraphBuilder:
         codes = torch.cat([unpack(p.packed, native_format(bits)) for p in parts])                 # (N, K)
         scales = torch.cat([p.scales for p in parts])                                             # (N, K/g)
         zeros = torch.cat([p.zeros for p in parts])                                               # (N, K/g)
+        residual = None
+        if parts[0].spec.mins:
+            zeros, residual = centre_group_mins(scales, torch.cat([p.mins for p in parts]), bits)
         q = to_matmulnbits(codes, scales, zeros, bits, where=name)
         self.summary.matmulnbits += 1
         self.summary.quantized_linears += len(parts)
-        return self.w.node("MatMulNBits", [x, self.w.weight(f"{name}.qweight", q.B),
-                                           self.w.weight(f"{name}.scales", q.scales),
-                                           self.w.weight(f"{name}.qzeros", q.zero_points)],
-                           domain="com.microsoft", name=name, K=q.K, N=q.N, bits=q.bits, block_size=q.block_size,
-                           accuracy_level=self.accuracy_level)
+        y = self.w.node("MatMulNBits", [x, self.w.weight(f"{name}.qweight", q.B),
+                                        self.w.weight(f"{name}.scales", q.scales),
+                                        self.w.weight(f"{name}.qzeros", q.zero_points)],
+                        domain="com.microsoft", name=name, K=q.K, N=q.N, bits=q.bits, block_size=q.block_size,
+                        accuracy_level=self.accuracy_level)
+        if residual is not None:
+            y = self._add_group_residual(x, residual, y, name)
+        return y
+
+    def _add_group_residual(self, x: str, residual: torch.Tensor, y: str, name: str) -> str:
+        """y + sum_j residual[n, j] * sum_{k in group j} x[..., k]: what MatMulNBits' integer zero points leave of
+        the minimums of W = code * scale + min (GGUF Q4_1 imports; `centre_group_mins`). x (B, T, K), residual fp32
+        (N, G), y (B, T, N)."""
+        w = self.w
+        N, G = residual.shape
+        sums = w.node("ReduceSum", [w.node("Reshape", [x, w.const([0, 0, G, -1])]), w.const([-1])],
+                      keepdims=0, name=f"{name}/group_sums")                                    # (B, T, G)
+        shift = w.node("MatMul", [sums, w.weight(f"{name}.mins_residual_t", residual.t().contiguous())],
+                       name=f"{name}/mins_residual")                                            # (B, T, N)
+        return w.node("Add", [y, shift], name=f"{name}/add_mins")
 
     def rms_norm(self, x: str, norm: nn.Module, name: str) -> str:
         eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
@@ -191,3 +209,15 @@ def _scalar_input(name: str):
     from onnx import helper
 
     return helper.make_tensor_value_info(name, TensorProto.INT64, [1])
+
+
+def centre_group_mins(scales: torch.Tensor, mins: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """W = code * scale + min as (code - z) * scale + residual with the integer zero point z = round(-min / scale)
+    (clamped to the code range) and residual = min + z * scale, fp32 (N, G): exact in real arithmetic. The
+    MatMulNBits part then holds centred weights, as for an ordinary zero point, so ONNX Runtime's int8 activation
+    blocks (accuracy_level 4) cost what they cost there; the residual (at most half a step) takes the group sums
+    of the unquantized activations. scales fp16 (N, G), mins fp16 (N, G) -> (z uint8 (N, G), residual)."""
+    s, m = scales.float(), mins.float()
+    z = torch.where(s > 0, torch.round(-m / s.clamp(min=torch.finfo(torch.float32).tiny)), torch.zeros_like(s))
+    z = z.clamp(0, 2 ** container_bits(bits) - 1)
+    return z.to(torch.uint8), m + z * s

@@ -244,12 +244,13 @@ def build_from_state_dict(config, family: Family, state: dict[str, torch.Tensor]
                           source: Path, layout: "QuantLayout | None" = None,
                           act_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
     """Instantiate `family.model_class` on the meta device (with QLinearPerGrp shells where `layout` says) and
-    assign `state` to it: float tensors cast to `dtype`, quantized buffers (packed, scales, zeros) as stored."""
+    assign `state` to it: float tensors cast to `dtype`, quantized buffers (packed, scales, zeros, mins) as
+    stored."""
     config._attn_implementation = "sdpa"
     model = build_skeleton(config, family, source)
     if layout is not None:
         install_qlinears(model, family, layout, act_dtype)
-    keep = (".packed", ".scales", ".zeros")
+    keep = (".packed", ".scales", ".zeros", ".mins")
     state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(keep) else v) for k, v in state.items()
              if not k.endswith(IGNORED_KEYS)}
     try:

@@ -1,7 +1,7 @@
 """Swap a meta-device model's Linears for QLinearPerGrp modules described by a checkpoint's quantization_config.
 
 The swapped modules are empty (meta) shells; `load_state_dict(assign=True)` then fills their buffers from the
-checkpoint (`<name>.packed`, `.scales`, `.zeros`, `.bias`; see checkpoints/quantized_format.py).
+checkpoint (`<name>.packed`, `.scales`, `.zeros`, `.mins` for GGUF Q4_1 imports, `.bias`; see checkpoints/quantized_format.py).
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ class QuantLayout:
     @classmethod
     def from_config(cls, q: dict, family: Family, source) -> "QuantLayout":
         try:
-            spec = QuantSpec(int(q["bits"]), int(q["group_size"]), bool(q.get("zero_point", True))).validate()
+            spec = QuantSpec(int(q["bits"]), int(q["group_size"]), bool(q.get("zero_point", True)),
+                             bool(q.get("group_mins", False))).validate()
             modules = tuple(q.get("quantized_modules") or family.linears)
             head = int(q["lm_head_group_size"]) if q.get("lm_head") else None
         except (KeyError, TypeError, ValueError) as exc:
@@ -47,4 +48,5 @@ def install_qlinears(model: nn.Module, family: Family, layout: QuantLayout, act_
         for rel in layout.modules:
             swap(f"{family.layers}.{i}.{rel}", layout.spec)
     if layout.lm_head_group_size is not None:
-        swap(family.lm_head, QuantSpec(layout.spec.bits, layout.lm_head_group_size, layout.spec.zero_point))
+        swap(family.lm_head, QuantSpec(layout.spec.bits, layout.lm_head_group_size, layout.spec.zero_point,
+                                       layout.spec.mins))

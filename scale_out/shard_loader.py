@@ -3,8 +3,8 @@
 The rank's model is the family's CausalLM built from a shard config: the local head counts (with padding heads),
 the local MLP width, the stage's layers and the local vocabulary rows; its tensors are the checkpoint's rows and
 columns that partition.py assigns to the rank (zeros for padding heads). Float tensors and quantized ones
-(`.packed` (N, K*bits/8), `.scales` / `.zeros` (N, K/g), `.bias` (N,)) are cut the same way: rows by output
-feature; columns by input channel (packed bytes: channels / codes per byte; scales, zeros: channels / g).
+(`.packed` (N, K*bits/8), `.scales` / `.zeros` / `.mins` (N, K/g), `.bias` (N,)) are cut the same way: rows by output
+feature; columns by input channel (packed bytes: channels / codes per byte; scales, zeros, mins: channels / g).
 Modules the stage does not run (the embedding off the first stage; final norm and lm_head off the last) stay on
 the meta device and take no memory.
 
@@ -30,7 +30,7 @@ from .partition import RankShard, runs
 
 Runs = list[tuple[int | None, int]]         # (source start or None for zeros, length)
 BLOCK_BYTES = 16 * 2**20
-QUANT_PARTS = (".packed", ".scales", ".zeros")
+QUANT_PARTS = (".packed", ".scales", ".zeros", ".mins")
 
 
 def _read_rows(state, name: str, start: int, count: int) -> torch.Tensor:
@@ -112,7 +112,9 @@ def _linear_tensors(state, name: str, quantized: bool, bits: int | None, group: 
         per_byte = {"u8": 1, "u4k": 2, "u2k": 4}[native_format(bits)]
         out[f"{name}.packed"] = read_block(state, f"{name}.packed", rows, None if cols is None else
                                            _scaled(cols, per_byte))
-        for part in (".scales", ".zeros"):
+        for part in (".scales", ".zeros", ".mins"):
+            if part == ".mins" and name + part not in state:
+                continue
             out[name + part] = read_block(state, name + part, rows, None if cols is None else _scaled(cols, group))
     else:
         out[f"{name}.weight"] = read_block(state, f"{name}.weight", rows, cols)

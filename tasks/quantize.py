@@ -54,7 +54,7 @@ def check_group_sizes(skeleton, family, spec: QuantSpec, lm_head: bool, lm_head_
 def estimated_bytes(skeleton, family, shapes: dict, spec: QuantSpec, lm_head: bool, lm_head_group_size: int,
                     float_dtype: torch.dtype | None) -> int:
     """Bytes of the checkpoint to write: quantized Linears as codes (in their container) + fp16 scales + uint8
-    zeros per group, the other tensors in their stored dtype."""
+    zeros (+ fp16 mins) per group, the other tensors in their stored dtype."""
     container = 4 if spec.bits == 3 else spec.bits
     quantized = {f"{family.layers}.{i}.{rel}.weight": spec for i in range(len(get_module(skeleton, family.layers)))
                  for rel in family.linears}
@@ -64,15 +64,18 @@ def estimated_bytes(skeleton, family, shapes: dict, spec: QuantSpec, lm_head: bo
     for name, (dtype, shape) in shapes.items():
         if name in quantized and len(shape) == 2:
             n, k = shape
-            total += n * k * container // 8 + 3 * n * (k // quantized[name].group(k))
+            total += n * k * container // 8 + (5 if spec.mins else 3) * n * (k // quantized[name].group(k))
         else:
             total += math.prod(shape) * (float_dtype or dtype).itemsize
     return total
 
 
 def _algorithm_name(algorithm: str, awq_mode: str) -> str:
-    """quantization_config.algorithm: awq, rtn (round-to-nearest) or gguf-q4_0 (blocks taken over unchanged)."""
-    return "gguf-q4_0" if algorithm == "import" else "awq" if awq_mode != "none" else "rtn"
+    """quantization_config.algorithm: awq, rtn (round-to-nearest), gguf-q4_0 or gguf-q4_1 (blocks taken over
+    unchanged; `algorithm` is then "import-q4_0" / "import-q4_1")."""
+    if algorithm.startswith("import"):
+        return "gguf-" + algorithm.removeprefix("import-")
+    return "awq" if awq_mode != "none" else "rtn"
 
 
 DEFAULT_SEARCH_TOKENS = 4096
@@ -123,7 +126,8 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     check_state_fits({k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, src.state.shapes(), src.folder,
                      optional=(f"{src.family.lm_head}.weight",) if tied else ())
     if algorithm == "import":
-        check_importable(src.state, src.family, spec, lm_head, str(model_path))
+        spec = check_importable(src.state, src.family, spec, lm_head, str(model_path))
+        algorithm = "import-q4_1" if spec.mins else "import-q4_0"
         if export != "native":
             raise UserError("--algorithm import writes the native format only.", "Drop --export awq.")
     check_group_sizes(skeleton, src.family, spec, lm_head, lm_head_group_size)
@@ -144,7 +148,7 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     if lm_head and config.get("tie_word_embeddings"):
         config["tie_word_embeddings"] = False  # the head gets its own quantized weight; the embedding stays float
     qconfig = {
-        "bits": spec.bits, "group_size": spec.group_size, "zero_point": spec.zero_point,
+        "bits": spec.bits, "group_size": spec.group_size, "zero_point": spec.zero_point, "group_mins": spec.mins,
         "packing": native_format(spec.bits), "container_bits": 4 if spec.bits == 3 else spec.bits,
         "scale_dtype": "float16", "algorithm": _algorithm_name(algorithm, awq_mode),
         "awq": None if awq_mode == "none" else {
@@ -164,7 +168,7 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     t0 = time.perf_counter()
     with QuantizedCheckpointWriter(out_path, config, qconfig, src.folder, max_shard_bytes, expected_bytes=expected,
                                    tokenizer=src.tokenizer, **layout) as writer:
-        if algorithm == "import":
+        if algorithm.startswith("import"):
             import_blocks(src.state, src.family, len(get_module(skeleton, src.family.layers)), writer)
             report = QuantizeReport(seconds=time.perf_counter() - t0)
         else:

@@ -7,7 +7,9 @@
 //   lines uint8 (R, G, g/8, 64): for row block r, group j, step p: byte 4*i + b (i = row in block 0..15,
 //       b = 0..3) holds code[16r + i, j*g + 8p + b] in its low nibble and code[16r + i, j*g + 8p + 4 + b] in its
 //       high nibble. One 64-byte line = 16 rows x 8 codes.
-//   meta uint8 (R, G, 48): 16 fp16 scales (rows 16r..16r+15 of group j), then 16 uint8 zero points.
+//   meta uint8 (R, G, 48): 16 fp16 scales (rows 16r..16r+15 of group j), then 16 uint8 zero points;
+//   or, with group minimums (GGUF Q4_1 imports; zero points 0), (R, G, 64): 16 fp16 scales, then 16 fp16 minimums,
+//   W[n, k] = code * scale + min, so y[n] = sum_j s_j * (scale[n,j] * sum_k code*q + min[n,j] * sum_k q).
 // Rows past N (padding of the last block) have code 0, scale 0, zero 0.
 // W[n, k] = (code - zero) * scale. Activations per token and group: s = max|x| / 127, q = round-half-even(x * (1/s))
 // (0 when s == 0), so y[n] = sum_j scale[n,j] * s_j * (sum_k code*q - zero[n,j] * sum_k q), exact in int32.
@@ -151,15 +153,16 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int64_t g, QActs& a, co
 struct QLinear {
     torch::Tensor lines, meta, bias;   // bias: float32 (N,) or undefined
     int64_t N = 0, K = 0, g = 0;
+    bool mins = false;                 // meta holds fp16 minimums instead of uint8 zero points (64 bytes a group)
 };
 
 #if EDGEAWQ_AVX512
 // T tokens x one 16-row block over all groups; y rows strided by ldy.
-template <int T>
+template <int T, bool MINS>
 inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
-    const int64_t G = w.K / w.g, steps = w.g / 8;
+    const int64_t G = w.K / w.g, steps = w.g / 8, MB = MINS ? 64 : 48;
     const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * 64;
-    const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * 48;
+    const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * MB;
     const __m512i low = _mm512_set1_epi8(0x0F);
     __m512 acc[T];
     for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
@@ -178,8 +181,19 @@ inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r
                 ib[t] = _mm512_dpbusd_epi32(ib[t], hi, _mm512_set1_epi32(xq[1]));
             }
         }
-        const uint8_t* mj = meta + j * 48;
+        const uint8_t* mj = meta + j * MB;
         const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj)));
+        if (MINS) {
+            const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj + 32)));
+            for (int t = 0; t < T; ++t) {
+                const int64_t mg = (m0 + t) * G + j;
+                const __m512 as = _mm512_set1_ps(a.scale[mg]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ia[t], ib[t])), _mm512_mul_ps(s, as),
+                                         acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_set1_ps((float)a.sum[mg]), _mm512_mul_ps(mn, as), acc[t]);
+            }
+            continue;
+        }
         const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 32)));
         for (int t = 0; t < T; ++t) {
             const int64_t mg = (m0 + t) * G + j;
@@ -192,11 +206,11 @@ inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r
 }
 #else
 // AVX2: the 64-byte line as two halves of 8 rows; u8 x s8 pairs with maddubs, then pairs of int16 with madd.
-template <int T>
+template <int T, bool MINS>
 inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
-    const int64_t G = w.K / w.g, steps = w.g / 8;
+    const int64_t G = w.K / w.g, steps = w.g / 8, MB = MINS ? 64 : 48;
     const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * 64;
-    const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * 48;
+    const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * MB;
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     __m256 acc[T][2];
     for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
@@ -217,9 +231,19 @@ inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r
                 }
             }
         }
-        const uint8_t* mj = meta + j * 48;
+        const uint8_t* mj = meta + j * MB;
         for (int h = 0; h < 2; ++h) {
             const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 16 * h)));
+            if (MINS) {
+                const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 32 + 16 * h)));
+                for (int t = 0; t < T; ++t) {
+                    const int64_t mg = (m0 + t) * G + j;
+                    const __m256 as = _mm256_set1_ps(a.scale[mg]);
+                    acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[t][h]), _mm256_mul_ps(s, as), acc[t][h]);
+                    acc[t][h] = _mm256_fmadd_ps(_mm256_set1_ps((float)a.sum[mg]), _mm256_mul_ps(mn, as), acc[t][h]);
+                }
+                continue;
+            }
             const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mj + 32 + 8 * h)));
             for (int t = 0; t < T; ++t) {
                 const int64_t mg = (m0 + t) * G + j;
@@ -242,20 +266,26 @@ constexpr int TILE = 8;
 constexpr int TILE = 4;
 #endif
 
-void tile_kernel(int rows, const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
+template <bool MINS>
+void tile_kernel_of(int rows, const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
     switch (rows) {
-        case 1: block_kernel<1>(w, a, m0, r, y, ldy); break;
-        case 2: block_kernel<2>(w, a, m0, r, y, ldy); break;
-        case 3: block_kernel<3>(w, a, m0, r, y, ldy); break;
-        case 4: block_kernel<4>(w, a, m0, r, y, ldy); break;
+        case 1: block_kernel<1, MINS>(w, a, m0, r, y, ldy); break;
+        case 2: block_kernel<2, MINS>(w, a, m0, r, y, ldy); break;
+        case 3: block_kernel<3, MINS>(w, a, m0, r, y, ldy); break;
+        case 4: block_kernel<4, MINS>(w, a, m0, r, y, ldy); break;
 #if EDGEAWQ_AVX512
-        case 5: block_kernel<5>(w, a, m0, r, y, ldy); break;
-        case 6: block_kernel<6>(w, a, m0, r, y, ldy); break;
-        case 7: block_kernel<7>(w, a, m0, r, y, ldy); break;
-        case 8: block_kernel<8>(w, a, m0, r, y, ldy); break;
+        case 5: block_kernel<5, MINS>(w, a, m0, r, y, ldy); break;
+        case 6: block_kernel<6, MINS>(w, a, m0, r, y, ldy); break;
+        case 7: block_kernel<7, MINS>(w, a, m0, r, y, ldy); break;
+        case 8: block_kernel<8, MINS>(w, a, m0, r, y, ldy); break;
 #endif
         default: TORCH_CHECK(false, "tile of ", rows, " rows");
     }
+}
+
+void tile_kernel(int rows, const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
+    if (w.mins) tile_kernel_of<true>(rows, w, a, m0, r, y, ldy);
+    else tile_kernel_of<false>(rows, w, a, m0, r, y, ldy);
 }
 
 // y (M, ldy >= 16 R) gets x @ W^T in its first N columns (+ bias); x already quantized in `a`.
@@ -296,9 +326,11 @@ QLinear make_linear(torch::Tensor lines, torch::Tensor meta, c10::optional<torch
     const int64_t R = (N + 15) / 16, G = K / g;
     TORCH_CHECK(lines.numel() == R * G * (g / 8) * 64, "lines has ", lines.numel(), " bytes, expected ",
                 R * G * (g / 8) * 64);
-    TORCH_CHECK(meta.numel() == R * G * 48, "meta has ", meta.numel(), " bytes, expected ", R * G * 48);
+    TORCH_CHECK(meta.numel() == R * G * 48 || meta.numel() == R * G * 64, "meta has ", meta.numel(),
+                " bytes, expected ", R * G * 48, " (zero points) or ", R * G * 64, " (group minimums)");
     QLinear w;
     w.lines = lines; w.meta = meta; w.N = N; w.K = K; w.g = g;
+    w.mins = meta.numel() == R * G * 64;
     if (bias && bias->defined()) {
         TORCH_CHECK(bias->dtype() == torch::kFloat32 && bias->numel() == N, "bias: float32 (N,)");
         w.bias = bias->contiguous();

@@ -41,6 +41,22 @@ def test_quantized_matmul_equals_the_exact_int8_math(ext, M, N, K, g, threads):
     assert ((got.double() - expected).abs().max() / expected.abs().max()).item() < 1e-6
 
 
+@pytest.mark.parametrize("M,N,K,g", [(1, 40, 256, 32), (9, 37, 96, 32), (130, 48, 64, 32)])
+def test_group_minimums_matmul_equals_the_exact_int8_math(ext, M, N, K, g):
+    """GGUF Q4_1 layout: W = code * scale + min (zero points 0, fp16 minimums in the 64-byte meta)."""
+    codes, scales, _ = random_weights(N, K, g, seed=M + N)
+    mins = (torch.randn(N, K // g) * 0.05).half()
+    zeros = torch.zeros(N, K // g, dtype=torch.uint8)
+    x = torch.randn(M, K) * 3
+    w = pack_native(codes, scales, zeros, mins)
+    assert w.meta.shape[-1] == 64
+    got = ext.Linear(w.lines, w.meta, None, N, K, g, 2).forward(x)
+    expected = native_matmul_reference(x, codes, scales, zeros, mins)
+    assert ((got.double() - expected).abs().max() / expected.abs().max()).item() < 1e-6
+    without = native_matmul_reference(x, codes, scales, zeros)
+    assert (without - expected).abs().max() > 1e-2 * expected.abs().max()      # the minimums do contribute
+
+
 def test_best_isa_is_what_the_cpu_reports():
     assert native_build.best_isa() == ISAS[0]
 
