@@ -1,7 +1,8 @@
 """`--target cpu`: which engine runs a loaded checkpoint on the host CPU, and building it.
 
 `--engine auto` -> native for quantized checkpoints with the reference numerics when the native kernels can run
-them (the fast path), else the ONNX Runtime graph on the CPU provider, else PyTorch; `--flash_attention` and
+them (the fast path), else the ONNX Runtime graph on the CPU provider when it is installed and MatMulNBits can hold
+every group size, else PyTorch (auto always picks an engine that runs the checkpoint); `--flash_attention` and
 `--act_dtype aie` name the PyTorch engine; float checkpoints run PyTorch.
 """
 from __future__ import annotations
@@ -44,7 +45,11 @@ def cpu_engine_choice(loaded: LoadedModel, options: EngineOptions) -> str:
 
     if native_problem(loaded) is None:
         return "native"
-    return "torch" if _onnxruntime_missing() else "onnx"
+    if _onnxruntime_missing():
+        return "torch"
+    from ..npu_backend.backend import onnx_problem
+
+    return "torch" if onnx_problem(loaded) else "onnx"
 
 
 def make_engine(loaded: LoadedModel, options: EngineOptions):

@@ -52,8 +52,28 @@ def ensure_export(loaded: LoadedModel, onnx_dir: Path | None, accuracy_level: in
     return folder
 
 
+def onnx_problem(loaded: LoadedModel) -> str | None:
+    """Why the ONNX Runtime graph cannot hold this model's quantized Linears (MatMulNBits block sizes), or None."""
+    from ..kernels.qlinear import QLinearPerGrp
+    from .matmulnbits import block_size_problem
+
+    for name, module in loaded.model.named_modules():
+        if isinstance(module, QLinearPerGrp):
+            problem = block_size_problem(module.spec.group(module.in_features), module.in_features, name)
+            if problem:
+                return problem
+    return None
+
+
 def make_npu_engine(loaded: LoadedModel, options: EngineOptions, label: str = "npu") -> OrtEngine:
     """`label`: the target name in messages (the cpu target runs the same graph on the CPU provider)."""
+    problem = onnx_problem(loaded)
+    if problem:
+        asked = "--target cpu --engine onnx" if label == "cpu" else f"--target {label}"
+        other = ("--engine auto picks an engine that can run it" if label == "cpu" else
+                 "--target cpu runs it (--engine auto)")
+        raise UserError(f"{asked} cannot run this model: {problem}.",
+                        f"Quantize with --group_size 32, 64, 128 or 256, or run it elsewhere: {other}.")
     if options.flash_attention:
         raise UserError("--flash_attention selects the PyTorch engine of the cpu target; the npu target always runs "
                         "grouped QKV and its own attention with a KV cache.", "Drop --flash_attention.")

@@ -35,12 +35,19 @@ def container_bits(bits: int) -> int:
     return 4 if bits <= 4 else 8
 
 
-def check_block_size(group: int, K: int, where: str) -> None:
+def block_size_problem(group: int, K: int, where: str) -> str | None:
+    """Why MatMulNBits cannot take groups of `group` over K inputs at `where`, or None."""
     if group < 16 or group & (group - 1):
-        raise UserError(f"{where} has group size {group} (K={K}), which MatMulNBits cannot use: its block_size must "
-                        "be a power of two >= 16.",
-                        "Quantize with --group_size 32, 64, 128 or 256 for the npu target (-1 works only when every "
-                        "input size is a power of two).")
+        return (f"{where} has group size {group} (K={K}), which MatMulNBits cannot use: its block_size must be a "
+                "power of two >= 16")
+    return None
+
+
+def check_block_size(group: int, K: int, where: str) -> None:
+    problem = block_size_problem(group, K, where)
+    if problem:
+        raise UserError(f"{problem}.", "Quantize with --group_size 32, 64, 128 or 256 for the ONNX Runtime graph "
+                        "(-1 works only when every input size is a power of two).")
 
 
 def _pack_low_first(values: np.ndarray, bits: int) -> np.ndarray:
