@@ -10,7 +10,11 @@ divides K), R = ceil(N / 16) blocks of 16 rows, G = K / g groups:
   zero points; or, for weights with group minimums (GGUF Q4_1 imports, zero points 0), meta uint8 (R, G, 64):
   the 16 fp16 scales, then the 16 rows' fp16 minimums (W = code * scale + min).
 
-Rows past N are padding: code 0, scale 0, zero 0. Codes must be < 16 (2-, 3- and 4-bit checkpoints).
+* 8-bit codes: lines uint8 (R, G, g/4, 64): byte 4*i + b of line (r, j, p) holds code[16r + i, j*g + 4p + b];
+  meta as above (zero points).
+
+Rows past N are padding: code 0, scale 0, zero 0. 2-, 3- and 4-bit codes (< 16) take the nibble layout, 8-bit
+codes the byte layout.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import torch
 
 @dataclass
 class NativeWeights:
-    lines: torch.Tensor      # uint8 (R, G, g/8, 64)
+    lines: torch.Tensor      # uint8 (R, G, g/8, 64), or (R, G, g/4, 64) for 8-bit codes
     meta: torch.Tensor       # uint8 (R, G, 48), or (R, G, 64) with group minimums
     N: int
     K: int
@@ -30,8 +34,8 @@ class NativeWeights:
 
 def layout_problem(N: int, K: int, group: int, bits: int, scale_dtype: torch.dtype) -> str | None:
     """Why codes of this shape and scale dtype cannot use the native layout, or None."""
-    if bits > 4:
-        return f"{bits}-bit codes (the native kernels take codes < 16: 2-, 3- and 4-bit)"
+    if bits not in (2, 3, 4, 8):
+        return f"{bits}-bit codes (the native kernels take 2-, 3-, 4- and 8-bit codes)"
     if group % 8 or K % group:
         return f"group size {group} with K={K} (it must be a multiple of 8 that divides K)"
     if scale_dtype != torch.float16:
@@ -40,11 +44,11 @@ def layout_problem(N: int, K: int, group: int, bits: int, scale_dtype: torch.dty
 
 
 def pack_native(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                mins: torch.Tensor | None = None) -> NativeWeights:
-    """codes uint8 (N, K) < 16; scales (N, G) fp16; zeros uint8 (N, G); mins fp16 (N, G) or None -> NativeWeights.
-    With mins the zero points must be 0 (the 64-byte meta has no room for them)."""
-    if mins is not None and bool(zeros.any()):
-        raise ValueError("group minimums need zero points 0 in the native layout")
+                mins: torch.Tensor | None = None, bits: int = 4) -> NativeWeights:
+    """codes uint8 (N, K) (< 16 unless bits is 8); scales (N, G) fp16; zeros uint8 (N, G); mins fp16 (N, G) or
+    None -> NativeWeights. With mins the zero points must be 0 (the 64-byte meta has no room for them)."""
+    if mins is not None and (bool(zeros.any()) or bits == 8):
+        raise ValueError("group minimums need 4-bit codes and zero points 0 in the native layout")
     N, K = codes.shape
     G = scales.shape[1]
     g = K // G
@@ -53,8 +57,11 @@ def pack_native(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
     c = torch.nn.functional.pad(codes.to(torch.uint8), (0, 0, 0, pad))                  # (16R, K)
     s = torch.nn.functional.pad(scales.to(torch.float16), (0, 0, 0, pad))              # (16R, G)
     z = torch.nn.functional.pad(zeros.to(torch.uint8), (0, 0, 0, pad))                 # (16R, G)
-    c = c.view(R, 16, G, g // 8, 2, 4)                       # k = j*g + 8p + 4*half + b
-    lines = (c[..., 0, :] | (c[..., 1, :] << 4)).permute(0, 2, 3, 1, 4).reshape(R, G, g // 8, 64)
+    if bits == 8:
+        lines = c.view(R, 16, G, g // 4, 4).permute(0, 2, 3, 1, 4).reshape(R, G, g // 4, 64)   # k = j*g + 4p + b
+    else:
+        c = c.view(R, 16, G, g // 8, 2, 4)                       # k = j*g + 8p + 4*half + b
+        lines = (c[..., 0, :] | (c[..., 1, :] << 4)).permute(0, 2, 3, 1, 4).reshape(R, G, g // 8, 64)
     s = s.view(R, 16, G).permute(0, 2, 1).contiguous().view(torch.uint8)                # (R, G, 32)
     z = z.view(R, 16, G).permute(0, 2, 1)                                               # (R, G, 16)
     if mins is not None:

@@ -93,7 +93,7 @@ def pack_group(parts: list[QLinearPerGrp], prefix: str, tensors: dict) -> int:
     bits = parts[0].spec.bits
     codes = torch.cat([unpack(p.packed, native_format(bits)) for p in parts])                 # (N, K) uint8
     mins = torch.cat([p.mins for p in parts]) if parts[0].spec.mins else None                 # (N, G) fp16
-    w = pack_native(codes, torch.cat([p.scales for p in parts]), torch.cat([p.zeros for p in parts]), mins)
+    w = pack_native(codes, torch.cat([p.scales for p in parts]), torch.cat([p.zeros for p in parts]), mins, bits)
     tensors[f"{prefix}.lines"], tensors[f"{prefix}.meta"] = w.lines, w.meta
     if any(p.bias is not None for p in parts):
         tensors[f"{prefix}.bias"] = torch.cat([p.bias.detach().float() if p.bias is not None

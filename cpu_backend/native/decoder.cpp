@@ -1,5 +1,5 @@
 // The cpu target's native engine: the whole Llama-family decoder for per-group 4-bit-container weights
-// (2/3/4-bit codes), int8 activations per weight group (the int8 path MatMulNBits takes at accuracy_level 4 and
+// (2/3/4-bit codes) and 8-bit weights, int8 activations per weight group (the int8 path MatMulNBits takes at accuracy_level 4 and
 // llama.cpp takes with Q8_0), fp32 everything else. Built at first use by cpu_backend/native_build.py.
 //
 // Weight layout of one quantized Linear (N outputs, K inputs, group size g, R = ceil(N/16) blocks of 16 rows,
@@ -7,6 +7,7 @@
 //   lines uint8 (R, G, g/8, 64): for row block r, group j, step p: byte 4*i + b (i = row in block 0..15,
 //       b = 0..3) holds code[16r + i, j*g + 8p + b] in its low nibble and code[16r + i, j*g + 8p + 4 + b] in its
 //       high nibble. One 64-byte line = 16 rows x 8 codes.
+//   8-bit codes: lines uint8 (R, G, g/4, 64): byte 4*i + b holds code[16r + i, j*g + 4p + b] (16 rows x 4 codes).
 //   meta uint8 (R, G, 48): 16 fp16 scales (rows 16r..16r+15 of group j), then 16 uint8 zero points;
 //   or, with group minimums (GGUF Q4_1 imports; zero points 0), (R, G, 64): 16 fp16 scales, then 16 fp16 minimums,
 //   W[n, k] = code * scale + min, so y[n] = sum_j s_j * (scale[n,j] * sum_k code*q + min[n,j] * sum_k q).
@@ -154,6 +155,7 @@ struct QLinear {
     torch::Tensor lines, meta, bias;   // bias: float32 (N,) or undefined
     int64_t N = 0, K = 0, g = 0;
     bool mins = false;                 // meta holds fp16 minimums instead of uint8 zero points (64 bytes a group)
+    bool bits8 = false;                // lines hold 8-bit codes, 4 per row and line (else two nibbles, 8 per row)
 };
 
 #if EDGEAWQ_AVX512
@@ -260,32 +262,122 @@ inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r
 }
 #endif
 
+
+// 8-bit codes: one 64-byte line = 16 rows x 4 consecutive codes; zero points as above.
+#if EDGEAWQ_AVX512
+template <int T>
+inline void block_kernel8(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
+    const int64_t G = w.K / w.g, steps = w.g / 4;
+    const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * 64;
+    const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * 48;
+    __m512 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < G; ++j) {
+        __m512i ia[T];
+        for (int t = 0; t < T; ++t) ia[t] = _mm512_setzero_si512();
+        const uint8_t* L = lines + j * steps * 64;
+        for (int64_t p = 0; p < steps; ++p) {
+            if (T == 1) _mm_prefetch((const char*)(L + p * 64 + 2048), _MM_HINT_NTA);
+            const __m512i v = _mm512_loadu_si512(L + p * 64);
+            for (int t = 0; t < T; ++t) {
+                const int32_t* xq = reinterpret_cast<const int32_t*>(a.q.data() + (m0 + t) * w.K + j * w.g + 4 * p);
+                ia[t] = _mm512_dpbusd_epi32(ia[t], v, _mm512_set1_epi32(xq[0]));
+            }
+        }
+        const uint8_t* mj = meta + j * 48;
+        const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj)));
+        const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 32)));
+        for (int t = 0; t < T; ++t) {
+            const int64_t mg = (m0 + t) * G + j;
+            __m512i d = _mm512_sub_epi32(ia[t], _mm512_mullo_epi32(z, _mm512_set1_epi32(a.sum[mg])));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, _mm512_set1_ps(a.scale[mg])), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
+}
+#else
+// AVX2: codes 0..255 do not fit maddubs' int16 pair sums, so even and odd bytes go to int16 lanes and madd pairs
+// them with the matching activations (c0 x0 + c2 x2, then c1 x1 + c3 x3) into one int32 per row.
+template <int T>
+inline void block_kernel8(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
+    const int64_t G = w.K / w.g, steps = w.g / 4;
+    const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * 64;
+    const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * 48;
+    const __m256i even = _mm256_set1_epi16(0x00FF);
+    __m256 acc[T][2];
+    for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < G; ++j) {
+        __m256i ia[T][2];
+        for (int t = 0; t < T; ++t) ia[t][0] = ia[t][1] = _mm256_setzero_si256();
+        const uint8_t* L = lines + j * steps * 64;
+        for (int64_t p = 0; p < steps; ++p) {
+            __m256i xe[T], xo[T];
+            for (int t = 0; t < T; ++t) {
+                const int8_t* xq = a.q.data() + (m0 + t) * w.K + j * w.g + 4 * p;
+                xe[t] = _mm256_set1_epi32((int32_t)(((uint32_t)(uint16_t)(int16_t)xq[2] << 16) | (uint16_t)(int16_t)xq[0]));
+                xo[t] = _mm256_set1_epi32((int32_t)(((uint32_t)(uint16_t)(int16_t)xq[3] << 16) | (uint16_t)(int16_t)xq[1]));
+            }
+            for (int h = 0; h < 2; ++h) {
+                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(L + p * 64 + 32 * h));
+                const __m256i lo = _mm256_and_si256(v, even), hi = _mm256_srli_epi16(v, 8);
+                for (int t = 0; t < T; ++t)
+                    ia[t][h] = _mm256_add_epi32(ia[t][h], _mm256_add_epi32(_mm256_madd_epi16(lo, xe[t]),
+                                                                           _mm256_madd_epi16(hi, xo[t])));
+            }
+        }
+        const uint8_t* mj = meta + j * 48;
+        for (int h = 0; h < 2; ++h) {
+            const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 16 * h)));
+            const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mj + 32 + 8 * h)));
+            for (int t = 0; t < T; ++t) {
+                const int64_t mg = (m0 + t) * G + j;
+                __m256i d = _mm256_sub_epi32(ia[t][h], _mm256_mullo_epi32(z, _mm256_set1_epi32(a.sum[mg])));
+                acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s, _mm256_set1_ps(a.scale[mg])),
+                                            acc[t][h]);
+            }
+        }
+    }
+    for (int t = 0; t < T; ++t) {
+        _mm256_storeu_ps(y + t * ldy, acc[t][0]);
+        _mm256_storeu_ps(y + t * ldy + 8, acc[t][1]);
+    }
+}
+#endif
+
 #if EDGEAWQ_AVX512
 constexpr int TILE = 8;
 #else
 constexpr int TILE = 4;
 #endif
 
-template <bool MINS>
+// MODE 0: 4-bit codes with zero points, 1: 4-bit codes with group minimums, 2: 8-bit codes with zero points.
+template <int T, int MODE>
+inline void run_block(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
+    if (MODE == 2) block_kernel8<T>(w, a, m0, r, y, ldy);
+    else block_kernel<T, MODE == 1>(w, a, m0, r, y, ldy);
+}
+
+template <int MODE>
 void tile_kernel_of(int rows, const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
     switch (rows) {
-        case 1: block_kernel<1, MINS>(w, a, m0, r, y, ldy); break;
-        case 2: block_kernel<2, MINS>(w, a, m0, r, y, ldy); break;
-        case 3: block_kernel<3, MINS>(w, a, m0, r, y, ldy); break;
-        case 4: block_kernel<4, MINS>(w, a, m0, r, y, ldy); break;
+        case 1: run_block<1, MODE>(w, a, m0, r, y, ldy); break;
+        case 2: run_block<2, MODE>(w, a, m0, r, y, ldy); break;
+        case 3: run_block<3, MODE>(w, a, m0, r, y, ldy); break;
+        case 4: run_block<4, MODE>(w, a, m0, r, y, ldy); break;
 #if EDGEAWQ_AVX512
-        case 5: block_kernel<5, MINS>(w, a, m0, r, y, ldy); break;
-        case 6: block_kernel<6, MINS>(w, a, m0, r, y, ldy); break;
-        case 7: block_kernel<7, MINS>(w, a, m0, r, y, ldy); break;
-        case 8: block_kernel<8, MINS>(w, a, m0, r, y, ldy); break;
+        case 5: run_block<5, MODE>(w, a, m0, r, y, ldy); break;
+        case 6: run_block<6, MODE>(w, a, m0, r, y, ldy); break;
+        case 7: run_block<7, MODE>(w, a, m0, r, y, ldy); break;
+        case 8: run_block<8, MODE>(w, a, m0, r, y, ldy); break;
 #endif
         default: TORCH_CHECK(false, "tile of ", rows, " rows");
     }
 }
 
 void tile_kernel(int rows, const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
-    if (w.mins) tile_kernel_of<true>(rows, w, a, m0, r, y, ldy);
-    else tile_kernel_of<false>(rows, w, a, m0, r, y, ldy);
+    if (w.bits8) tile_kernel_of<2>(rows, w, a, m0, r, y, ldy);
+    else if (w.mins) tile_kernel_of<1>(rows, w, a, m0, r, y, ldy);
+    else tile_kernel_of<0>(rows, w, a, m0, r, y, ldy);
 }
 
 // y (M, ldy >= 16 R) gets x @ W^T in its first N columns (+ bias); x already quantized in `a`.
@@ -324,13 +416,16 @@ QLinear make_linear(torch::Tensor lines, torch::Tensor meta, c10::optional<torch
     TORCH_CHECK(meta.dtype() == torch::kUInt8 && meta.is_contiguous(), "meta: contiguous uint8");
     TORCH_CHECK(g % 8 == 0 && K % g == 0, "group size must divide K and be a multiple of 8");
     const int64_t R = (N + 15) / 16, G = K / g;
-    TORCH_CHECK(lines.numel() == R * G * (g / 8) * 64, "lines has ", lines.numel(), " bytes, expected ",
-                R * G * (g / 8) * 64);
+    const int64_t four = R * G * (g / 8) * 64, eight = R * G * (g / 4) * 64;
+    TORCH_CHECK(lines.numel() == four || lines.numel() == eight, "lines has ", lines.numel(), " bytes, expected ",
+                four, " (4-bit codes) or ", eight, " (8-bit codes)");
     TORCH_CHECK(meta.numel() == R * G * 48 || meta.numel() == R * G * 64, "meta has ", meta.numel(),
                 " bytes, expected ", R * G * 48, " (zero points) or ", R * G * 64, " (group minimums)");
     QLinear w;
     w.lines = lines; w.meta = meta; w.N = N; w.K = K; w.g = g;
     w.mins = meta.numel() == R * G * 64;
+    w.bits8 = lines.numel() == eight;
+    TORCH_CHECK(!(w.mins && w.bits8), "group minimums come with 4-bit codes only");
     if (bias && bias->defined()) {
         TORCH_CHECK(bias->dtype() == torch::kFloat32 && bias->numel() == N, "bias: float32 (N,)");
         w.bias = bias->contiguous();

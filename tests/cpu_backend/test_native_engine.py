@@ -32,15 +32,18 @@ PROMPTS = [list(range(5, 25)), list(range(40, 52)), [7, 8, 9]]  # lengths 20, 12
 
 @pytest.fixture(scope="module")
 def quantized(checkpoints, tmp_path_factory):
-    """family -> (w4 g32 checkpoint with float lm_head, w3 per-channel checkpoint with a quantized g64 lm_head)."""
+    """family -> (w4 g32 checkpoint with float lm_head, w3 per-channel checkpoint with a quantized g64 lm_head,
+    w8 per-channel checkpoint with a quantized w8 g32 lm_head)."""
     root = tmp_path_factory.mktemp("native")
     out = {}
     for family in FAMILY_CONFIGS:
-        a, b = root / f"{family}-w4", root / f"{family}-w3-head"
+        a, b, c = root / f"{family}-w4", root / f"{family}-w3-head", root / f"{family}-w8-head"
         quantize_tiny(checkpoints[family], a, algorithm="rtn", awq_mode="none")
         quantize_tiny(checkpoints[family], b, algorithm="rtn", awq_mode="none", w_bit=3, group_size=-1,
                       lm_head=True, lm_head_group_size=64)
-        out[family] = (a, b)
+        quantize_tiny(checkpoints[family], c, algorithm="rtn", awq_mode="none", w_bit=8, group_size=-1,
+                      lm_head=True, lm_head_group_size=32)
+        out[family] = (a, b, c)
     return out
 
 
@@ -75,7 +78,7 @@ def native_engine(path, monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
-@pytest.mark.parametrize("variant", [0, 1], ids=["w4g32", "w3-channel-qhead"])
+@pytest.mark.parametrize("variant", [0, 1, 2], ids=["w4g32", "w3-channel-qhead", "w8-channel-qhead"])
 def test_native_engine_equals_the_reference_with_native_math(quantized, family, variant, monkeypatch, tmp_path):
     path = quantized[family][variant]
     ids, mask, positions = left_pad(PROMPTS, pad_id=2)
@@ -140,4 +143,4 @@ def test_unsupported_models_are_named(checkpoints, quantized, tmp_path):
     assert "not quantized" in native_state.native_problem(load_model(checkpoints["llama2"]))
     w8 = tmp_path / "w8"
     quantize_tiny(checkpoints["llama2"], w8, algorithm="rtn", awq_mode="none", w_bit=8)
-    assert "8-bit" in native_state.native_problem(load_model(w8))
+    assert native_state.native_problem(load_model(w8)) is None           # 8-bit codes: the byte layout

@@ -57,6 +57,24 @@ def test_group_minimums_matmul_equals_the_exact_int8_math(ext, M, N, K, g):
     assert (without - expected).abs().max() > 1e-2 * expected.abs().max()      # the minimums do contribute
 
 
+@pytest.mark.parametrize("M,N,K,g", [(1, 40, 768, 768), (3, 37, 96, 32), (9, 64, 512, 128), (130, 33, 64, 8)])
+def test_8_bit_matmul_equals_the_exact_int8_math(ext, M, N, K, g):
+    """8-bit codes (0..255, any zero point): the byte layout, 16 rows x 4 codes a line."""
+    gen = torch.Generator().manual_seed(M + N)
+    codes = torch.randint(0, 256, (N, K), generator=gen, dtype=torch.uint8)
+    codes[0] = 255                                    # the largest products (AVX2: no int16 saturation)
+    scales = (torch.rand(N, K // g, generator=gen) * 0.01 + 1e-3).half()
+    zeros = torch.randint(0, 256, (N, K // g), generator=gen, dtype=torch.uint8)
+    x = torch.randn(M, K, generator=gen) * 3
+    x[-1, :g] = -x[-1, :g].abs()                     # a group at -127 after quantization
+    bias = torch.randn(N, generator=gen)
+    w = pack_native(codes, scales, zeros, bits=8)
+    assert w.lines.shape == ((N + 15) // 16, K // g, g // 4, 64)
+    got = ext.Linear(w.lines, w.meta, bias, N, K, g, 2).forward(x)
+    expected = native_matmul_reference(x, codes, scales, zeros) + bias.double()
+    assert ((got.double() - expected).abs().max() / expected.abs().max()).item() < 1e-6
+
+
 def test_best_isa_is_what_the_cpu_reports():
     assert native_build.best_isa() == ISAS[0]
 

@@ -36,7 +36,8 @@ def test_layout_bytes_follow_the_documented_order(N, K, g):
 def test_layout_problems_are_named():
     assert layout_problem(64, 64, 32, 4, torch.float16) is None
     assert layout_problem(64, 64, 32, 3, torch.float16) is None
-    assert "8-bit" in layout_problem(64, 64, 32, 8, torch.float16)
+    assert layout_problem(64, 64, 32, 8, torch.float16) is None
+    assert "5-bit" in layout_problem(64, 64, 32, 5, torch.float16)
     assert "group size 12" in layout_problem(64, 96, 12, 4, torch.float16)
     assert "group size 48" in layout_problem(64, 64, 48, 4, torch.float16)
     assert "fp16" in layout_problem(64, 64, 32, 4, torch.float32)
