@@ -159,6 +159,19 @@ struct QLinear {
 };
 
 #if EDGEAWQ_AVX512
+// acc[t] += scale * s_t * (dot[t] - zero * sum_t) for one group record mj (16 fp16 scales, 16 uint8 zero points).
+template <int T>
+inline void add_group_zero_points(const uint8_t* mj, const __m512i* dot, const QActs& a, int64_t m0, int64_t G,
+                                  int64_t j, __m512* acc) {
+    const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj)));
+    const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 32)));
+    for (int t = 0; t < T; ++t) {
+        const int64_t mg = (m0 + t) * G + j;
+        const __m512i d = _mm512_sub_epi32(dot[t], _mm512_mullo_epi32(z, _mm512_set1_epi32(a.sum[mg])));
+        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, _mm512_set1_ps(a.scale[mg])), acc[t]);
+    }
+}
+
 // T tokens x one 16-row block over all groups; y rows strided by ldy.
 template <int T, bool MINS>
 inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
@@ -184,59 +197,95 @@ inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r
             }
         }
         const uint8_t* mj = meta + j * MB;
-        const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj)));
+        __m512i dot[T];
+        for (int t = 0; t < T; ++t) dot[t] = _mm512_add_epi32(ia[t], ib[t]);
         if (MINS) {
+            const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj)));
             const __m512 mn = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj + 32)));
             for (int t = 0; t < T; ++t) {
                 const int64_t mg = (m0 + t) * G + j;
                 const __m512 as = _mm512_set1_ps(a.scale[mg]);
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(ia[t], ib[t])), _mm512_mul_ps(s, as),
-                                         acc[t]);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[t]), _mm512_mul_ps(s, as), acc[t]);
                 acc[t] = _mm512_fmadd_ps(_mm512_set1_ps((float)a.sum[mg]), _mm512_mul_ps(mn, as), acc[t]);
             }
             continue;
         }
-        const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 32)));
-        for (int t = 0; t < T; ++t) {
-            const int64_t mg = (m0 + t) * G + j;
-            __m512i d = _mm512_sub_epi32(_mm512_add_epi32(ia[t], ib[t]),
-                                         _mm512_mullo_epi32(z, _mm512_set1_epi32(a.sum[mg])));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, _mm512_set1_ps(a.scale[mg])), acc[t]);
-        }
+        add_group_zero_points<T>(mj, dot, a, m0, G, j, acc);
     }
     for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
 }
 #else
-// AVX2: the 64-byte line as two halves of 8 rows; u8 x s8 pairs with maddubs, then pairs of int16 with madd.
-template <int T, bool MINS>
+// acc[t][h] += scale * s_t * (dot[t][h] - zero * sum_t), rows 8h..8h+7 of one group record mj.
+template <int T>
+inline void add_group_zero_points(const uint8_t* mj, __m256i (*dot)[2], const QActs& a, int64_t m0, int64_t G,
+                                  int64_t j, int h, __m256 (*acc)[2]) {
+    const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 16 * h)));
+    const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mj + 32 + 8 * h)));
+    for (int t = 0; t < T; ++t) {
+        const int64_t mg = (m0 + t) * G + j;
+        const __m256i d = _mm256_sub_epi32(dot[t][h], _mm256_mullo_epi32(z, _mm256_set1_epi32(a.sum[mg])));
+        acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s, _mm256_set1_ps(a.scale[mg])), acc[t][h]);
+    }
+}
+
+template <int T>
+inline void store_rows(__m256 (*acc)[2], float* y, int64_t ldy) {
+    for (int t = 0; t < T; ++t) {
+        _mm256_storeu_ps(y + t * ldy, acc[t][0]);
+        _mm256_storeu_ps(y + t * ldy + 8, acc[t][1]);
+    }
+}
+
+// AVX2: the 64-byte line as two halves of 8 rows. 4-bit codes: u8 x s8 pairs with maddubs, then pairs of int16 with
+// madd. 8-bit codes (MODE 2): 0..255 do not fit maddubs' int16 pair sums, so even and odd bytes go to int16 lanes
+// and madd pairs them with the matching activations (c0 x0 + c2 x2, then c1 x1 + c3 x3) into one int32 per row.
+template <int T, int MODE>
 inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
-    const int64_t G = w.K / w.g, steps = w.g / 8, MB = MINS ? 64 : 48;
+    const int64_t G = w.K / w.g, steps = w.g / (MODE == 2 ? 4 : 8), MB = MODE == 1 ? 64 : 48;
     const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * 64;
     const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * MB;
-    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), even = _mm256_set1_epi16(0x00FF);
     __m256 acc[T][2];
     for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     for (int64_t j = 0; j < G; ++j) {
         __m256i ia[T][2];
         for (int t = 0; t < T; ++t) ia[t][0] = ia[t][1] = _mm256_setzero_si256();
         const uint8_t* L = lines + j * steps * 64;
-        for (int64_t p = 0; p < steps; ++p) {
-            for (int h = 0; h < 2; ++h) {
-                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(L + p * 64 + 32 * h));
-                const __m256i lo = _mm256_and_si256(v, low);
-                const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+        if (MODE == 2) {
+            for (int64_t p = 0; p < steps; ++p) {
+                __m256i xe[T], xo[T];
                 for (int t = 0; t < T; ++t) {
-                    const int32_t* xq = reinterpret_cast<const int32_t*>(a.q.data() + (m0 + t) * w.K + j * w.g + 8 * p);
-                    const __m256i pl = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xq[0]));
-                    const __m256i ph = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xq[1]));
-                    ia[t][h] = _mm256_add_epi32(ia[t][h], _mm256_madd_epi16(_mm256_add_epi16(pl, ph), ones));
+                    const int8_t* xq = a.q.data() + (m0 + t) * w.K + j * w.g + 4 * p;
+                    xe[t] = _mm256_set1_epi32((int32_t)(((uint32_t)(uint16_t)(int16_t)xq[2] << 16) | (uint16_t)(int16_t)xq[0]));
+                    xo[t] = _mm256_set1_epi32((int32_t)(((uint32_t)(uint16_t)(int16_t)xq[3] << 16) | (uint16_t)(int16_t)xq[1]));
+                }
+                for (int h = 0; h < 2; ++h) {
+                    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(L + p * 64 + 32 * h));
+                    const __m256i lo = _mm256_and_si256(v, even), hi = _mm256_srli_epi16(v, 8);
+                    for (int t = 0; t < T; ++t)
+                        ia[t][h] = _mm256_add_epi32(ia[t][h], _mm256_add_epi32(_mm256_madd_epi16(lo, xe[t]),
+                                                                               _mm256_madd_epi16(hi, xo[t])));
+                }
+            }
+        } else {
+            for (int64_t p = 0; p < steps; ++p) {
+                for (int h = 0; h < 2; ++h) {
+                    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(L + p * 64 + 32 * h));
+                    const __m256i lo = _mm256_and_si256(v, low);
+                    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    for (int t = 0; t < T; ++t) {
+                        const int32_t* xq = reinterpret_cast<const int32_t*>(a.q.data() + (m0 + t) * w.K + j * w.g + 8 * p);
+                        const __m256i pl = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xq[0]));
+                        const __m256i ph = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xq[1]));
+                        ia[t][h] = _mm256_add_epi32(ia[t][h], _mm256_madd_epi16(_mm256_add_epi16(pl, ph), ones));
+                    }
                 }
             }
         }
         const uint8_t* mj = meta + j * MB;
         for (int h = 0; h < 2; ++h) {
-            const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 16 * h)));
-            if (MINS) {
+            if (MODE == 1) {
+                const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 16 * h)));
                 const __m256 mn = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 32 + 16 * h)));
                 for (int t = 0; t < T; ++t) {
                     const int64_t mg = (m0 + t) * G + j;
@@ -246,24 +295,14 @@ inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r
                 }
                 continue;
             }
-            const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mj + 32 + 8 * h)));
-            for (int t = 0; t < T; ++t) {
-                const int64_t mg = (m0 + t) * G + j;
-                __m256i d = _mm256_sub_epi32(ia[t][h], _mm256_mullo_epi32(z, _mm256_set1_epi32(a.sum[mg])));
-                acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s, _mm256_set1_ps(a.scale[mg])),
-                                            acc[t][h]);
-            }
+            add_group_zero_points<T>(mj, ia, a, m0, G, j, h, acc);
         }
     }
-    for (int t = 0; t < T; ++t) {
-        _mm256_storeu_ps(y + t * ldy, acc[t][0]);
-        _mm256_storeu_ps(y + t * ldy + 8, acc[t][1]);
-    }
+    store_rows<T>(acc, y, ldy);
 }
 #endif
 
-
-// 8-bit codes: one 64-byte line = 16 rows x 4 consecutive codes; zero points as above.
+// AVX-512, 8-bit codes: one 64-byte line = 16 rows x 4 consecutive codes, one vpdpbusd per line; zero points.
 #if EDGEAWQ_AVX512
 template <int T>
 inline void block_kernel8(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
@@ -284,63 +323,9 @@ inline void block_kernel8(const QLinear& w, const QActs& a, int64_t m0, int64_t 
                 ia[t] = _mm512_dpbusd_epi32(ia[t], v, _mm512_set1_epi32(xq[0]));
             }
         }
-        const uint8_t* mj = meta + j * 48;
-        const __m512 s = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(mj)));
-        const __m512i z = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 32)));
-        for (int t = 0; t < T; ++t) {
-            const int64_t mg = (m0 + t) * G + j;
-            __m512i d = _mm512_sub_epi32(ia[t], _mm512_mullo_epi32(z, _mm512_set1_epi32(a.sum[mg])));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(s, _mm512_set1_ps(a.scale[mg])), acc[t]);
-        }
+        add_group_zero_points<T>(meta + j * 48, ia, a, m0, G, j, acc);
     }
     for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
-}
-#else
-// AVX2: codes 0..255 do not fit maddubs' int16 pair sums, so even and odd bytes go to int16 lanes and madd pairs
-// them with the matching activations (c0 x0 + c2 x2, then c1 x1 + c3 x3) into one int32 per row.
-template <int T>
-inline void block_kernel8(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
-    const int64_t G = w.K / w.g, steps = w.g / 4;
-    const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * 64;
-    const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * 48;
-    const __m256i even = _mm256_set1_epi16(0x00FF);
-    __m256 acc[T][2];
-    for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < G; ++j) {
-        __m256i ia[T][2];
-        for (int t = 0; t < T; ++t) ia[t][0] = ia[t][1] = _mm256_setzero_si256();
-        const uint8_t* L = lines + j * steps * 64;
-        for (int64_t p = 0; p < steps; ++p) {
-            __m256i xe[T], xo[T];
-            for (int t = 0; t < T; ++t) {
-                const int8_t* xq = a.q.data() + (m0 + t) * w.K + j * w.g + 4 * p;
-                xe[t] = _mm256_set1_epi32((int32_t)(((uint32_t)(uint16_t)(int16_t)xq[2] << 16) | (uint16_t)(int16_t)xq[0]));
-                xo[t] = _mm256_set1_epi32((int32_t)(((uint32_t)(uint16_t)(int16_t)xq[3] << 16) | (uint16_t)(int16_t)xq[1]));
-            }
-            for (int h = 0; h < 2; ++h) {
-                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(L + p * 64 + 32 * h));
-                const __m256i lo = _mm256_and_si256(v, even), hi = _mm256_srli_epi16(v, 8);
-                for (int t = 0; t < T; ++t)
-                    ia[t][h] = _mm256_add_epi32(ia[t][h], _mm256_add_epi32(_mm256_madd_epi16(lo, xe[t]),
-                                                                           _mm256_madd_epi16(hi, xo[t])));
-            }
-        }
-        const uint8_t* mj = meta + j * 48;
-        for (int h = 0; h < 2; ++h) {
-            const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mj + 16 * h)));
-            const __m256i z = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mj + 32 + 8 * h)));
-            for (int t = 0; t < T; ++t) {
-                const int64_t mg = (m0 + t) * G + j;
-                __m256i d = _mm256_sub_epi32(ia[t][h], _mm256_mullo_epi32(z, _mm256_set1_epi32(a.sum[mg])));
-                acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_mul_ps(s, _mm256_set1_ps(a.scale[mg])),
-                                            acc[t][h]);
-            }
-        }
-    }
-    for (int t = 0; t < T; ++t) {
-        _mm256_storeu_ps(y + t * ldy, acc[t][0]);
-        _mm256_storeu_ps(y + t * ldy + 8, acc[t][1]);
-    }
 }
 #endif
 
@@ -353,8 +338,12 @@ constexpr int TILE = 4;
 // MODE 0: 4-bit codes with zero points, 1: 4-bit codes with group minimums, 2: 8-bit codes with zero points.
 template <int T, int MODE>
 inline void run_block(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
+#if EDGEAWQ_AVX512
     if (MODE == 2) block_kernel8<T>(w, a, m0, r, y, ldy);
     else block_kernel<T, MODE == 1>(w, a, m0, r, y, ldy);
+#else
+    block_kernel<T, MODE>(w, a, m0, r, y, ldy);
+#endif
 }
 
 template <int MODE>
