@@ -54,10 +54,10 @@ run_options = _stack(
                       "CPU)."),
     click.option("--engine", type=click.Choice(["auto", "native", "onnx", "torch"]), default="auto",
                  show_default=True,
-                 help="cpu: native = the project's own C++ decoder (int8 x 2/3/4-bit kernels, built at first use); "
+                 help="cpu: native = the project's own C++ decoder (int8 x 2/3/4/8-bit kernels, built at first use); "
                       "onnx = the exported ONNX Runtime graph on the CPU provider; torch = PyTorch (the reference). "
-                      "auto: native for quantized checkpoints it can run (else onnx), torch for float ones, "
-                      "--flash_attention and --act_dtype aie."),
+                      "auto: native for quantized checkpoints it can run (else onnx where MatMulNBits can hold "
+                      "them, else torch), torch for float ones, --flash_attention and --act_dtype aie."),
     click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
                  help="Weight and activation dtype of the float model."),
     click.option("--act_dtype", type=click.Choice(["bf16", "fp32", "aie"]), default="bf16", show_default=True,
