@@ -14,9 +14,10 @@ SMOLLM2_GGUF = Path(SPEC.submodule_search_locations[0]) / "SmolLM2-135M-Instruct
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
-def write_cut_gguf(dst: Path, layers: int = 2, linear_type: str = "Q4_0") -> Path:
+def write_cut_gguf(dst: Path, layers: int = 2, linear_type: str | tuple[str, ...] = "Q4_0") -> Path:
     """`dst`: a GGUF file with SmolLM2's metadata (block_count = `layers`), its global tensors as they are and the
-    Linears of its first `layers` layers in `linear_type` (a gguf.GGMLQuantizationType name)."""
+    Linears of its first `layers` layers in `linear_type` (a gguf.GGMLQuantizationType name, or one name per
+    layer)."""
     import gguf
     from gguf.quants import dequantize, quantize
 
@@ -29,13 +30,15 @@ def write_cut_gguf(dst: Path, layers: int = 2, linear_type: str = "Q4_0") -> Pat
         value = layers if field.name == f"{arch}.block_count" else field.contents()
         sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, value, field.types[0], sub_type=sub)
-    qtype = gguf.GGMLQuantizationType[linear_type]
+    per_layer = (linear_type,) * layers if isinstance(linear_type, str) else linear_type
+    assert len(per_layer) == layers, (linear_type, layers)
     for t in reader.tensors:
         parts = t.name.split(".")
         if parts[0] == "blk" and int(parts[1]) >= layers:
             continue
         if parts[0] == "blk" and parts[2] in LINEARS:
             values = dequantize(t.data, t.tensor_type).astype(np.float32)         # (N, K)
+            qtype = gguf.GGMLQuantizationType[per_layer[int(parts[1])]]
             writer.add_tensor(t.name, quantize(values, qtype), raw_dtype=qtype)
         else:
             writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)

@@ -111,8 +111,12 @@ def test_q4_1_minimums_reach_every_engine(block_gguf, imported, tmp_path, monkey
 def test_import_refuses_what_it_cannot_keep_exactly(tmp_path_factory, tmp_path, cli):
     q4_0_gguf = write_cut_gguf(tmp_path_factory.mktemp("gguf") / "one-layer.Q4_0.gguf", layers=1)
     q8_0_gguf = write_cut_gguf(tmp_path_factory.mktemp("gguf") / "one-layer.Q8_0.gguf", layers=1, linear_type="Q8_0")
+    mixed_gguf = write_cut_gguf(tmp_path_factory.mktemp("gguf") / "two-layers.mixed.gguf", layers=2,
+                                linear_type=("Q4_0", "Q4_1"))
     cases = [
         (["--model", str(q8_0_gguf), "--group_size", "32"], "blk.0.ffn_down.weight is Q8_0, not Q4_0 or Q4_1"),
+        (["--model", str(mixed_gguf), "--group_size", "32"], "mixes Q4_0 and Q4_1 decoder Linears (model.layers.0."),
+        (["--model", str(mixed_gguf), "--group_size", "32"], "is Q4_0, model.layers.1."),
         (["--model", str(q4_0_gguf)], "--group_size 128 asks for another grid"),
         (["--model", str(q4_0_gguf), "--group_size", "32", "--w_bit", "3"], "--w_bit 3"),
         (["--model", str(q4_0_gguf), "--group_size", "32", "--lm_head"], "does not quantize lm_head"),
