@@ -48,5 +48,4 @@ def install_qlinears(model: nn.Module, family: Family, layout: QuantLayout, act_
         for rel in layout.modules:
             swap(f"{family.layers}.{i}.{rel}", layout.spec)
     if layout.lm_head_group_size is not None:
-        swap(family.lm_head, QuantSpec(layout.spec.bits, layout.lm_head_group_size, layout.spec.zero_point,
-                                       layout.spec.mins))
+        swap(family.lm_head, QuantSpec(layout.spec.bits, layout.lm_head_group_size, layout.spec.zero_point))
