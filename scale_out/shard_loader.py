@@ -105,16 +105,14 @@ def shard_config(config, shard: RankShard, head_dim: int):
 
 
 def _linear_tensors(state, name: str, quantized: bool, bits: int | None, group: int | None, rows: Runs | None,
-                    cols: Runs | None, keep_bias: bool) -> dict[str, torch.Tensor]:
-    """The cut tensors of Linear `name` (float weight/bias or packed/scales/zeros/bias)."""
+                    cols: Runs | None, keep_bias: bool, mins: bool = False) -> dict[str, torch.Tensor]:
+    """The cut tensors of Linear `name` (float weight/bias, or packed/scales/zeros(/mins when `mins`)/bias)."""
     out = {}
     if quantized:
         per_byte = {"u8": 1, "u4k": 2, "u2k": 4}[native_format(bits)]
         out[f"{name}.packed"] = read_block(state, f"{name}.packed", rows, None if cols is None else
                                            _scaled(cols, per_byte))
-        for part in (".scales", ".zeros", ".mins"):
-            if part == ".mins" and name + part not in state:
-                continue
+        for part in (".scales", ".zeros", ".mins") if mins else (".scales", ".zeros"):
             out[name + part] = read_block(state, name + part, rows, None if cols is None else _scaled(cols, group))
     else:
         out[f"{name}.weight"] = read_block(state, f"{name}.weight", rows, cols)
@@ -153,7 +151,8 @@ def shard_state(state, config, family: Family, layout: QuantLayout | None, shard
             is_q = rel in quantized
             K = _in_features(state, f"{src}.{rel}", is_q, bits)
             group = layout.spec.group(K, f"{src}.{rel}") if is_q else None
-            part = _linear_tensors(state, f"{src}.{rel}", is_q, bits, group, rows, cols, keep_bias)
+            part = _linear_tensors(state, f"{src}.{rel}", is_q, bits, group, rows, cols, keep_bias,
+                                   is_q and layout.spec.mins)
             out.update({dst + k[len(src):]: v for k, v in part.items()})
     if shard.last_stage:
         out[f"{family.final_norm}.weight"] = read_block(state, f"{family.final_norm}.weight")
