@@ -19,7 +19,8 @@ from .tasks.model import Model, load
 
 __all__ = ["quantize", "load", "Model", "UserError"]
 
-ALGORITHMS = {"awq": ("awq", "run"), "rtn": ("pergrp", "none"), "pergrp": ("pergrp", "none")}
+ALGORITHMS = {"awq": ("awq", "run"), "rtn": ("pergrp", "none"), "pergrp": ("pergrp", "none"),
+              "gptq": ("gptq", "none"), "awq+gptq": ("awq+gptq", "run")}
 
 
 def quantize(model: str | Path | None, out: str | Path, bits: int = 4, group_size: int = 128,
@@ -27,10 +28,11 @@ def quantize(model: str | Path | None, out: str | Path, bits: int = 4, group_siz
              calib_dataset: str | None = None, n_samples: int = 128, seqlen: int = 512, seed: int = 0,
              duo_scaling: bool = False, export: str = "native", awq_cache: str | None = None,
              dump_awq: str | None = None, overwrite: bool = False, progress: bool = True,
-             search_tokens: int = 4096, search_dtype: str = "auto") -> dict:
+             search_tokens: int = 4096, search_dtype: str = "auto", gptq_damp: float = 0.01,
+             act_order: bool = False) -> dict:
     """Quantize the float model at `model` (a folder, an alias, or None for the embedded default) into the
-    checkpoint folder `out`. `algorithm`: "awq" (search), "rtn" (round-to-nearest) or "awq-load" (llm-awq results
-    from `awq_cache`). Returns the summary (out, bits, group_size, algorithm, format, seconds, weights_bytes...)."""
+    checkpoint folder `out`. `algorithm`: "awq" (search), "rtn" (round-to-nearest), "awq-load" (llm-awq results
+    from `awq_cache`), "gptq" or "awq+gptq" (AWQ scales and clips, then GPTQ rounding; `gptq_damp`, `act_order`). Returns the summary (out, bits, group_size, algorithm, format, seconds, weights_bytes...)."""
     from .tasks.quantize import quantize_task
 
     if algorithm == "awq-load":
@@ -38,8 +40,9 @@ def quantize(model: str | Path | None, out: str | Path, bits: int = 4, group_siz
     elif algorithm in ALGORITHMS:
         kind, mode = ALGORITHMS[algorithm]
     else:
-        raise UserError(f"algorithm {algorithm!r} is not known.", "Use awq, rtn or awq-load.")
+        raise UserError(f"algorithm {algorithm!r} is not known.", "Use awq, rtn, awq-load, gptq or awq+gptq.")
     return quantize_task(None if model is None else str(model), str(out), int(bits), int(group_size), not symmetric,
                          kind, mode, awq_cache, dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples,
                          seqlen, seed, duo_scaling, export, progress=progress, overwrite=overwrite,
-                         search_tokens=search_tokens, search_dtype=search_dtype)
+                         search_tokens=search_tokens, search_dtype=search_dtype, gptq_damp=gptq_damp,
+                         act_order=act_order)

@@ -108,8 +108,8 @@ def cli() -> None:
 @debug_option
 def quantize(model_path, out, overwrite, w_bit, group_size, symmetric, lm_head, lm_head_group_size, algorithm,
              awq_mode, awq_cache, dump_awq, export, calib_dataset, n_samples, seqlen, duo_scaling, search_tokens,
-             search_dtype, seed, debug) -> None:
-    """Quantize a float model (AWQ or round-to-nearest) into a checkpoint.
+             search_dtype, gptq_damp, act_order, seed, debug) -> None:
+    """Quantize a float model (AWQ, GPTQ or round-to-nearest) into a checkpoint.
 
     \b
     Example:
@@ -122,7 +122,8 @@ def quantize(model_path, out, overwrite, w_bit, group_size, symmetric, lm_head, 
 
     quantize_task(model_path, out, int(w_bit), int(group_size), not symmetric, algorithm, awq_mode, awq_cache,
                   dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples, seqlen, seed, duo_scaling,
-                  export, overwrite=overwrite, search_tokens=search_tokens, search_dtype=search_dtype)
+                  export, overwrite=overwrite, search_tokens=search_tokens, search_dtype=search_dtype,
+                  gptq_damp=gptq_damp, act_order=act_order)
 
 
 @cli.command(cls=Subcommand, context_settings=CONTEXT)

@@ -118,8 +118,11 @@ weight_spec_options = _stack(
 )
 
 awq_options = _stack(
-    click.option("--algorithm", type=click.Choice(["awq", "pergrp", "import"]), default="awq", show_default=True,
-                 help="awq = activation-aware scales and clipping; pergrp = plain round-to-nearest; import = keep a "
+    click.option("--algorithm", type=click.Choice(["awq", "gptq", "awq+gptq", "pergrp", "import"]), default="awq",
+                 show_default=True,
+                 help="awq = activation-aware scales and clipping; gptq = GPTQ rounding (Hessian of each Linear's "
+                      "calibration input, true-sequential, groups of consecutive channels); awq+gptq = AWQ scales and "
+                      "clips, then GPTQ rounding; pergrp = plain round-to-nearest; import = keep a "
                       "Q4_0 or Q4_1 GGUF file's blocks as they are (codes, fp16 scales, zero point 8 or, for Q4_1, "
                       "zero point 0 plus the fp16 group minimums; needs --group_size 32; bit-exact to llama.cpp's "
                       "dequantization)."),
@@ -146,6 +149,11 @@ awq_options = _stack(
     click.option("--search_dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
                  help="Dtype of the calibration forward and the scale search; auto = bf16 where the CPU has "
                       "AVX512-BF16 or AMX, else fp32. Clip search and quantization always use fp32 weights."),
+    click.option("--gptq_damp", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.01,
+                 show_default=True, help="GPTQ damping: this fraction of the mean Hessian diagonal is added to it."),
+    click.option("--act_order", is_flag=True,
+                 help="GPTQ: quantize columns by decreasing Hessian diagonal (groups fixed from the original "
+                      "weights first, so they stay consecutive channels and need no g_idx)."),
     seed_option,
 )
 

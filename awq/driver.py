@@ -72,7 +72,7 @@ def quantize_streaming(skeleton: nn.Module, config, family: Family, state, job: 
     report = QuantizeReport()
     layers = get_module(skeleton, family.layers)
     inputs = position_embeddings = None
-    if job.options.search:
+    if job.options.needs_calibration:
         embed = get_module(skeleton, family.embed)
         _assign(embed, family.embed + ".", state, None)  # kept in its file dtype: only the looked-up rows are cast
         dtype = job.options.dtype

@@ -19,6 +19,8 @@ from ..runtime.families import Family
 from ..runtime.module_paths import get_module
 from .clip_search import apply_clip, search_clip
 from .folding import fold_scales
+from .gptq import GptqOptions
+from .gptq_layer import gptq_layer
 from .scale_search import search_scales
 
 
@@ -31,6 +33,11 @@ class AwqOptions:
     n_grid: int = 20
     search_samples: list[int] | None = None   # calibration samples the scale-search loss is measured on (None: all)
     dtype: torch.dtype = torch.float32         # dtype of the calibration forward and the scale search
+    gptq: GptqOptions | None = None            # round with GPTQ (after the AWQ scales and clips when `search`)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.search or self.gptq is not None
 
 
 @dataclass
@@ -124,10 +131,13 @@ def quantize_layer(layer: nn.Module, family: Family, prefix: str, options: AwqOp
     """Quantize `layer` in place (its float weights are scaled and clipped). `prefix` is its full name
     ("model.layers.3."). With `options.search`, `inputs` are the calibration activations (chunks (B, T, D)) and the
     layer's float output chunks are returned; `precomputed` = (scales, clips) from an llm-awq cache is applied
-    instead of searching. Returns (float output chunks or None, LayerResult)."""
+    instead of searching. With `options.gptq` the weights (scaled and clipped first if AWQ runs) are rounded by
+    GPTQ from `inputs`, and the chunks returned are the output of the quantized layer.
+    Returns (output chunks or None, LayerResult)."""
     spec = options.spec
     result = LayerResult(quantized={})
     outputs = None
+    gptq_inputs = list(inputs) if options.gptq is not None else None   # the AWQ forward consumes `inputs`
     if precomputed is not None:
         _apply_precomputed(layer, prefix, *precomputed)
     elif options.search:
@@ -172,6 +182,11 @@ def quantize_layer(layer: nn.Module, family: Family, prefix: str, options: AwqOp
                 max_val = search_clip(lin.weight, x, spec, prefix + name, options.n_grid)
                 apply_clip(lin.weight, max_val)
                 result.clips.append((prefix + name, max_val.unsqueeze(-1)))
+    if options.gptq is not None:
+        del outputs
+        outputs, result.quantized = gptq_layer(layer, family, prefix, spec, options.gptq, gptq_inputs,
+                                               position_embeddings)
+        return outputs, result
     for name in family.linears:
         lin = get_module(layer, name)
         result.quantized[name] = quantize(lin.weight, spec, prefix + name)

@@ -14,7 +14,8 @@ group 32), on --datasets corpus-test and python-docs (data/eval: Python 3.11 tut
 trained on, never calibrated on), the first --max_windows windows of each (default 24 x 512 tokens). The AWQ
 search runs once per config (--dump_awq); the +lm_head variant applies those results (--awq load) and quantizes
 the head, so both rows share the layers. Each AWQ row reports recovery = (rtn - awq) / (rtn - float): the share
-of RTN's excess perplexity that AWQ removes.
+of RTN's excess perplexity that AWQ removes (likewise for --methods gptq and awq+gptq: GPTQ rounding after no
+scaling or after the AWQ scales and clips).
 
 Prints one JSON line per measurement, then a markdown table.
 Usage: python benchmarks/quality.py [--models default-llama default-qwen2 smollm2] [--out runs/quality]
@@ -50,11 +51,13 @@ def evaluate(path, act_dtype, seqlen, dataset="corpus-test", max_windows=None):
 
 def quantize_quietly(src, out, bits, group, method, lm_head, n_samples, calib_seqlen, dump=None, cache=None,
                      search_tokens=DEFAULT_SEARCH_TOKENS, search_dtype="auto") -> float:
-    """`run_awq quantize` in-process without its output (method rtn or awq; awq loads `cache` when given) -> seconds."""
-    mode = "none" if method == "rtn" else "load" if cache else "run"
+    """`run_awq quantize` in-process without its output (method rtn, awq, gptq or awq+gptq; awq and awq+gptq load
+    `cache` when given) -> seconds."""
+    mode = "none" if method in ("rtn", "gptq") else "load" if cache else "run"
+    algorithm = "awq" if method == "rtn" else method
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
-        quantize_task(str(src), str(out), bits, group, True, "awq", mode, cache, dump, lm_head, 32, None, n_samples,
+        quantize_task(str(src), str(out), bits, group, True, algorithm, mode, cache, dump, lm_head, 32, None, n_samples,
                       calib_seqlen, 0, False, progress=False, overwrite=True, search_tokens=search_tokens,
                       search_dtype=search_dtype)
     return time.perf_counter() - t0
@@ -85,7 +88,9 @@ def real_model_rows(args) -> list[dict]:
         dump = args.out / f"smollm2-{bits}-{group}.awq.pt"
         for lm_head in (False, True):
             label = name + (" +lm_head" if lm_head else "")
-            for method in ("rtn", "awq"):
+            if lm_head and not args.lm_head:
+                continue
+            for method in args.methods:
                 out = Path(f"{base}-{method}{'-head' if lm_head else ''}")
                 cache = str(dump) if method == "awq" and lm_head else None
                 seconds = quantize_quietly(src, out, bits, group, method, lm_head, args.n_samples, args.calib_seqlen,
@@ -93,7 +98,7 @@ def real_model_rows(args) -> list[dict]:
                 measure(out, label, method, None if cache else seconds)
                 shutil.rmtree(out)
     for r in rows:
-        if r["method"] == "awq":
+        if r["method"] not in ("float", "rtn"):
             f = next(x for x in rows if x["method"] == "float" and x["dataset"] == r["dataset"])
             q = next(x for x in rows if x["method"] == "rtn" and x["config"] == r["config"]
                      and x["dataset"] == r["dataset"])
@@ -117,7 +122,12 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["corpus-test", "python-docs"], help="Real model only.")
     ap.add_argument("--max_windows", type=int, default=24, help="Real model only: windows per dataset.")
     ap.add_argument("--configs", nargs="*", default=None, help="Real model only: a subset of the configs.")
+    ap.add_argument("--methods", nargs="+", default=["rtn", "awq"], choices=["rtn", "awq", "gptq", "awq+gptq"],
+                    help="Real model only: the methods of each config (rtn is the recovery baseline).")
+    ap.add_argument("--no_lm_head", dest="lm_head", action="store_false",
+                    help="Real model only: skip the +lm_head rows.")
     args = ap.parse_args()
+    args.methods = ["rtn", *(m for m in args.methods if m != "rtn")]    # the baseline of every recovery figure
     rows = []
     if "smollm2" in args.models:
         rows = real_model_rows(args)

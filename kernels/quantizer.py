@@ -87,23 +87,35 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
     return w.view(N, K).to(dtype)
 
 
+def group_grid(wg: torch.Tensor, spec: QuantSpec,
+               scale_dtype: torch.dtype = torch.float16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales and zero points of groups `wg` (..., g) -> (s float32 already rounded to `scale_dtype`, z float32),
+    both (...); the formulas of the module docstring."""
+    qmax = 2 ** spec.bits - 1
+    if spec.zero_point:
+        wmax, wmin = wg.amax(dim=-1), wg.amin(dim=-1)
+        s = ((wmax - wmin).clamp(min=1e-5) / qmax).to(scale_dtype).float()
+        z = (-torch.round(wmin / s)).clamp(0, qmax)
+    else:
+        half = 2 ** (spec.bits - 1)
+        s = (wg.abs().amax(dim=-1).clamp(min=1e-5) / (half - 1)).to(scale_dtype).float()
+        z = torch.full_like(s, float(half))
+    return s, z
+
+
+def codes_on_grid(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int) -> torch.Tensor:
+    """q = clamp(round(w / s) + z, 0, 2**bits - 1) elementwise (broadcasting), as float32."""
+    return (torch.round(w / s) + z).clamp(0, 2 ** bits - 1)
+
+
 def quantize(w: torch.Tensor, spec: QuantSpec, layer: str = "",
              scale_dtype: torch.dtype = torch.float16) -> QuantizedWeight:
     """Quantize a float weight (N, K) group-wise; see the module docstring for the exact formulas."""
     N, K = w.shape
     g = spec.group(K, layer)
     wg = w.detach().float().reshape(N, K // g, g)                          # (N, G, g)
-    if spec.zero_point:
-        qmax = 2 ** spec.bits - 1
-        wmax, wmin = wg.amax(dim=-1), wg.amin(dim=-1)                      # (N, G)
-        s = ((wmax - wmin).clamp(min=1e-5) / qmax).to(scale_dtype).float()
-        z = (-torch.round(wmin / s)).clamp(0, qmax)
-    else:
-        half = 2 ** (spec.bits - 1)
-        qmax = 2 ** spec.bits - 1
-        s = (wg.abs().amax(dim=-1).clamp(min=1e-5) / (half - 1)).to(scale_dtype).float()
-        z = torch.full_like(s, float(half))
-    q = (torch.round(wg / s.unsqueeze(-1)) + z.unsqueeze(-1)).clamp(0, qmax)
+    s, z = group_grid(wg, spec, scale_dtype)                               # (N, G) x2
+    q = codes_on_grid(wg, s.unsqueeze(-1), z.unsqueeze(-1), spec.bits)     # (N, G, g)
     return QuantizedWeight(q.to(torch.uint8).view(N, K), s.to(scale_dtype), z.to(torch.uint8), spec)
 
 

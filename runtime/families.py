@@ -56,6 +56,15 @@ class Family:
         return (f"{a}.{self.q}", f"{a}.{self.k}", f"{a}.{self.v}", f"{a}.{self.o}",
                 f"{m}.{self.gate}", f"{m}.{self.up}", f"{m}.{self.down}")
 
+    @property
+    def input_sharing_linears(self) -> tuple[tuple[str, ...], ...]:
+        """The Linears of one decoder layer in execution order, those reading one input tensor together (GPTQ
+        quantizes them a tuple at a time, each tuple's inputs coming from the layer with the earlier ones
+        quantized)."""
+        a, m = self.attn, self.mlp
+        return ((f"{a}.{self.q}", f"{a}.{self.k}", f"{a}.{self.v}"), (f"{a}.{self.o}",),
+                (f"{m}.{self.gate}", f"{m}.{self.up}"), (f"{m}.{self.down}",))
+
 
 _LLAMA_GROUPS = (
     ScaleGroup("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),

@@ -9,6 +9,7 @@ import time
 import torch
 
 from ..awq.calibration import calibration_blocks, search_sample_indices
+from ..awq.gptq import GptqOptions
 from ..awq.driver import QuantizeJob, QuantizeReport, quantize_streaming
 from ..awq.layer_quantizer import AwqOptions
 from ..awq.llm_awq_cache import is_llm_awq_cache, load_llm_awq_cache, save_llm_awq_cache
@@ -71,10 +72,12 @@ def estimated_bytes(skeleton, family, shapes: dict, spec: QuantSpec, lm_head: bo
 
 
 def _algorithm_name(algorithm: str, awq_mode: str) -> str:
-    """quantization_config.algorithm: awq, rtn (round-to-nearest), gguf-q4_0 or gguf-q4_1 (blocks taken over
+    """quantization_config.algorithm: awq, rtn (round-to-nearest), gptq, awq+gptq, gguf-q4_0 or gguf-q4_1 (blocks taken over
     unchanged; `algorithm` is then "import-q4_0" / "import-q4_1")."""
     if algorithm.startswith("import"):
         return "gguf-" + algorithm.removeprefix("import-")
+    if algorithm in ("gptq", "awq+gptq"):
+        return "awq+gptq" if algorithm == "awq+gptq" and awq_mode != "none" else "gptq"
     return "awq" if awq_mode != "none" else "rtn"
 
 
@@ -99,17 +102,22 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
                   lm_head_group_size: int, calib_dataset: str | None, n_samples: int, seqlen: int, seed: int,
                   duo_scaling: bool, export: str = "native", max_shard_bytes: int = 512 * 2**20,
                   progress: bool = True, overwrite: bool = False, search_tokens: int = DEFAULT_SEARCH_TOKENS,
-                  search_dtype: str = "auto") -> dict:
+                  search_dtype: str = "auto", gptq_damp: float = 0.01, act_order: bool = False) -> dict:
     """Quantize the float model at `model_path` into a checkpoint folder `out` (replacing only an earlier
     checkpoint of this tool there, or anything but protected places with `overwrite`: checkpoints/output_path.py).
     `search_tokens`: calibration tokens (whole samples) the scale-search loss is measured on (0: all);
     `search_dtype`: auto|fp32|bf16, the dtype of the calibration forward and the scale search (auto: bf16 where
-    the CPU has AVX512-BF16 or AMX, else fp32). Returns the summary printed as JSON."""
+    the CPU has AVX512-BF16 or AMX, else fp32). `algorithm` gptq / awq+gptq round with GPTQ (`gptq_damp`,
+    `act_order`) over the same calibration data. Returns the summary printed as JSON."""
     spec = QuantSpec(w_bit, group_size, zero_point).validate()
     if export == "awq":
         check_exportable(spec.bits, spec.group_size, lm_head)
-    if algorithm in ("pergrp", "import"):
+    if algorithm in ("pergrp", "import", "gptq"):
         awq_mode = "none"
+    gptq = GptqOptions(gptq_damp, act_order) if algorithm in ("gptq", "awq+gptq") else None
+    if act_order and gptq is None:
+        raise UserError("--act_order is a GPTQ option, but --algorithm is " + algorithm + ".",
+                        "Pass --algorithm gptq or awq+gptq, or drop --act_order.")
     if awq_mode == "load" and not awq_cache:
         raise UserError("--awq load needs the cache file to load.", "Pass --awq_cache FILE (an llm-awq .pt cache).")
     if dump_awq and awq_mode != "run":
@@ -135,10 +143,11 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     # stops the run before the checkpoint appears, without a second pass over the weights.
     torch.manual_seed(seed)
     search = awq_mode == "run"
-    calib = calibration_blocks(src.tokenizer, calib_dataset, n_samples, seqlen, seed) if search else None
+    calibrate = search or gptq is not None
+    calib = calibration_blocks(src.tokenizer, calib_dataset, n_samples, seqlen, seed) if calibrate else None
     precomputed = load_llm_awq_cache(awq_cache) if awq_mode == "load" else None
     dtype = resolve_search_dtype(search_dtype)
-    options = AwqOptions(spec, search=search, duo_scaling=duo_scaling, dtype=dtype,
+    options = AwqOptions(spec, search=search, duo_scaling=duo_scaling, dtype=dtype, gptq=gptq,
                          search_samples=search_sample_indices(n_samples, seqlen, search_tokens))
     job = QuantizeJob(options, calib, precomputed, lm_head,
                       lm_head_group_size, progress=progress)
@@ -155,6 +164,10 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
             "mode": awq_mode, "cache": awq_cache, "calib_dataset": calib_dataset or "shipped corpus train split",
             "n_samples": n_samples, "seqlen": seqlen, "seed": seed, "duo_scaling": duo_scaling, "n_grid": 20,
             "search_tokens": search_tokens, "search_dtype": str(dtype).removeprefix("torch.")},
+        "gptq": None if gptq is None else {
+            "damp": gptq.damp, "act_order": gptq.act_order, "block": gptq.block, "true_sequential": True,
+            "calib_dataset": calib_dataset or "shipped corpus train split", "n_samples": n_samples, "seqlen": seqlen,
+            "seed": seed},
         "lm_head": lm_head, "lm_head_group_size": lm_head_group_size if lm_head else None,
         "quantized_modules": list(src.family.linears), "fused_layout": False,
         "source_model": str(src.folder),
