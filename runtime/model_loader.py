@@ -17,7 +17,7 @@ import transformers
 from torch import nn
 
 from .. import default_models
-from ..checkpoints import autoawq, gguf_format, hf_files, meta_format
+from ..checkpoints import autoawq, gguf_format, gptq_hf, hf_files, meta_format
 from ..checkpoints.directory import verify_manifest
 from ..checkpoints.hf_files import CheckedTensors
 from ..checkpoints.tokenizer_files import load_tokenizer, meta_eos_ids
@@ -29,18 +29,22 @@ from .module_paths import get_module, set_module
 from .quantized_model import QuantLayout, install_qlinears
 
 # quantization_config["quant_method"] -> reader: check(folder, qconfig); to_native(qconfig, family) -> native
-# qconfig; translate(state) -> state with native tensor names
+# qconfig; translate(state, qconfig, family, folder) -> state with native tensor names and layouts
 @dataclass(frozen=True)
 class QuantReader:
     check: Callable[[Path, dict], None]
     to_native: Callable[[dict, Family], dict]
-    translate: Callable[[dict], dict]
+    translate: Callable[[dict, dict, Family, Path], dict]
 
 
 QUANT_READERS = {
-    "edgeawq": QuantReader(lambda folder, q: verify_manifest(folder), lambda q, f: q, lambda s: s),
+    "edgeawq": QuantReader(lambda folder, q: verify_manifest(folder), lambda q, f: q, lambda s, q, f, p: s),
     "awq": QuantReader(lambda folder, q: autoawq.check_autoawq_config(q, folder),
-                       lambda q, f: autoawq.native_quantization_config(q, f.linears), autoawq.import_state),
+                       lambda q, f: autoawq.native_quantization_config(q, f.linears),
+                       lambda s, q, f, p: autoawq.import_state(s)),
+    "gptq": QuantReader(lambda folder, q: gptq_hf.check_gptq_config(q, folder),
+                        lambda q, f: gptq_hf.native_quantization_config(q, f.linears),
+                        lambda s, q, f, p: gptq_hf.import_state(s, q, f.layers, f.linears, p)),
 }
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -192,7 +196,7 @@ def open_checkpoint(path: str | Path | None = None, streamed: bool = False, veri
     if reader is not None:
         if verify:
             reader.check(folder, quant)
-        quant = reader.to_native(quant, family)
+        raw_quant, quant = quant, reader.to_native(quant, family)
     files = hf_files.weight_files(folder)
     if not files:
         raise UserError(f"{folder} has a config.json but no weights (model.safetensors, "
@@ -204,7 +208,7 @@ def open_checkpoint(path: str | Path | None = None, streamed: bool = False, veri
                                 load_tokenizer(folder) if with_tokenizer else None)
     state = hf_files.load_tensors(files)
     if reader is not None:
-        state = reader.translate(state)
+        state = reader.translate(state, raw_quant, family, folder)
     return CheckpointSource(folder, config, family, quant, hf_files.CheckedTensors(state, folder),
                             load_tokenizer(folder) if with_tokenizer else None)
 
