@@ -121,9 +121,9 @@ def main() -> None:
     ap.add_argument("--search_dtype", choices=["auto", "fp32", "bf16"], default="auto")
     ap.add_argument("--datasets", nargs="+", default=["corpus-test", "python-docs"], help="Real model only.")
     ap.add_argument("--max_windows", type=int, default=24, help="Real model only: windows per dataset.")
-    ap.add_argument("--configs", nargs="*", default=None, help="Real model only: a subset of the configs.")
+    ap.add_argument("--configs", nargs="*", default=None, help="A subset of the configs.")
     ap.add_argument("--methods", nargs="+", default=["rtn", "awq"], choices=["rtn", "awq", "gptq", "awq+gptq"],
-                    help="Real model only: the methods of each config (rtn is the recovery baseline).")
+                    help="The methods of each config (rtn: the recovery baseline, always run).")
     ap.add_argument("--no_lm_head", dest="lm_head", action="store_false",
                     help="Real model only: skip the +lm_head rows.")
     args = ap.parse_args()
@@ -154,7 +154,9 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         rows.append(row)
         for name, bits, group, lm_head in CONFIGS:
-            for method in ("rtn", "awq"):
+            if args.configs and name not in args.configs:
+                continue
+            for method in args.methods:
                 out = args.out / f"{model}-{name.replace(' ', '_').replace('+', '')}-{method}"
                 seconds = quantize_quietly(src, out, bits, group, method, lm_head, args.n_samples, args.calib_seqlen,
                                            search_tokens=args.search_tokens, search_dtype=args.search_dtype)
