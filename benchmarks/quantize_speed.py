@@ -17,7 +17,7 @@ in float32), for smollm2-135m on a random-weight checkpoint of its shape (config
 model opening; the wall time includes them.
 
 Usage: python benchmarks/quantize_speed.py [--models smollm2-135m llama-3.2-1b llama-2-7b] [--layers 2]
-       [--algorithm awq|pergrp] [--search_tokens N] [--search_dtype auto|fp32|bf16] [--baseline] [--out FILE.jsonl]
+       [--algorithm awq|gptq|awq+gptq|pergrp] [--search_tokens N] [--search_dtype auto|fp32|bf16] [--baseline] [--out FILE.jsonl]
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["smollm2-135m", "llama-3.2-1b", "llama-2-7b"],
                     choices=list(SHAPE_LAYERS))
     ap.add_argument("--layers", type=int, default=2, help="Decoder layers of the random-weight shapes to run.")
-    ap.add_argument("--algorithm", choices=["awq", "pergrp"], default="awq")
+    ap.add_argument("--algorithm", choices=["awq", "gptq", "awq+gptq", "pergrp"], default="awq")
     ap.add_argument("--search_tokens", type=int, default=None)
     ap.add_argument("--search_dtype", choices=["auto", "fp32", "bf16"], default=None)
     ap.add_argument("--baseline", action="store_true", help="Also run --search_tokens 0 --search_dtype fp32.")
