@@ -28,11 +28,13 @@ def quantize(model: str | Path | None, out: str | Path, bits: int = 4, group_siz
              calib_dataset: str | None = None, n_samples: int = 128, seqlen: int = 512, seed: int = 0,
              duo_scaling: bool = False, export: str = "native", awq_cache: str | None = None,
              dump_awq: str | None = None, overwrite: bool = False, progress: bool = True,
-             search_tokens: int = 4096, search_dtype: str = "auto", gptq_damp: float = 0.01,
+             search_tokens: int = 4096, search_dtype: str = "auto", gptq_damp: float | None = None,
              act_order: bool = False) -> dict:
     """Quantize the float model at `model` (a folder, an alias, or None for the embedded default) into the
     checkpoint folder `out`. `algorithm`: "awq" (search), "rtn" (round-to-nearest), "awq-load" (llm-awq results
-    from `awq_cache`), "gptq" or "awq+gptq" (AWQ scales and clips, then GPTQ rounding; `gptq_damp`, `act_order`). Returns the summary (out, bits, group_size, algorithm, format, seconds, weights_bytes...)."""
+    from `awq_cache`), "gptq" or "awq+gptq" (AWQ scales and clips, then GPTQ rounding; `gptq_damp`, default 0.01,
+    and `act_order` are refused with the other algorithms). Returns the summary (out, bits, group_size, algorithm,
+    format, seconds, weights_bytes...)."""
     from .tasks.quantize import quantize_task
 
     if algorithm == "awq-load":

@@ -149,8 +149,9 @@ awq_options = _stack(
     click.option("--search_dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
                  help="Dtype of the calibration forward and the scale search; auto = bf16 where the CPU has "
                       "AVX512-BF16 or AMX, else fp32. Clip search and quantization always use fp32 weights."),
-    click.option("--gptq_damp", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=0.01,
-                 show_default=True, help="GPTQ damping: this fraction of the mean Hessian diagonal is added to it."),
+    click.option("--gptq_damp", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=None,
+                 help="GPTQ damping: this fraction of the mean Hessian diagonal is added to it.  [default: 0.01; "
+                      "GPTQ algorithms only]"),
     click.option("--act_order", is_flag=True,
                  help="GPTQ: quantize columns by decreasing Hessian diagonal (groups fixed from the original "
                       "weights first, so they stay consecutive channels and need no g_idx)."),

@@ -59,9 +59,12 @@ def _unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
     return codes.reshape(-1, packed.shape[1]).to(torch.uint8)
 
 
-def _tensor(state: dict, name: str, dtype: torch.dtype, shape: tuple[int, ...], source) -> torch.Tensor:
+def _tensor(state: dict, name: str, dtype: torch.dtype, shape: tuple[int, ...] | str, source) -> torch.Tensor:
+    """state[name], refused by name unless it has `dtype` and `shape` (a tuple, or a description of a 2-D shape
+    that no fixed tuple states, which only a missing or non-2-D tensor can fail)."""
     t = state.get(name)
-    if t is None or t.dtype != dtype or tuple(t.shape) != shape:
+    bad_shape = t is None or (t.dim() != 2 if isinstance(shape, str) else tuple(t.shape) != shape)
+    if t is None or t.dtype != dtype or bad_shape:
         found = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
         raise UserError(f"GPTQ checkpoint {source}: tensor {name} is {found}, expected {dtype} {shape}.",
                         "The checkpoint's files are damaged or not in the Hugging Face GPTQ layout; re-download "
@@ -71,9 +74,8 @@ def _tensor(state: dict, name: str, dtype: torch.dtype, shape: tuple[int, ...], 
 
 def import_linear(state: dict, name: str, bits: int, group_size: int, fmt: str, source) -> dict[str, torch.Tensor]:
     """One GPTQ Linear -> the native tensors (`.packed`, `.scales` (N, G) fp16, `.zeros` uint8 (N, G))."""
-    qweight = state.get(f"{name}.qweight")
-    if qweight is None or qweight.dim() != 2:
-        _tensor(state, f"{name}.qweight", torch.int32, (0, 0), source)
+    qweight = _tensor(state, f"{name}.qweight", torch.int32,
+                      f"(K * {bits} / 32, N) for K inputs and N outputs", source)
     rows, N = qweight.shape
     K = rows * 32 // bits
     g = K if group_size == -1 else group_size
@@ -81,7 +83,6 @@ def import_linear(state: dict, name: str, bits: int, group_size: int, fmt: str, 
         raise UserError(f"GPTQ checkpoint {source}: {name} is {N} x {K}, which groups of {g} (or {32 // bits} "
                         "codes per int32 word) do not divide.", "The checkpoint does not match its config.json.")
     G = K // g
-    _tensor(state, f"{name}.qweight", torch.int32, (rows, N), source)
     qzeros = _tensor(state, f"{name}.qzeros", torch.int32, (G, N * bits // 32), source)
     scales = _tensor(state, f"{name}.scales", torch.float16, (G, N), source)
     g_idx = state.get(f"{name}.g_idx")

@@ -81,6 +81,38 @@ def _algorithm_name(algorithm: str, awq_mode: str) -> str:
     return "awq" if awq_mode != "none" else "rtn"
 
 
+WITHOUT_AWQ = ("pergrp", "import", "gptq")     # algorithms that never run or load an AWQ search
+WITH_GPTQ = ("gptq", "awq+gptq")
+
+
+def _gptq_options(algorithm: str, damp: float | None, act_order: bool) -> GptqOptions | None:
+    """GPTQ settings for a GPTQ algorithm; a GPTQ flag given with another algorithm is an error (not ignored)."""
+    if algorithm in WITH_GPTQ:
+        return GptqOptions(GptqOptions.damp if damp is None else damp, act_order)
+    for flag, given in (("--act_order", act_order), ("--gptq_damp", damp is not None)):
+        if given:
+            raise UserError(f"{flag} is a GPTQ option, but --algorithm is {algorithm}.",
+                            f"Pass --algorithm gptq or awq+gptq, or drop {flag}.")
+    return None
+
+
+def _awq_mode(algorithm: str, awq_mode: str, awq_cache: str | None, dump_awq: str | None) -> str:
+    """The AWQ mode that runs: none for algorithms without AWQ. An AWQ flag that would then be ignored (--awq load,
+    --awq_cache, --dump_awq) is an error naming the algorithm; so is --dump_awq without a search."""
+    if algorithm in WITHOUT_AWQ:
+        for flag, given in (("--awq load", awq_mode == "load"), ("--awq_cache", awq_cache), ("--dump_awq", dump_awq)):
+            if given:
+                raise UserError(f"{flag} is an AWQ option, but --algorithm {algorithm} runs no AWQ.",
+                                f"Use --algorithm awq or awq+gptq, or drop {flag}.")
+        return "none"
+    if awq_mode == "load" and not awq_cache:
+        raise UserError("--awq load needs the cache file to load.", "Pass --awq_cache FILE (an llm-awq .pt cache).")
+    if dump_awq and awq_mode != "run":
+        raise UserError("--dump_awq saves search results, but no search runs with --awq "
+                        f"{awq_mode}.", "Use --awq run, or drop --dump_awq.")
+    return awq_mode
+
+
 DEFAULT_SEARCH_TOKENS = 4096
 SEARCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -102,27 +134,18 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
                   lm_head_group_size: int, calib_dataset: str | None, n_samples: int, seqlen: int, seed: int,
                   duo_scaling: bool, export: str = "native", max_shard_bytes: int = 512 * 2**20,
                   progress: bool = True, overwrite: bool = False, search_tokens: int = DEFAULT_SEARCH_TOKENS,
-                  search_dtype: str = "auto", gptq_damp: float = 0.01, act_order: bool = False) -> dict:
+                  search_dtype: str = "auto", gptq_damp: float | None = None, act_order: bool = False) -> dict:
     """Quantize the float model at `model_path` into a checkpoint folder `out` (replacing only an earlier
     checkpoint of this tool there, or anything but protected places with `overwrite`: checkpoints/output_path.py).
     `search_tokens`: calibration tokens (whole samples) the scale-search loss is measured on (0: all);
     `search_dtype`: auto|fp32|bf16, the dtype of the calibration forward and the scale search (auto: bf16 where
-    the CPU has AVX512-BF16 or AMX, else fp32). `algorithm` gptq / awq+gptq round with GPTQ (`gptq_damp`,
-    `act_order`) over the same calibration data. Returns the summary printed as JSON."""
+    the CPU has AVX512-BF16 or AMX, else fp32). `algorithm` gptq / awq+gptq round with GPTQ (`gptq_damp`, default
+    0.01, and `act_order`: refused with the other algorithms) over the same calibration data. Returns the summary printed as JSON."""
     spec = QuantSpec(w_bit, group_size, zero_point).validate()
     if export == "awq":
         check_exportable(spec.bits, spec.group_size, lm_head)
-    if algorithm in ("pergrp", "import", "gptq"):
-        awq_mode = "none"
-    gptq = GptqOptions(gptq_damp, act_order) if algorithm in ("gptq", "awq+gptq") else None
-    if act_order and gptq is None:
-        raise UserError("--act_order is a GPTQ option, but --algorithm is " + algorithm + ".",
-                        "Pass --algorithm gptq or awq+gptq, or drop --act_order.")
-    if awq_mode == "load" and not awq_cache:
-        raise UserError("--awq load needs the cache file to load.", "Pass --awq_cache FILE (an llm-awq .pt cache).")
-    if dump_awq and awq_mode != "run":
-        raise UserError("--dump_awq saves search results, but no search runs with --awq "
-                        f"{awq_mode}.", "Use --awq run, or drop --dump_awq.")
+    gptq = _gptq_options(algorithm, gptq_damp, act_order)
+    awq_mode = _awq_mode(algorithm, awq_mode, awq_cache, dump_awq)
     check_seed(seed)
     dump_awq = check_output_file(dump_awq, "--dump_awq", "AWQ cache", is_llm_awq_cache, overwrite)
     src = open_checkpoint(model_path, streamed=True)

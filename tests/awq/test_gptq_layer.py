@@ -99,8 +99,16 @@ def test_quantize_with_gptq_writes_a_deterministic_checkpoint_recording_its_sett
     assert not torch.equal(unpack(got[name + ".packed"], "u4k"), rtn.codes)  # GPTQ moved codes off the RTN ones
 
 
-def test_act_order_without_gptq_is_refused(checkpoints, tmp_path, cli):
-    code, _, err = cli(["quantize", "--model", str(checkpoints["llama3"]), "--out", str(tmp_path / "q"),
-                        "--act_order"])
-    assert code == 2 and "--act_order is a GPTQ option" in err and "Traceback" not in err
-    assert not (tmp_path / "q").exists()
+@pytest.mark.parametrize("flags, needle", [
+    (["--act_order"], "--act_order is a GPTQ option, but --algorithm is awq"),
+    (["--gptq_damp", "0.1", "--algorithm", "pergrp"], "--gptq_damp is a GPTQ option, but --algorithm is pergrp"),
+    (["--algorithm", "gptq", "--dump_awq", "s.pt"], "--dump_awq is an AWQ option, but --algorithm gptq runs no AWQ"),
+    (["--algorithm", "gptq", "--awq", "load", "--awq_cache", "s.pt"],
+     "--awq load is an AWQ option, but --algorithm gptq runs no AWQ"),
+    (["--algorithm", "pergrp", "--awq_cache", "s.pt"], "--awq_cache is an AWQ option, but --algorithm pergrp"),
+])
+def test_a_flag_the_algorithm_would_ignore_is_refused(checkpoints, tmp_path, cli, monkeypatch, flags, needle):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(["quantize", "--model", str(checkpoints["llama3"]), "--out", str(tmp_path / "q")] + flags)
+    assert code == 2 and needle in err and "Traceback" not in err, err
+    assert not (tmp_path / "q").exists() and not (tmp_path / "s.pt").exists()

@@ -98,6 +98,7 @@ def test_gptq_folder_runs_like_the_native_checkpoint_of_the_same_codes(checkpoin
     ("v1 overflow", "zero point of 2**4 in the v1 'gptq' format"),
     ("float linear", "model.layers.1.mlp.up_proj is not quantized"),
     ("bad scales", "scales is"),
+    ("flat qweight", "expected torch.int32 (K * 4 / 32, N) for K inputs and N outputs"),
 ])
 def test_what_the_native_layout_cannot_hold_is_refused(checkpoints, tmp_path, cli, monkeypatch, case, needle):
     monkeypatch.setenv("EDGEAWQ_CACHE", str(tmp_path / "cache"))
@@ -107,7 +108,7 @@ def test_what_the_native_layout_cannot_hold_is_refused(checkpoints, tmp_path, cl
                                                                                .manual_seed(0)).int() // g),
           "v1 overflow": dict(bits=4, group=32, fmt="gptq", sym=False),
           "float linear": dict(bits=4, group=32, drop="model.layers.1.mlp.up_proj"),
-          "bad scales": dict(bits=4, group=32)}[case]
+          "bad scales": dict(bits=4, group=32), "flat qweight": dict(bits=4, group=32)}[case]
     folder = write_gptq_folder(src, tmp_path / "g", **kw)
     config = json.loads((folder / "config.json").read_text())
     if case == "3-bit":
@@ -115,11 +116,13 @@ def test_what_the_native_layout_cannot_hold_is_refused(checkpoints, tmp_path, cl
     if case == "group 96":
         config["quantization_config"]["group_size"] = 96
     (folder / "config.json").write_text(json.dumps(config))
-    if case in ("bad scales", "v1 overflow"):
+    if case in ("bad scales", "v1 overflow", "flat qweight"):
         state = load_file(str(folder / "model.safetensors"))
         name = "model.layers.0.self_attn.q_proj"
         if case == "bad scales":
             state[name + ".scales"] = state[name + ".scales"].float()
+        elif case == "flat qweight":
+            state[name + ".qweight"] = state[name + ".qweight"].flatten()
         else:                                    # a group whose zero point is 0: v1 stores 0 - 1 as 15
             state[name + ".qzeros"][0, 0] |= 0xF
         save_file(state, str(folder / "model.safetensors"))
