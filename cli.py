@@ -330,7 +330,7 @@ def _with_huge_pages(argv: list[str] | None) -> None:
         return
     tunables = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1") if t)
     os.environ["GLIBC_TUNABLES"] = tunables
-    os.execv(sys.executable, [sys.executable, "-m", "edgeawq.cli", *sys.argv[1:]])
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])   # exactly what was run, interpreter flags too
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,7 +31,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))          # benchmarks.peers.* when run as a script
 RESULTS = ROOT / "benchmarks" / "results" / "cpu_vs_peers.jsonl"
 MEASURES = [("decode", 64, 32), ("decode", 64, 128), ("prefill", 64, 2), ("prefill", 512, 2)]
 THREADS = 2
@@ -109,7 +108,7 @@ class LlamaCpp:
 
     def prepare(self) -> None:
         if self.shape != REAL and not self.gguf.exists():
-            from benchmarks.peers.gguf_q4_0 import write_random_q4_0_gguf
+            from peers.gguf_q4_0 import write_random_q4_0_gguf
             from edgeawq.runtime.random_model import read_shape
 
             write_random_q4_0_gguf(read_shape(self.shape), self.gguf)
@@ -138,7 +137,7 @@ class OrtGenai:
 
     def prepare(self) -> None:
         if not (self.folder / "genai_config.json").exists():
-            from benchmarks.peers.genai_model import build_genai_model, write_random_autoawq
+            from peers.genai_model import build_genai_model, write_random_autoawq
 
             if self.shape == REAL:
                 quantize_real(self.awq, "--export", "awq")
@@ -147,8 +146,8 @@ class OrtGenai:
             build_genai_model(self.awq, self.folder, THREADS, REAL_GROUP if self.shape == REAL else 128)
 
     def measure(self, kind: str, prompt: int, new: int) -> dict:
-        out, rss = run_rss([sys.executable, "-m", "benchmarks.peers.genai_runner", str(self.folder), str(prompt),
-                            str(new)])
+        runner = ROOT / "benchmarks" / "peers" / "genai_runner.py"
+        out, rss = run_rss([sys.executable, str(runner), str(self.folder), str(prompt), str(new)])
         r = json.loads(out.strip().splitlines()[-1])
         return {"prefill_tok_s": prompt / r["prefill_s"], "decode_tok_s": r["decode_tokens"] / r["decode_s"],
                 "peak_rss_bytes": rss}
