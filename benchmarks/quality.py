@@ -15,7 +15,8 @@ trained on, never calibrated on), the first --max_windows windows of each (defau
 search runs once per config (--dump_awq); the +lm_head variant applies those results (--awq load) and quantizes
 the head, so both rows share the layers. Each AWQ row reports recovery = (rtn - awq) / (rtn - float): the share
 of RTN's excess perplexity that AWQ removes (likewise for --methods gptq and awq+gptq: GPTQ rounding after no
-scaling or after the AWQ scales and clips).
+scaling or after the AWQ scales and clips, which awq+gptq loads from the AWQ row's search when both run; gptq-act
+and awq+gptq-act: the same with --act_order).
 
 Prints one JSON line per measurement, then a markdown table.
 Usage: python benchmarks/quality.py [--models default-llama default-qwen2 smollm2] [--out runs/quality]
@@ -51,15 +52,17 @@ def evaluate(path, act_dtype, seqlen, dataset="corpus-test", max_windows=None):
 
 def quantize_quietly(src, out, bits, group, method, lm_head, n_samples, calib_seqlen, dump=None, cache=None,
                      search_tokens=DEFAULT_SEARCH_TOKENS, search_dtype="auto") -> float:
-    """`run_awq quantize` in-process without its output (method rtn, awq, gptq or awq+gptq; awq and awq+gptq load
-    `cache` when given) -> seconds."""
+    """`run_awq quantize` in-process without its output (method rtn, awq, gptq or awq+gptq, the GPTQ ones with an
+    "-act" suffix for --act_order; awq and awq+gptq load `cache` when given) -> seconds."""
+    act_order = method.endswith("-act")
+    method = method.removesuffix("-act")
     mode = "none" if method in ("rtn", "gptq") else "load" if cache else "run"
     algorithm = "awq" if method == "rtn" else method
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         quantize_task(str(src), str(out), bits, group, True, algorithm, mode, cache, dump, lm_head, 32, None, n_samples,
                       calib_seqlen, 0, False, progress=False, overwrite=True, search_tokens=search_tokens,
-                      search_dtype=search_dtype)
+                      search_dtype=search_dtype, act_order=act_order)
     return time.perf_counter() - t0
 
 
@@ -92,7 +95,10 @@ def real_model_rows(args) -> list[dict]:
                 continue
             for method in args.methods:
                 out = Path(f"{base}-{method}{'-head' if lm_head else ''}")
-                cache = str(dump) if method == "awq" and lm_head else None
+                # awq+gptq and the +lm_head AWQ row reuse the AWQ row's search (--awq load): their quantize time is
+                # then not reported
+                reuse = (method == "awq" and lm_head) or (method.startswith("awq+gptq") and "awq" in args.methods)
+                cache = str(dump) if reuse else None
                 seconds = quantize_quietly(src, out, bits, group, method, lm_head, args.n_samples, args.calib_seqlen,
                                            dump=str(dump) if method == "awq" and not lm_head else None, cache=cache)
                 measure(out, label, method, None if cache else seconds)
@@ -122,12 +128,15 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["corpus-test", "python-docs"], help="Real model only.")
     ap.add_argument("--max_windows", type=int, default=24, help="Real model only: windows per dataset.")
     ap.add_argument("--configs", nargs="*", default=None, help="A subset of the configs.")
-    ap.add_argument("--methods", nargs="+", default=["rtn", "awq"], choices=["rtn", "awq", "gptq", "awq+gptq"],
-                    help="The methods of each config (rtn: the recovery baseline, always run).")
+    ap.add_argument("--methods", nargs="+", default=["rtn", "awq"],
+                    choices=["rtn", "awq", "gptq", "awq+gptq", "gptq-act", "awq+gptq-act"],
+                    help="The methods of each config (rtn: the recovery baseline, always run; -act: GPTQ with "
+                         "--act_order).")
     ap.add_argument("--no_lm_head", dest="lm_head", action="store_false",
                     help="Real model only: skip the +lm_head rows.")
     args = ap.parse_args()
-    args.methods = ["rtn", *(m for m in args.methods if m != "rtn")]    # the baseline of every recovery figure
+    # rtn: the baseline of every recovery figure; awq before the awq+gptq rows that reuse its search
+    args.methods = ["rtn", *sorted((m for m in args.methods if m != "rtn"), key=lambda m: m != "awq")]
     rows = []
     if "smollm2" in args.models:
         rows = real_model_rows(args)
