@@ -72,8 +72,8 @@ def estimated_bytes(skeleton, family, shapes: dict, spec: QuantSpec, lm_head: bo
 
 
 def _algorithm_name(algorithm: str, awq_mode: str) -> str:
-    """quantization_config.algorithm: awq, rtn (round-to-nearest), gptq, awq+gptq, gguf-q4_0 or gguf-q4_1 (blocks taken over
-    unchanged; `algorithm` is then "import-q4_0" / "import-q4_1")."""
+    """quantization_config.algorithm: awq, rtn (round-to-nearest), gptq, awq+gptq, gguf-q4_0 or gguf-q4_1 (blocks
+    taken over unchanged; `algorithm` is then "import-q4_0" / "import-q4_1")."""
     if algorithm.startswith("import"):
         return "gguf-" + algorithm.removeprefix("import-")
     if algorithm in ("gptq", "awq+gptq"):
@@ -107,6 +107,9 @@ def _awq_mode(algorithm: str, awq_mode: str, awq_cache: str | None, dump_awq: st
         return "none"
     if awq_mode == "load" and not awq_cache:
         raise UserError("--awq load needs the cache file to load.", "Pass --awq_cache FILE (an llm-awq .pt cache).")
+    if awq_cache and awq_mode != "load":
+        raise UserError(f"--awq_cache is read by --awq load only, and --awq is {awq_mode}.",
+                        "Pass --awq load to apply the cache, or drop --awq_cache (--dump_awq FILE saves a search).")
     if dump_awq and awq_mode != "run":
         raise UserError("--dump_awq saves search results, but no search runs with --awq "
                         f"{awq_mode}.", "Use --awq run, or drop --dump_awq.")
@@ -140,7 +143,8 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     `search_tokens`: calibration tokens (whole samples) the scale-search loss is measured on (0: all);
     `search_dtype`: auto|fp32|bf16, the dtype of the calibration forward and the scale search (auto: bf16 where
     the CPU has AVX512-BF16 or AMX, else fp32). `algorithm` gptq / awq+gptq round with GPTQ (`gptq_damp`, default
-    0.01, and `act_order`: refused with the other algorithms) over the same calibration data. Returns the summary printed as JSON."""
+    0.01, and `act_order`: refused with the other algorithms) over the same calibration data. Returns the summary
+    printed as JSON."""
     spec = QuantSpec(w_bit, group_size, zero_point).validate()
     if export == "awq":
         check_exportable(spec.bits, spec.group_size, lm_head)
@@ -213,7 +217,8 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
         save_llm_awq_cache(dump_awq, report.scales, report.clips)
     size = sum(p.stat().st_size for p in out_path.iterdir() if p.suffix == ".safetensors")
     summary = {"out": str(out_path), "bits": spec.bits, "group_size": spec.group_size,
-               "algorithm": _algorithm_name(algorithm, awq_mode), "format": export, "lm_head": lm_head, "seconds": round(report.seconds, 2),
+               "algorithm": _algorithm_name(algorithm, awq_mode), "format": export, "lm_head": lm_head,
+               "seconds": round(report.seconds, 2),
                "weights_bytes": size, "layer_seconds": [round(t, 2) for t in report.layer_seconds]}
     if report.groups:
         summary["mean_alpha"] = round(sum(g["alpha"] for g in report.groups) / len(report.groups), 3)

@@ -106,6 +106,8 @@ def test_quantize_with_gptq_writes_a_deterministic_checkpoint_recording_its_sett
     (["--algorithm", "gptq", "--awq", "load", "--awq_cache", "s.pt"],
      "--awq load is an AWQ option, but --algorithm gptq runs no AWQ"),
     (["--algorithm", "pergrp", "--awq_cache", "s.pt"], "--awq_cache is an AWQ option, but --algorithm pergrp"),
+    (["--awq_cache", "s.pt"], "--awq_cache is read by --awq load only, and --awq is run"),
+    (["--awq", "none", "--awq_cache", "s.pt"], "--awq_cache is read by --awq load only, and --awq is none"),
 ])
 def test_a_flag_the_algorithm_would_ignore_is_refused(checkpoints, tmp_path, cli, monkeypatch, flags, needle):
     monkeypatch.chdir(tmp_path)
