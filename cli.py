@@ -106,9 +106,10 @@ def cli() -> None:
 @weight_spec_options
 @awq_options
 @debug_option
-def quantize(model_path, out, overwrite, w_bit, group_size, symmetric, lm_head, lm_head_group_size, algorithm,
+@click.pass_context
+def quantize(ctx, model_path, out, overwrite, w_bit, group_size, symmetric, lm_head, lm_head_group_size, algorithm,
              awq_mode, awq_cache, dump_awq, export, calib_dataset, n_samples, seqlen, duo_scaling, search_tokens,
-             search_dtype, gptq_damp, act_order, seed, debug) -> None:
+             search_dtype, gptq_damp, sq_alpha, act_quant, act_order, seed, debug) -> None:
     """Quantize a float model (AWQ, GPTQ or round-to-nearest) into a checkpoint.
 
     \b
@@ -120,10 +121,12 @@ def quantize(model_path, out, overwrite, w_bit, group_size, symmetric, lm_head, 
     _prepare_libraries()
     from .tasks.quantize import quantize_task
 
-    quantize_task(model_path, out, int(w_bit), int(group_size), not symmetric, algorithm, awq_mode, awq_cache,
+    given = {n for n in ("w_bit", "group_size") if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE}
+    quantize_task(model_path, out, int(w_bit) if "w_bit" in given else None,
+                  int(group_size) if "group_size" in given else None, not symmetric, algorithm, awq_mode, awq_cache,
                   dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples, seqlen, seed, duo_scaling,
                   export, overwrite=overwrite, search_tokens=search_tokens, search_dtype=search_dtype,
-                  gptq_damp=gptq_damp, act_order=act_order)
+                  gptq_damp=gptq_damp, act_order=act_order, sq_alpha=sq_alpha, act_quant=act_quant)
 
 
 @cli.command(cls=Subcommand, context_settings=CONTEXT)

@@ -109,20 +109,23 @@ generation_options = _stack(
 # how weights are quantized: quantize, and benchmark --random_weights
 weight_spec_options = _stack(
     click.option("--w_bit", type=click.Choice(["2", "3", "4", "8"]), default="4", show_default=True,
-                 help="Weight bits (3-bit codes are stored in a 4-bit container)."),
+                 help="Weight bits (3-bit codes are stored in a 4-bit container; --algorithm smoothquant: 8)."),
     click.option("--group_size", type=click.Choice(GROUP_SIZES), default="128", show_default=True,
-                 help="Input channels per group (-1 = one group per output channel)."),
+                 help="Input channels per group (-1 = one group per output channel; --algorithm smoothquant: -1)."),
     click.option("--symmetric", is_flag=True, help="Symmetric groups (no zero point)."),
     click.option("--lm_head", is_flag=True, help="Quantize lm_head too (RTN, --lm_head_group_size)."),
     click.option("--lm_head_group_size", type=click.Choice(GROUP_SIZES), default="32", show_default=True),
 )
 
 awq_options = _stack(
-    click.option("--algorithm", type=click.Choice(["awq", "gptq", "awq+gptq", "pergrp", "import"]), default="awq",
+    click.option("--algorithm", type=click.Choice(["awq", "gptq", "awq+gptq", "smoothquant", "pergrp", "import"]),
+                 default="awq",
                  show_default=True,
                  help="awq = activation-aware scales and clipping; gptq = GPTQ rounding (Hessian of each Linear's "
                       "calibration input, true-sequential, groups of consecutive channels); awq+gptq = AWQ scales and "
-                      "clips, then GPTQ rounding; pergrp = plain round-to-nearest; import = keep a "
+                      "clips, then GPTQ rounding; smoothquant = W8A8: activation outliers migrated into the "
+                      "weights (--sq_alpha), int8 symmetric weights per output channel, int8 activations "
+                      "(--act_quant), lm_head float; pergrp = plain round-to-nearest; import = keep a "
                       "Q4_0 or Q4_1 GGUF file's blocks as they are (codes, fp16 scales, zero point 8 or, for Q4_1, "
                       "zero point 0 plus the fp16 group minimums; needs --group_size 32; bit-exact to llama.cpp's "
                       "dequantization)."),
@@ -152,6 +155,12 @@ awq_options = _stack(
     click.option("--gptq_damp", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=None,
                  help="GPTQ damping: this fraction of the mean Hessian diagonal is added to it.  [default: 0.01; "
                       "GPTQ algorithms only]"),
+    click.option("--sq_alpha", type=float, default=None,
+                 help="SmoothQuant migration strength in [0, 1]: s = max|X|^a / max|W|^(1-a) per input channel.  "
+                      "[default: 0.5; smoothquant only]"),
+    click.option("--act_quant", type=click.Choice(["per_token", "per_tensor"]), default=None,
+                 help="SmoothQuant int8 activations: one dynamic scale per token, or one static scale per Linear "
+                      "from the calibration data.  [default: per_token; smoothquant only]"),
     click.option("--act_order", is_flag=True,
                  help="GPTQ: quantize columns by decreasing Hessian diagonal (groups fixed from the original "
                       "weights first, so they stay consecutive channels and need no g_idx)."),

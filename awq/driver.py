@@ -91,6 +91,7 @@ def quantize_streaming(skeleton: nn.Module, config, family: Family, state, job: 
                                      job.precomputed)
         quantized_names = {prefix + n + ".weight" for n in res.quantized}
         floats = {prefix + n: p.detach() for n, p in layer.named_parameters() if prefix + n not in quantized_names}
+        floats.update({prefix + n + ".act_scale": s for n, s in res.act_scales.items()})   # per-tensor W8A8
         sink.write(floats, {prefix + n: q for n, q in res.quantized.items()})
         report.scales += res.scales
         report.clips += res.clips

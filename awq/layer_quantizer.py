@@ -18,10 +18,11 @@ from ..kernels.quantizer import QuantizedWeight, QuantSpec, quantize
 from ..runtime.families import Family
 from ..runtime.module_paths import get_module
 from .clip_search import apply_clip, search_clip
-from .folding import fold_scales
+from .folding import fold_scales, group_applies
 from .gptq import GptqOptions
 from .gptq_layer import gptq_layer
 from .scale_search import search_scales
+from .smoothquant import SmoothQuantOptions, smoothquant_layer
 
 
 @dataclass
@@ -34,10 +35,11 @@ class AwqOptions:
     search_samples: list[int] | None = None   # calibration samples the scale-search loss is measured on (None: all)
     dtype: torch.dtype = torch.float32         # dtype of the calibration forward and the scale search
     gptq: GptqOptions | None = None            # round with GPTQ (after the AWQ scales and clips when `search`)
+    smooth: SmoothQuantOptions | None = None   # SmoothQuant W8A8 instead of AWQ/GPTQ (spec: int8 per channel)
 
     @property
     def needs_calibration(self) -> bool:
-        return self.search or self.gptq is not None
+        return self.search or self.gptq is not None or self.smooth is not None
 
 
 @dataclass
@@ -46,16 +48,7 @@ class LayerResult:
     scales: list[tuple[str, tuple[str, ...], torch.Tensor]] = field(default_factory=list)  # llm-awq "scale"
     clips: list[tuple[str, torch.Tensor]] = field(default_factory=list)                     # llm-awq "clip"
     report: list[dict] = field(default_factory=list)
-
-
-def group_applies(layer: nn.Module, requires: str | None, family: Family) -> bool:
-    if requires is None:
-        return True
-    if requires == "v_o_same_shape":
-        v = get_module(layer, f"{family.attn}.{family.v}")
-        o = get_module(layer, f"{family.attn}.{family.o}")
-        return v.weight.shape[0] == o.weight.shape[1]
-    raise ValueError(f"unknown scale-group condition {requires!r}")
+    act_scales: dict[str, torch.Tensor] = field(default_factory=dict)    # linear -> static int8 input scale (1,)
 
 
 @dataclass
@@ -136,6 +129,10 @@ def quantize_layer(layer: nn.Module, family: Family, prefix: str, options: AwqOp
     Returns (output chunks or None, LayerResult)."""
     spec = options.spec
     result = LayerResult(quantized={})
+    if options.smooth is not None:
+        outputs, result.quantized, result.act_scales = smoothquant_layer(layer, family, prefix, options.smooth,
+                                                                         inputs, position_embeddings)
+        return outputs, result
     outputs = None
     gptq_inputs = list(inputs) if options.gptq is not None else None   # the AWQ forward consumes `inputs`
     if precomputed is not None:

@@ -17,8 +17,10 @@ float function is unchanged and X / s has the flatter channel maxima max|X[:, k]
 the weight column maxima max|W[:, k]| * s[k]). `alpha` 0 leaves the activations as they are, 1 moves all of
 their range into the weights.
 
-This module computes and folds scales only; quantizing the smoothed weights (int8 per channel) and the
-activations (per tensor or per token) is the caller's business.
+`smoothquant_layer` then rounds every smoothed Linear to int8 per output channel (symmetric, round-to-nearest,
+kernels/quantizer.py) and, for per-tensor activations, derives each Linear's static activation scale from the
+calibration: act_scale = max_k input_absmax[k] / 127 (the largest smoothed input value maps to 127; larger values
+at run time are clamped). Activations are quantized at run time (kernels/act_quant.py), not here.
 """
 from __future__ import annotations
 
@@ -28,12 +30,21 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..kernels.act_quant import ACT_QUANT_MODES, QMAX
+from ..kernels.quantizer import QuantizedWeight, QuantSpec, quantize
 from ..runtime.families import Family
 from ..runtime.module_paths import get_module
-from .folding import fold_scales
-from .layer_quantizer import group_applies
+from .folding import fold_scales, group_applies
 
 MIN_SCALE = 1e-5
+WEIGHT_SPEC = QuantSpec(8, -1, zero_point=False)     # int8 per output channel, symmetric
+DEFAULT_ALPHA = 0.5
+
+
+@dataclass(frozen=True)
+class SmoothQuantOptions:
+    alpha: float = DEFAULT_ALPHA      # migration strength, [0, 1]
+    act_quant: str = "per_token"      # per_token | per_tensor (kernels/act_quant.py)
 
 
 def check_alpha(alpha: float) -> float:
@@ -63,7 +74,8 @@ class SmoothedLayer:
 @torch.no_grad()
 def record_input_absmax(layer: nn.Module, family: Family, inputs: list[torch.Tensor],
                         position_embeddings) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-    """One float forward over the input chunks (b, T, D) -> (output chunks, {linear: max_t |x[t, k]| (K,)})."""
+    """One forward of the layer (in its own dtype) over the input chunks (b, T, D) -> (output chunks in the
+    chunks' dtype, {linear: max_t |x[t, k]| (K,)})."""
     absmax: dict[str, torch.Tensor] = {}
 
     def hook_for(name):
@@ -72,9 +84,11 @@ def record_input_absmax(layer: nn.Module, family: Family, inputs: list[torch.Ten
             absmax[name] = m if name not in absmax else torch.maximum(absmax[name], m)
         return hook
 
+    dtype = next(layer.parameters()).dtype
+    pos = tuple(p.to(dtype) for p in position_embeddings)
     handles = [get_module(layer, n).register_forward_pre_hook(hook_for(n)) for n in family.linears]
     try:
-        outputs = [layer(c, position_embeddings=position_embeddings, attention_mask=None) for c in inputs]
+        outputs = [layer(c.to(dtype), position_embeddings=pos, attention_mask=None).to(c.dtype) for c in inputs]
     finally:
         for h in handles:
             h.remove()
@@ -98,3 +112,26 @@ def smooth_layer(layer: nn.Module, family: Family, inputs: list[torch.Tensor], p
         for name in group.linears:
             result.input_absmax[name] = absmax[name] / s
     return outputs, result
+
+
+def check_act_quant(mode: str) -> str:
+    if mode not in ACT_QUANT_MODES:
+        raise UserError(f"--act_quant {mode!r} is not known.", f"Use one of: {', '.join(ACT_QUANT_MODES)}.")
+    return mode
+
+
+@torch.no_grad()
+def smoothquant_layer(layer: nn.Module, family: Family, prefix: str, options: SmoothQuantOptions,
+                      inputs: list[torch.Tensor], position_embeddings
+                      ) -> tuple[list[torch.Tensor], dict[str, QuantizedWeight], dict[str, torch.Tensor]]:
+    """Smooth the float `layer` in place and quantize its Linears (see the module docstring). -> (the layer's
+    float output chunks, {linear: int8 per-channel weight}, {linear: act_scale float32 (1,)} for per_tensor, else
+    {})."""
+    outputs, smoothed = smooth_layer(layer, family, inputs, position_embeddings, options.alpha)
+    quantized = {name: quantize(get_module(layer, name).weight, WEIGHT_SPEC, prefix + name) for name in family.linears}
+    act_scales = {}
+    if options.act_quant == "per_tensor":
+        for name in family.linears:
+            top = float(smoothed.input_absmax[name].max())
+            act_scales[name] = torch.tensor([top / QMAX if top > 0 else 1.0], dtype=torch.float32)
+    return outputs, quantized, act_scales

@@ -16,10 +16,15 @@ Tensors: float tensors keep their transformers names. A quantized Linear `<name>
   <name>.mins    float16 (N, K/g), only when "group_mins" (GGUF Q4_1 imports, zeros 0):
                  (codes - zeros) * scales + mins = weight, in float32
   <name>.bias    float32 (N,), when the Linear has a bias
+  <name>.act_scale float32 (1,), only in per-tensor W8A8 checkpoints (SmoothQuant): the static int8 scale of
+                 the Linear's input (kernels/act_quant.py)
 
 quantization_config = {"quant_method": "edgeawq", "format_version": 1, "bits": b, "group_size": g,
   "zero_point": bool, "group_mins": bool (absent = false), "packing": "u4k"|"u2k"|"u8", "scale_dtype": "float16", "container_bits": 4 for w3,
-  "algorithm": "awq"|"rtn"|"gguf-q4_0"|"gguf-q4_1", "awq": {...search settings...} | null, "lm_head": bool,
+  "algorithm": "awq"|"rtn"|"gptq"|"awq+gptq"|"smoothquant"|"gguf-q4_0"|"gguf-q4_1",
+  "awq": {...search settings...} | null, "gptq": {...} | null,
+  "act_quant": {"mode": "per_token"|"per_tensor", "alpha": float, ...calibration...} (absent or null: weight-only;
+  present only with bits 8, group_size -1, zero_point false, lm_head false), "lm_head": bool,
   "lm_head_group_size": int|null, "quantized_modules": [relative Linear names per layer], "fused_layout": false}
 Older format versions must keep loading: readers dispatch on `format_version`.
 """

@@ -24,6 +24,16 @@ import torch
 from . import native_build
 
 
+LINEAR_GROUPS = ("qkv", "o", "gate_up", "down")
+
+
+def set_static_act_scales(decoder, i: int, scales: dict[str, torch.Tensor | None]) -> None:
+    """Layer i's static int8 input scales (per-tensor W8A8 checkpoints): {group: float32 (1,) or None}; a layer
+    with none keeps the dynamic per-token (per-group) scales."""
+    if any(s is not None for s in scales.values()):
+        decoder.set_act_scales(i, *(0.0 if scales[k] is None else float(scales[k]) for k in LINEAR_GROUPS))
+
+
 class NativeEngine:
     def __init__(self, tensors: dict[str, torch.Tensor], spec: dict, threads: int | None = None) -> None:
         """tensors, spec: a native state (cpu_backend/native_state.py)."""
@@ -45,6 +55,7 @@ class NativeEngine:
                                    [t[f"{L}.gate_up.lines"], t[f"{L}.gate_up.meta"]],
                                    [t[f"{L}.down.lines"], t[f"{L}.down.meta"]], *spec["groups"][i],
                                    spec["windows"][i])
+            set_static_act_scales(self.decoder, i, {k: t.get(f"{L}.{k}.act_scale") for k in LINEAR_GROUPS})
         self.norm_weight, self.norm_eps = t["norm"], spec["norm_eps"]
         self.embed = t["embed"]                                                  # (V, D), the model's dtype
         head = spec["lm_head"]

@@ -9,7 +9,8 @@ State = (tensors, spec):
   tensors  "rope.cos", "rope.sin" float32 (positions, head_dim/2); "embed" (V, D) in the model's dtype;
            "norm" float32 (D,); per layer i: "layers.{i}.input_norm", "layers.{i}.post_norm" float32 (D,) and
            "layers.{i}.{qkv,o,gate_up,down}.{lines,meta}" uint8 (cpu_backend/native_pack.py) plus
-           "layers.{i}.qkv.bias" float32 when the model has q/k/v biases; "lm_head.lines"/"lm_head.meta"
+           "layers.{i}.qkv.bias" float32 when the model has q/k/v biases, "layers.{i}.{qkv,o,gate_up,down}.act_scale"
+           float32 (1,) in per-tensor W8A8 checkpoints (the static int8 input scale); "lm_head.lines"/"lm_head.meta"
            (quantized) or "lm_head.weight" float32 (V, D); "lm_head.bias" float32 when present.
 
 Cache: `$EDGEAWQ_CACHE/native/<key>` (key from format version and the source fingerprint) holding
@@ -70,9 +71,14 @@ def _model_problem(loaded: LoadedModel) -> str | None:
             where = f"layers.{i}.{name}"
             if not all(isinstance(p, QLinearPerGrp) for p in parts):
                 return f"{where} is not quantized (the native decoder runs quantized decoder Linears only)"
-            if len({(p.spec.bits, p.spec.group(p.in_features), p.spec.mins, p.scales.dtype) for p in parts}) != 1:
-                return f"{where} groups Linears with different bits, group sizes or scale dtypes"
+            if len({(p.spec.bits, p.spec.group(p.in_features), p.spec.mins, p.scales.dtype, p.act_quant)
+                    for p in parts}) != 1:
+                return f"{where} groups Linears with different bits, group sizes, scale dtypes or activation modes"
             p = parts[0]
+            if p.act_quant == "per_token" and p.spec.group(p.in_features) != p.in_features:
+                return f"{where} quantizes activations per token with weight groups of {p.spec.group(p.in_features)}"
+            if p.act_quant == "per_tensor" and not all(torch.equal(q.act_scale, p.act_scale) for q in parts):
+                return f"{where} fuses Linears with different static activation scales"
             problem = layout_problem(p.out_features, p.in_features, p.spec.group(p.in_features), p.spec.bits,
                                      p.scales.dtype)
             if problem:
@@ -95,6 +101,8 @@ def pack_group(parts: list[QLinearPerGrp], prefix: str, tensors: dict) -> int:
     mins = torch.cat([p.mins for p in parts]) if parts[0].spec.mins else None                 # (N, G) fp16
     w = pack_native(codes, torch.cat([p.scales for p in parts]), torch.cat([p.zeros for p in parts]), mins, bits)
     tensors[f"{prefix}.lines"], tensors[f"{prefix}.meta"] = w.lines, w.meta
+    if parts[0].act_scale is not None:                      # per-tensor W8A8: one static input scale, shared
+        tensors[f"{prefix}.act_scale"] = parts[0].act_scale.detach().float().reshape(1).clone()
     if any(p.bias is not None for p in parts):
         tensors[f"{prefix}.bias"] = torch.cat([p.bias.detach().float() if p.bias is not None
                                                else torch.zeros(p.out_features) for p in parts])
@@ -104,7 +112,7 @@ def pack_group(parts: list[QLinearPerGrp], prefix: str, tensors: dict) -> int:
 @torch.no_grad()
 def pack_layer(layer, family) -> tuple[dict[str, torch.Tensor], list[int]]:
     """One decoder layer in the native layout: ({"input_norm", "post_norm", "{qkv,o,gate_up,down}.{lines,meta}",
-    "qkv.bias"?}, [qkv, o, gate_up, down] group sizes)."""
+    "qkv.bias"?, "{qkv,o,gate_up,down}.act_scale"?}, [qkv, o, gate_up, down] group sizes)."""
     tensors = {"input_norm": getattr(layer, family.input_norm).weight.detach().float(),
                "post_norm": getattr(layer, family.post_attn_norm).weight.detach().float()}
     groups = [pack_group(parts, name, tensors) for name, parts in linear_groups(layer, family).items()]

@@ -53,12 +53,13 @@ def ensure_export(loaded: LoadedModel, onnx_dir: Path | None, accuracy_level: in
 
 
 def onnx_problem(loaded: LoadedModel) -> str | None:
-    """Why the ONNX Runtime graph cannot hold this model's quantized Linears (MatMulNBits block sizes), or None."""
+    """Why the ONNX Runtime graph cannot hold this model's quantized Linears (MatMulNBits block sizes; W8A8
+    Linears take MatMulInteger, which has none), or None."""
     from ..kernels.qlinear import QLinearPerGrp
     from .matmulnbits import block_size_problem
 
     for name, module in loaded.model.named_modules():
-        if isinstance(module, QLinearPerGrp):
+        if isinstance(module, QLinearPerGrp) and module.act_quant is None:     # W8A8 Linears become MatMulInteger
             problem = block_size_problem(module.spec.group(module.in_features), module.in_features, name)
             if problem:
                 return problem

@@ -95,8 +95,10 @@ def export_model(loaded: LoadedModel, out: Path, accuracy_level: int, fingerprin
                   "source_fingerprint": fingerprint,
                   "bits": q.spec.bits if q else None, "group_size": q.spec.group_size if q else None,
                   "lm_head_group_size": q.lm_head_group_size if q else None,
+                  "act_quant": q.act_quant if q else None,
                   "container_bits": (4 if q.spec.bits <= 4 else 8) if q else None,
                   "accuracy_level": accuracy_level, "matmulnbits_nodes": summary.matmulnbits,
+                  "matmulinteger_nodes": summary.matmulintegers,
                   "quantized_linears": summary.quantized_linears, "float_matmuls": summary.float_matmuls,
                   "op_counts": summary.op_counts, "onnxruntime": onnxruntime.__version__,
                   "files": {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}}

@@ -20,6 +20,10 @@ cos/sin tables from the model's own rotary module, so Llama-3 scaling is include
 sliding window as local_window_size) -> o_proj -> residual; SimplifiedLayerNormalization -> grouped gate/up
 projection -> Split -> SiLU(gate) * up -> down_proj -> residual. Quantized Linears become MatMulNBits with the
 checkpoint's own codes, scales and zero points; float Linears become MatMul with the transposed float32 weight.
+W8A8 Linears (SmoothQuant checkpoints, kernels/act_quant.py) become an int8 activation quantizer (per token:
+ReduceMax(Abs(x)) / 127, floored at FLT_MIN, then Mul by its reciprocal; per tensor: Mul by the constant 1 / s;
+Round (half to even), Clip to +-127, Cast int8) -> MatMulInteger with the int8 weight codes - 128 (K, N), int32
+accumulation -> Cast float -> Mul by the weight scales (N,) and the activation scale.
 """
 from __future__ import annotations
 
@@ -43,8 +47,10 @@ from .onnx_writer import GraphWriter
 @dataclass
 class GraphSummary:
     matmulnbits: int = 0                 # MatMulNBits nodes written
+    matmulintegers: int = 0              # MatMulInteger nodes written (W8A8 Linears)
     float_matmuls: int = 0               # float MatMul nodes written for Linears
-    quantized_linears: int = 0           # quantized Linear modules of the source model covered by MatMulNBits
+    quantized_linears: int = 0           # quantized Linear modules of the source model covered by MatMulNBits or
+                                         # MatMulInteger
     op_counts: dict = field(default_factory=dict)
 
 
@@ -64,8 +70,8 @@ class DecoderGraphBuilder:
     # --- Linears -------------------------------------------------------------------------------------------
     def linear(self, x: str, parts: list[nn.Module], name: str) -> str:
         """x (B, T, K) -> (B, T, sum of parts' N); `parts` are Linears sharing the input, grouped into one op."""
-        if all(isinstance(p, QLinearPerGrp) for p in parts) and len({p.spec for p in parts}) == 1:
-            y = self._matmulnbits(x, parts, name)
+        if all(isinstance(p, QLinearPerGrp) for p in parts) and len({(p.spec, p.act_quant) for p in parts}) == 1:
+            y = self._matmulinteger(x, parts, name) if parts[0].act_quant else self._matmulnbits(x, parts, name)
         elif all(isinstance(p, nn.Linear) for p in parts):
             weight = torch.cat([p.weight.detach().float() for p in parts]).t().contiguous()     # (K, N)
             y = self.w.node("MatMul", [x, self.w.weight(f"{name}.weight_t", weight)], name=name)
@@ -99,6 +105,36 @@ class DecoderGraphBuilder:
         if residual is not None:
             y = self._add_group_residual(x, residual, y, name)
         return y
+
+    def _matmulinteger(self, x: str, parts: list[QLinearPerGrp], name: str) -> str:
+        """W8A8: x (B, T, K) float32 -> (B, T, N) float32 (the module docstring); symmetric int8 per-channel
+        weights only (codes - 128, one fp16 scale per output row)."""
+        w = self.w
+        first = parts[0]
+        if first.spec.bits != 8 or first.spec.zero_point or first.spec.group(first.in_features) != first.in_features:
+            raise ValueError(f"{name}: W8A8 needs symmetric 8-bit weights with one group per output channel")
+        codes = torch.cat([unpack(p.packed, "u8") for p in parts])                                # (N, K) uint8
+        weight = (codes.to(torch.int16) - 128).to(torch.int8).t().contiguous()                    # (K, N) int8
+        w_scale = torch.cat([p.scales for p in parts]).float().reshape(-1)                        # (N,)
+        if first.act_quant == "per_token":
+            top = w.node("ReduceMax", [w.node("Abs", [x], name=f"{name}/abs"), w.const([-1])], keepdims=1,
+                         name=f"{name}/absmax")                                                     # (B, T, 1)
+            s = w.node("Max", [w.node("Div", [top, w.const(127.0, np.float32)], name=f"{name}/act_scale"),
+                               w.const(np.finfo(np.float32).tiny, np.float32)], name=f"{name}/act_scale_floor")
+            inv = w.node("Div", [w.const(1.0, np.float32), s], name=f"{name}/act_inv")     # IEEE division, as 1/s
+        else:
+            scale = first.act_scale.detach().float().reshape(1)
+            s = w.weight(f"{name}.act_scale", scale)
+            inv = w.weight(f"{name}.act_inv", (1.0 / scale).float())
+        q = w.node("Clip", [w.node("Round", [w.node("Mul", [x, inv], name=f"{name}/act_div")], name=f"{name}/round"),
+                            w.const(-127.0, np.float32), w.const(127.0, np.float32)], name=f"{name}/clip")
+        q = w.node("Cast", [q], to=TensorProto.INT8, name=f"{name}/act_int8")                      # (B, T, K) int8
+        acc = w.node("MatMulInteger", [q, w.weight(f"{name}.weight_int8_t", weight)], name=name)   # (B, T, N) int32
+        y = w.node("Mul", [w.node("Cast", [acc], to=TensorProto.FLOAT, name=f"{name}/acc_float"),
+                           w.weight(f"{name}.weight_scale", w_scale)], name=f"{name}/weight_scale")
+        self.summary.matmulintegers += 1
+        self.summary.quantized_linears += len(parts)
+        return w.node("Mul", [y, s], name=f"{name}/act_scale_mul")
 
     def _add_group_residual(self, x: str, residual: torch.Tensor, y: str, name: str) -> str:
         """y + sum_j residual[n, j] * sum_{k in group j} x[..., k]: what MatMulNBits' integer zero points leave of

@@ -19,7 +19,8 @@ OPSETS = (("", 23), ("com.microsoft", 1))
 
 _TORCH_TO_ONNX = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
                   torch.bfloat16: TensorProto.BFLOAT16, torch.int64: TensorProto.INT64,
-                  torch.int32: TensorProto.INT32, torch.uint8: TensorProto.UINT8, torch.bool: TensorProto.BOOL}
+                  torch.int32: TensorProto.INT32, torch.uint8: TensorProto.UINT8, torch.int8: TensorProto.INT8,
+                  torch.bool: TensorProto.BOOL}
 _NUMPY_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
                   np.dtype(np.int32): TensorProto.INT32, np.dtype(np.uint8): TensorProto.UINT8,
                   np.dtype(np.bool_): TensorProto.BOOL}

@@ -235,6 +235,10 @@ def load_model(path: str | Path | None = None, dtype: str = "fp32", act_dtype: s
         raise UserError(f"Unknown activation dtype {act_dtype!r}.", f"Use one of: {', '.join(ACT_MODES)}.")
     src = open_checkpoint(path)
     layout = QuantLayout.from_config(src.quant, src.family, src.folder) if src.quant is not None else None
+    if act_dtype == "aie" and layout is not None and layout.act_quant is not None:
+        raise UserError(f"{src.folder} is a W8A8 checkpoint (int8 activations, {layout.act_quant}); --act_dtype aie "
+                        "emulates the NPU's bf16-activation kernel, which does not apply.",
+                        "Drop --act_dtype aie (W8A8 activations are int8 whatever --act_dtype says).")
     model = build_from_state_dict(src.config, src.family, src.state, DTYPES[dtype], src.folder, layout,
                                   ACT_MODES[act_dtype])
     if act_dtype == "aie":
@@ -254,7 +258,7 @@ def build_from_state_dict(config, family: Family, state: dict[str, torch.Tensor]
     model = build_skeleton(config, family, source)
     if layout is not None:
         install_qlinears(model, family, layout, act_dtype)
-    keep = (".packed", ".scales", ".zeros", ".mins")
+    keep = (".packed", ".scales", ".zeros", ".mins", ".act_scale")
     state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(keep) else v) for k, v in state.items()
              if not k.endswith(IGNORED_KEYS)}
     try:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..cpu_backend import native_build
-from ..cpu_backend.native_engine import Compacted, allocate_cache, final_norm
+from ..cpu_backend.native_engine import LINEAR_GROUPS, Compacted, allocate_cache, final_norm, set_static_act_scales
 from ..cpu_backend.native_state import pack_group, pack_layer
 from ..kernels.qlinear import QLinearPerGrp
 from ..runtime.fusion import layer_windows, rope_half_tables
@@ -44,11 +44,12 @@ class NativeShard:
         self.decoder = ext.Decoder(c.hidden_size, c.num_attention_heads, self.kv_heads, self.head_dim,
                                    c.intermediate_size, eps, cos, sin, threads)
         self.weight_bytes = 0                  # bytes of weights read per decode token (for GB/s)
-        for layer, window in zip(layers, layer_windows(c)):
+        for i, (layer, window) in enumerate(zip(layers, layer_windows(c))):
             t, g = pack_layer(layer, f)
             self.decoder.add_layer(t["input_norm"], t["post_norm"], [t["qkv.lines"], t["qkv.meta"]], t.get("qkv.bias"),
                                    [t["o.lines"], t["o.meta"]], [t["gate_up.lines"], t["gate_up.meta"]],
                                    [t["down.lines"], t["down.meta"]], *g, window or 0)
+            set_static_act_scales(self.decoder, i, {k: t.get(f"{k}.act_scale") for k in LINEAR_GROUPS})
             self.weight_bytes += sum(v.numel() for k, v in t.items() if k.endswith((".lines", ".meta")))
             layer.to("meta")
         if comm.mesh.tp > 1:

@@ -30,7 +30,7 @@ from .partition import RankShard, runs
 
 Runs = list[tuple[int | None, int]]         # (source start or None for zeros, length)
 BLOCK_BYTES = 16 * 2**20
-QUANT_PARTS = (".packed", ".scales", ".zeros", ".mins")
+QUANT_PARTS = (".packed", ".scales", ".zeros", ".mins", ".act_scale")
 
 
 def _read_rows(state, name: str, start: int, count: int) -> torch.Tensor:
@@ -106,7 +106,8 @@ def shard_config(config, shard: RankShard, head_dim: int):
 
 def _linear_tensors(state, name: str, quantized: bool, bits: int | None, group: int | None, rows: Runs | None,
                     cols: Runs | None, keep_bias: bool, mins: bool = False) -> dict[str, torch.Tensor]:
-    """The cut tensors of Linear `name` (float weight/bias, or packed/scales/zeros(/mins when `mins`)/bias)."""
+    """The cut tensors of Linear `name` (float weight/bias, or packed/scales/zeros(/mins when `mins`)/bias, and
+    act_scale when the checkpoint has it)."""
     out = {}
     if quantized:
         per_byte = {"u8": 1, "u4k": 2, "u2k": 4}[native_format(bits)]
@@ -114,6 +115,8 @@ def _linear_tensors(state, name: str, quantized: bool, bits: int | None, group: 
                                            _scaled(cols, per_byte))
         for part in (".scales", ".zeros", ".mins") if mins else (".scales", ".zeros"):
             out[name + part] = read_block(state, name + part, rows, None if cols is None else _scaled(cols, group))
+        if f"{name}.act_scale" in state:                # per-tensor W8A8: one static input scale, whole on every rank
+            out[f"{name}.act_scale"] = read_block(state, f"{name}.act_scale")
     else:
         out[f"{name}.weight"] = read_block(state, f"{name}.weight", rows, cols)
     if f"{name}.bias" in state:

@@ -13,6 +13,7 @@ from ..awq.gptq import GptqOptions
 from ..awq.driver import QuantizeJob, QuantizeReport, quantize_streaming
 from ..awq.layer_quantizer import AwqOptions
 from ..awq.llm_awq_cache import is_llm_awq_cache, load_llm_awq_cache, save_llm_awq_cache
+from ..awq.smoothquant import DEFAULT_ALPHA, WEIGHT_SPEC, SmoothQuantOptions, check_act_quant, check_alpha
 from ..checkpoints.autoawq import autoawq_quantization_config, autoawq_tensors, check_exportable
 from ..checkpoints.gguf_blocks import check_importable, import_blocks
 from ..checkpoints.quantized_format import QuantizedCheckpointWriter
@@ -78,10 +79,44 @@ def _algorithm_name(algorithm: str, awq_mode: str) -> str:
         return "gguf-" + algorithm.removeprefix("import-")
     if algorithm in ("gptq", "awq+gptq"):
         return "awq+gptq" if algorithm == "awq+gptq" and awq_mode != "none" else "gptq"
+    if algorithm == "smoothquant":
+        return algorithm
     return "awq" if awq_mode != "none" else "rtn"
 
 
-WITHOUT_AWQ = ("pergrp", "import", "gptq")     # algorithms that never run or load an AWQ search
+WITHOUT_AWQ = ("pergrp", "import", "gptq", "smoothquant")     # algorithms that never run or load an AWQ search
+DEFAULT_BITS, DEFAULT_GROUP_SIZE = 4, 128
+
+
+def _weight_spec(algorithm: str, w_bit: int | None, group_size: int | None, zero_point: bool,
+                 lm_head: bool) -> QuantSpec:
+    """The weight grid: --w_bit / --group_size (None: not given, 4 and 128), except SmoothQuant's fixed int8 per
+    output channel, symmetric (an explicit other grid, or --lm_head, is an error: its head stays float)."""
+    if algorithm != "smoothquant":
+        return QuantSpec(DEFAULT_BITS if w_bit is None else w_bit,
+                         DEFAULT_GROUP_SIZE if group_size is None else group_size, zero_point).validate()
+    if w_bit not in (None, 8) or group_size not in (None, -1):
+        raise UserError(f"--algorithm smoothquant quantizes weights to int8 per output channel, not --w_bit "
+                        f"{w_bit or 8} --group_size {group_size or -1}.",
+                        "Drop --w_bit and --group_size (or pass --w_bit 8 --group_size -1); for other grids use "
+                        "--algorithm awq, gptq or pergrp.")
+    if lm_head:
+        raise UserError("--algorithm smoothquant keeps lm_head in float (its W8A8 scheme covers the decoder "
+                        "Linears).", "Drop --lm_head.")
+    return WEIGHT_SPEC
+
+
+def _smooth_options(algorithm: str, sq_alpha: float | None, act_quant: str | None) -> SmoothQuantOptions | None:
+    """SmoothQuant settings for --algorithm smoothquant; --sq_alpha / --act_quant with another algorithm is an
+    error (not ignored)."""
+    if algorithm == "smoothquant":
+        return SmoothQuantOptions(check_alpha(DEFAULT_ALPHA if sq_alpha is None else sq_alpha),
+                                  check_act_quant(act_quant or "per_token"))
+    for flag, given in (("--sq_alpha", sq_alpha is not None), ("--act_quant", act_quant is not None)):
+        if given:
+            raise UserError(f"{flag} is a SmoothQuant option, but --algorithm is {algorithm}.",
+                            f"Pass --algorithm smoothquant, or drop {flag}.")
+    return None
 WITH_GPTQ = ("gptq", "awq+gptq")
 
 
@@ -132,23 +167,27 @@ def resolve_search_dtype(choice: str) -> torch.dtype:
     return SEARCH_DTYPES[choice]
 
 
-def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int, zero_point: bool, algorithm: str,
+def quantize_task(model_path: str | None, out: str, w_bit: int | None, group_size: int | None, zero_point: bool,
+                  algorithm: str,
                   awq_mode: str, awq_cache: str | None, dump_awq: str | None, lm_head: bool,
                   lm_head_group_size: int, calib_dataset: str | None, n_samples: int, seqlen: int, seed: int,
                   duo_scaling: bool, export: str = "native", max_shard_bytes: int = 512 * 2**20,
                   progress: bool = True, overwrite: bool = False, search_tokens: int = DEFAULT_SEARCH_TOKENS,
-                  search_dtype: str = "auto", gptq_damp: float | None = None, act_order: bool = False) -> dict:
+                  search_dtype: str = "auto", gptq_damp: float | None = None, act_order: bool = False,
+                  sq_alpha: float | None = None, act_quant: str | None = None) -> dict:
     """Quantize the float model at `model_path` into a checkpoint folder `out` (replacing only an earlier
     checkpoint of this tool there, or anything but protected places with `overwrite`: checkpoints/output_path.py).
     `search_tokens`: calibration tokens (whole samples) the scale-search loss is measured on (0: all);
     `search_dtype`: auto|fp32|bf16, the dtype of the calibration forward and the scale search (auto: bf16 where
     the CPU has AVX512-BF16 or AMX, else fp32). `algorithm` gptq / awq+gptq round with GPTQ (`gptq_damp`, default
-    0.01, and `act_order`: refused with the other algorithms) over the same calibration data. Returns the summary
-    printed as JSON."""
-    spec = QuantSpec(w_bit, group_size, zero_point).validate()
+    0.01, and `act_order`: refused with the other algorithms) over the same calibration data. `w_bit`, `group_size`
+    None: not given (4 and 128; SmoothQuant's int8 per channel). `algorithm` smoothquant: W8A8 with `sq_alpha`
+    (default 0.5) and `act_quant` per_token (default) or per_tensor. Returns the summary printed as JSON."""
+    spec = _weight_spec(algorithm, w_bit, group_size, zero_point, lm_head)
     if export == "awq":
         check_exportable(spec.bits, spec.group_size, lm_head)
     gptq = _gptq_options(algorithm, gptq_damp, act_order)
+    smooth = _smooth_options(algorithm, sq_alpha, act_quant)
     awq_mode = _awq_mode(algorithm, awq_mode, awq_cache, dump_awq)
     check_seed(seed)
     dump_awq = check_output_file(dump_awq, "--dump_awq", "AWQ cache", is_llm_awq_cache, overwrite)
@@ -170,11 +209,11 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
     # stops the run before the checkpoint appears, without a second pass over the weights.
     torch.manual_seed(seed)
     search = awq_mode == "run"
-    calibrate = search or gptq is not None
+    calibrate = search or gptq is not None or smooth is not None
     calib = calibration_blocks(src.tokenizer, calib_dataset, n_samples, seqlen, seed) if calibrate else None
     precomputed = load_llm_awq_cache(awq_cache) if awq_mode == "load" else None
     dtype = resolve_search_dtype(search_dtype)
-    options = AwqOptions(spec, search=search, duo_scaling=duo_scaling, dtype=dtype, gptq=gptq,
+    options = AwqOptions(spec, search=search, duo_scaling=duo_scaling, dtype=dtype, gptq=gptq, smooth=smooth,
                          search_samples=search_sample_indices(n_samples, seqlen, search_tokens))
     job = QuantizeJob(options, calib, precomputed, lm_head,
                       lm_head_group_size, progress=progress)
@@ -195,6 +234,9 @@ def quantize_task(model_path: str | None, out: str, w_bit: int, group_size: int,
             "damp": gptq.damp, "act_order": gptq.act_order, "block": gptq.block, "true_sequential": True,
             "calib_dataset": calib_dataset or "shipped corpus train split", "n_samples": n_samples, "seqlen": seqlen,
             "seed": seed},
+        "act_quant": None if smooth is None else {
+            "mode": smooth.act_quant, "alpha": smooth.alpha, "calib_dataset": calib_dataset or "shipped corpus train split",
+            "n_samples": n_samples, "seqlen": seqlen, "seed": seed},
         "lm_head": lm_head, "lm_head_group_size": lm_head_group_size if lm_head else None,
         "quantized_modules": list(src.family.linears), "fused_layout": False,
         "source_model": str(src.folder),

@@ -37,9 +37,21 @@ def check_memory(loaded: LoadedModel, config: PrecisionConfig) -> None:
                         "block-float (about 0.6-1.1 bytes per weight).")
 
 
+def check_weight_only(loaded: LoadedModel, target: str = "--target tt") -> None:
+    """W8A8 checkpoints (int8 activations) are refused: ttnn multiplies block-float / bf16 tiles and has no int8 x
+    int8 matmul, so the tt numerics would silently be a different model's."""
+    layout = loaded.quant
+    if layout is not None and layout.act_quant is not None:
+        raise UserError(f"{target} cannot run {loaded.source}: it is a W8A8 checkpoint (int8 activations, "
+                        f"{layout.act_quant}), and Tenstorrent matmuls take block-float or bf16 activations.",
+                        "Run it with --target cpu or --target npu, or give --target tt a weight-only checkpoint "
+                        "(e.g. --algorithm awq or --w_bit 8 --algorithm pergrp).")
+
+
 def make_tt_engine(loaded: LoadedModel, precision: "str | PrecisionConfig", flash_attention: bool = False,
                    device: str = "off") -> TTEngine:
     """`precision`: a --tt_precision value (name or JSON path) or a resolved config; `device`: --tt_device."""
+    check_weight_only(loaded)
     if flash_attention:
         raise UserError("--flash_attention selects the PyTorch engine of the cpu target; the tt target runs its "
                         "own attention with a KV cache in the config's format.", "Drop --flash_attention.")

@@ -14,6 +14,7 @@
 // Rows past N (padding of the last block) have code 0, scale 0, zero 0.
 // W[n, k] = (code - zero) * scale. Activations per token and group: s = max|x| / 127, q = round-half-even(x * (1/s))
 // (0 when s == 0), so y[n] = sum_j scale[n,j] * s_j * (sum_k code*q - zero[n,j] * sum_k q), exact in int32.
+// Per-tensor W8A8 checkpoints (SmoothQuant) give a projection a static s instead: q = clamp(round(x * (1/s)), +-127).
 #include <torch/extension.h>
 #include <immintrin.h>
 
@@ -125,22 +126,30 @@ struct QActs {
     std::vector<int32_t> sum;   // (M, G)
 };
 
-void quantize_rows(const float* x, int64_t M, int64_t K, int64_t g, QActs& a, const Pool& pool) {
+// fixed > 0: one static scale s = fixed for every row and group (per-tensor W8A8 checkpoints), codes clamped to
+// [-127, 127]; else s = max|x| / 127 per row and group.
+void quantize_rows(const float* x, int64_t M, int64_t K, int64_t g, QActs& a, const Pool& pool, float fixed = 0.f) {
     const int64_t G = K / g;
     a.q.resize(M * K); a.scale.resize(M * G); a.sum.resize(M * G);
     const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
     pool.run(M * G, [&](int64_t b, int64_t e) {
         for (int64_t mg = b; mg < e; ++mg) {
             const float* xs = x + mg * g;                         // row m, group j: contiguous since K = G * g
-            __m256 vmax = _mm256_setzero_ps();
-            for (int64_t k = 0; k < g; k += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xs + k)));
-            const float s = hmax8(vmax) / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
+            float s = fixed;
+            if (fixed <= 0.f) {
+                __m256 vmax = _mm256_setzero_ps();
+                for (int64_t k = 0; k < g; k += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xs + k)));
+                s = hmax8(vmax) / 127.f;
+            }
+            const float inv = s > 0.f ? 1.f / s : 0.f;
             const __m256 vinv = _mm256_set1_ps(inv);
             int8_t* q = a.q.data() + mg * g;
             __m256i vsum = _mm256_setzero_si256();
             for (int64_t k = 0; k < g; k += 8) {
                 // cvtps rounds half to even (the default MXCSR mode), like nearbyint
-                const __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xs + k), vinv));
+                __m256i v = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xs + k), vinv));
+                if (fixed > 0.f) v = _mm256_min_epi32(_mm256_max_epi32(v, lo), hi);
                 vsum = _mm256_add_epi32(vsum, v);
                 const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
                 _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packs_epi16(w, w));
@@ -460,6 +469,7 @@ struct Layer {
     torch::Tensor input_norm, post_norm;    // float32 (D,)
     QLinear qkv, o, gate_up, down;
     int64_t window = 0;                     // 0 = full attention, else sliding window length
+    float act_qkv = 0, act_o = 0, act_gu = 0, act_down = 0;   // static int8 input scales (0 = dynamic)
 };
 
 class Decoder {
@@ -488,6 +498,14 @@ class Decoder {
         L.down = make_linear(down.at(0), down.at(1), c10::nullopt, D_, F_, g_down);
         L.window = window;
         layers_.push_back(std::move(L));
+    }
+
+    // Static int8 input scales of layer i's four projections (per-tensor W8A8; 0 = dynamic, the default).
+    void set_act_scales(int64_t i, double qkv, double o, double gate_up, double down) {
+        TORCH_CHECK(i >= 0 && i < (int64_t)layers_.size(), "layer index out of range");
+        TORCH_CHECK(qkv >= 0 && o >= 0 && gate_up >= 0 && down >= 0, "act scales must be >= 0");
+        Layer& L = layers_[i];
+        L.act_qkv = (float)qkv; L.act_o = (float)o; L.act_gu = (float)gate_up; L.act_down = (float)down;
     }
 
     // Per layer, updated in place: values float32 (B, kv_heads, slots, head_dim), slots a multiple of 16; keys
@@ -539,26 +557,26 @@ class Decoder {
             const Layer& L = layers_[li];
             rms_norm(hp, L.input_norm, M, x.data());
             mark(li, 0);
-            quantize_rows(x.data(), M, D_, L.qkv.g, acts_, pool_);
+            quantize_rows(x.data(), M, D_, L.qkv.g, acts_, pool_, L.act_qkv);
             qmatmul(L.qkv, acts_, M, qkv.data(), ld_qkv, pool_);
             mark(li, 1);
             rope_and_store(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li]);
             mark(li, 2);
             attention(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li], L.window, att.data());
             mark(li, 3);
-            quantize_rows(att.data(), M, nh_ * hd_, L.o.g, acts_, pool_);
+            quantize_rows(att.data(), M, nh_ * hd_, L.o.g, acts_, pool_, L.act_o);
             qmatmul(L.o, acts_, M, out.data(), D_, pool_);
             reduce(out.data(), M * D_);
             for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
             mark(li, 4);
             rms_norm(hp, L.post_norm, M, x.data());
             mark(li, 5);
-            quantize_rows(x.data(), M, D_, L.gate_up.g, acts_, pool_);
+            quantize_rows(x.data(), M, D_, L.gate_up.g, acts_, pool_, L.act_gu);
             qmatmul(L.gate_up, acts_, M, gu.data(), 2 * F_, pool_);
             mark(li, 6);
             silu_mul(gu.data(), M, act.data());
             mark(li, 7);
-            quantize_rows(act.data(), M, F_, L.down.g, acts_, pool_);
+            quantize_rows(act.data(), M, F_, L.down.g, acts_, pool_, L.act_down);
             qmatmul(L.down, acts_, M, out.data(), D_, pool_);
             reduce(out.data(), M * D_);
             for (int64_t i = 0; i < M * D_; ++i) hp[i] += out[i];
@@ -744,6 +762,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     py::class_<Decoder>(m, "Decoder")
         .def(py::init<int64_t, int64_t, int64_t, int64_t, int64_t, double, torch::Tensor, torch::Tensor, int64_t>())
         .def("add_layer", &Decoder::add_layer)
+        .def("set_act_scales", &Decoder::set_act_scales)
         .def("set_cache", &Decoder::set_cache)
         .def("forward", &Decoder::forward, py::call_guard<py::gil_scoped_release>())
         .def("set_reducer", &Decoder::set_reducer)
