@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from edgeawq.awq.smoothquant import check_alpha, smooth_layer, smoothing_scales
+from edgeawq.awq.smoothquant import (WEIGHT_SPEC, SmoothQuantOptions, check_act_quant, check_alpha, smooth_layer,
+                                     smoothing_scales, smoothquant_layer)
 from edgeawq.errors import UserError
 from edgeawq.runtime.families import FAMILIES
 from edgeawq.runtime.module_paths import get_module
@@ -92,3 +93,41 @@ def test_dead_channels_and_alpha_bounds():
     for bad in (-0.1, 1.5):
         with pytest.raises(UserError, match="--sq_alpha"):
             check_alpha(bad)
+
+
+@pytest.mark.parametrize("mode", ["per_token", "per_tensor"])
+def test_smoothquant_layer_rounds_int8_per_channel_and_calibrates_static_scales(layer_and_inputs, mode):
+    """Every Linear: symmetric int8 codes per output row (zero 128, scale max|row| / 127 of the smoothed weight);
+    per_tensor: act_scale = the largest smoothed calibration input / 127 (q/k/v share it), per_token: none. bf16
+    input chunks (the calibration dtype on BF16 machines) come back as bf16 outputs."""
+    original, chunks, pos = layer_and_inputs
+    layer = copy.deepcopy(original)
+    smoothed_copy = copy.deepcopy(original)
+    _, expected = smooth_layer(smoothed_copy, FAMILY, list(chunks), pos, alpha=0.5)
+    outputs, quantized, act_scales = smoothquant_layer(layer, FAMILY, "model.layers.0.",
+                                                       SmoothQuantOptions(0.5, mode), list(chunks), pos)
+    assert set(quantized) == set(FAMILY.linears)
+    for name, qw in quantized.items():
+        w = get_module(smoothed_copy, name).weight
+        assert qw.spec == WEIGHT_SPEC and torch.equal(qw.zeros, torch.full_like(qw.zeros, 128))
+        scale = (w.abs().amax(dim=1, keepdim=True) / 127).half()
+        assert torch.equal(qw.scales, scale)
+        assert (qw.dequantize() - w).abs().max() <= 0.5 * scale.float().max() * 1.001
+    if mode == "per_token":
+        assert act_scales == {}
+    else:
+        assert set(act_scales) == set(FAMILY.linears)
+        for name, s in act_scales.items():
+            assert s.dtype == torch.float32 and s.shape == (1,)
+            assert s.item() == pytest.approx(expected.input_absmax[name].max().item() / 127, rel=1e-6)
+        attn = [f"{FAMILY.attn}.{p}" for p in (FAMILY.q, FAMILY.k, FAMILY.v)]
+        assert len({act_scales[n].item() for n in attn}) == 1
+    bf16_out, _, _ = smoothquant_layer(copy.deepcopy(original), FAMILY, "model.layers.0.",
+                                       SmoothQuantOptions(0.5, mode), [c.bfloat16() for c in chunks[:1]], pos)
+    assert bf16_out[0].dtype == torch.bfloat16 and len(outputs) == len(chunks)
+
+
+def test_act_quant_modes_are_checked():
+    assert check_act_quant("per_tensor") == "per_tensor"
+    with pytest.raises(UserError, match="per_token, per_tensor"):
+        check_act_quant("per_channel")

@@ -33,7 +33,7 @@ PROMPTS = [list(range(5, 25)), list(range(40, 52)), [7, 8, 9]]  # lengths 20, 12
 @pytest.fixture(scope="module")
 def quantized(checkpoints, tmp_path_factory):
     """family -> (w4 g32 checkpoint with float lm_head, w3 per-channel checkpoint with a quantized g64 lm_head,
-    w8 per-channel checkpoint with a quantized w8 g32 lm_head)."""
+    w8 per-channel checkpoint with a quantized w8 g32 lm_head, SmoothQuant W8A8 per token, W8A8 per tensor)."""
     root = tmp_path_factory.mktemp("native")
     out = {}
     for family in FAMILY_CONFIGS:
@@ -43,7 +43,11 @@ def quantized(checkpoints, tmp_path_factory):
                       lm_head=True, lm_head_group_size=64)
         quantize_tiny(checkpoints[family], c, algorithm="rtn", awq_mode="none", w_bit=8, group_size=-1,
                       lm_head=True, lm_head_group_size=32)
-        out[family] = (a, b, c)
+        sq = [root / f"{family}-w8a8-{mode}" for mode in ("per_token", "per_tensor")]
+        for path, mode in zip(sq, ("per_token", "per_tensor")):
+            quantize_tiny(checkpoints[family], path, w_bit=None, group_size=None, algorithm="smoothquant",
+                          awq_mode="run", act_quant=mode)
+        out[family] = (a, b, c, *sq)
     return out
 
 
@@ -91,6 +95,28 @@ def test_native_engine_equals_the_reference_with_native_math(quantized, family, 
     exact = ((got - expected).abs() <= 2e-4 * expected.abs().max()).all(-1)                # (positions,)
     assert exact.float().mean() >= 0.8                  # a rounding flip perturbs its position and its row's later ones
     assert pcc(got, expected) >= 0.99999                # int8 vs fp32 activations alone: ~0.9999 (next test)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+@pytest.mark.parametrize("variant", [3, 4], ids=["w8a8-per-token", "w8a8-per-tensor"])
+def test_native_engine_equals_the_w8a8_reference(quantized, family, variant, monkeypatch, tmp_path):
+    """SmoothQuant checkpoints: the reference's int8 activations (kernels/act_quant.py) are the native kernels'
+    (per token = one group per row; per tensor = the static act_scale), so the plain reference is the native math."""
+    path = quantized[family][variant]
+    ids, mask, positions = left_pad(PROMPTS, pad_id=2)
+    native = run(native_engine(path, monkeypatch, tmp_path), ids, mask, positions)
+    reference = run(StaticCacheEngine(load_model(path, "fp32", "fp32")), ids, mask, positions)
+    real = mask.bool()
+    got = torch.cat([native[0][real]] + [a.flatten(0, 1) for a in native[1]])             # (positions, V)
+    expected = torch.cat([reference[0][real]] + [b.flatten(0, 1) for b in reference[1]])
+    exact = ((got - expected).abs() <= 2e-4 * expected.abs().max()).all(-1)                # (positions,)
+    assert exact.float().mean() >= 0.8
+    assert pcc(got, expected) >= 0.99999
+    if variant == 4:            # the static scales reached the kernels: dynamic scales give other logits
+        state = native_state.native_state(load_model(path, "fp32", "fp32"))
+        assert "layers.0.qkv.act_scale" in state[0]
+        dynamic = NativeEngine({k: v for k, v in state[0].items() if not k.endswith(".act_scale")}, state[1])
+        assert not torch.allclose(run(dynamic, ids, mask, positions, steps=0)[0][real], native[0][real], atol=1e-3)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))

@@ -24,16 +24,18 @@ QWEN7B_HEADS = dict(vocab_size=4096, hidden_size=256, intermediate_size=1184, nu
 @pytest.fixture(scope="session")
 def mesh_models(tmp_path_factory) -> dict[str, str]:
     """name -> checkpoint: the default models (float), RTN w4 g64 of both (qwen2 with a quantized lm_head), the
-    Qwen2.5-7B-head-layout model (float, and RTN w4 g32)."""
+    default llama as SmoothQuant W8A8 per tensor, the Qwen2.5-7B-head-layout model (float, and RTN w4 g32)."""
     root = tmp_path_factory.mktemp("mesh")
     out = {"llama": "default-llama", "qwen2": "default-qwen2"}
     quantize_tiny(DEFAULT_MODELS["default-llama"], root / "llama-w4g64", group_size=64, algorithm="pergrp",
                   awq_mode="none")
     quantize_tiny(DEFAULT_MODELS["default-qwen2"], root / "qwen2-w4g64", group_size=64, algorithm="pergrp",
                   awq_mode="none", lm_head=True)
+    quantize_tiny(DEFAULT_MODELS["default-llama"], root / "llama-w8a8", w_bit=None, group_size=None,
+                  algorithm="smoothquant", awq_mode="run", act_quant="per_tensor")
     write_model(root / "qwen7b-heads", transformers.Qwen2Config(**QWEN7B_HEADS))
     quantize_tiny(root / "qwen7b-heads", root / "qwen7b-heads-w4g32", group_size=32, algorithm="pergrp",
                   awq_mode="none")
-    out.update({name: str(root / name) for name in ("llama-w4g64", "qwen2-w4g64", "qwen7b-heads",
+    out.update({name: str(root / name) for name in ("llama-w4g64", "qwen2-w4g64", "llama-w8a8", "qwen7b-heads",
                                                     "qwen7b-heads-w4g32")})
     return out

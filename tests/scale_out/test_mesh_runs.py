@@ -19,6 +19,7 @@ from probe import run_model
 
 DEFAULT_RUNS = [("llama", "torch", "fp32"), ("qwen2", "torch", "fp32"), ("llama-w4g64", "torch", "fp32"),
                 ("qwen2-w4g64", "torch", "fp32"), ("llama-w4g64", "native", "bf16"), ("qwen2-w4g64", "native", "bf16")]
+W8A8_RUNS = [("llama-w8a8", "torch", "fp32"), ("llama-w8a8", "native", "fp32")]
 QWEN7B_RUNS = [("qwen7b-heads-w4g32", "torch", "fp32"), ("qwen7b-heads-w4g32", "native", "bf16")]
 
 
@@ -42,14 +43,15 @@ def reference(spec: dict) -> dict:
     return _references[key]
 
 
-def assert_same_as_single_process(runs: list[dict], results: list[dict], mesh: str) -> None:
+def assert_same_as_single_process(runs: list[dict], results: list[dict], mesh: str, w8a8: bool = False) -> None:
+    """`w8a8`: the checkpoint quantizes activations to int8 on every engine (the native tolerance throughout)."""
     for spec, got in zip(runs, results, strict=True):
         ref = reference(spec)
         assert got["engine"].startswith("mesh ") and got["engine"].endswith(spec["engine"] if spec["engine"] ==
                                                                             "torch" else got["engine"][-10:])
         assert torch.equal(got["tokens"], ref["tokens"]), (mesh, spec)
         diff = max((got[k] - ref[k]).abs().max().item() for k in ("prefill", "logits"))
-        if spec["engine"] == "torch":
+        if spec["engine"] == "torch" and not w8a8:
             assert diff <= 1e-3, (mesh, spec, diff)
         else:                        # int8 activations: a last-bit change of a sum can move one rounding step
             assert diff <= 1e-2 * ref["logits"].abs().max().item(), (mesh, spec, diff)
@@ -59,6 +61,13 @@ def assert_same_as_single_process(runs: list[dict], results: list[dict], mesh: s
 def test_meshes_of_the_default_models_give_the_single_process_result(mesh_models, mesh, pp, tmp_path):
     runs = specs(mesh_models, DEFAULT_RUNS)
     assert_same_as_single_process(runs, on_mesh(mesh, runs, tmp_path, pp), f"{mesh} pp{pp}")
+
+
+@pytest.mark.parametrize("mesh, pp", [("2x1", 1), ("1x1", 2)])
+def test_w8a8_checkpoints_on_data_and_pipeline_meshes(mesh_models, mesh, pp, tmp_path):
+    """Per-tensor W8A8 (static act_scale on every rank; one group per channel, so no tensor parallelism)."""
+    runs = specs(mesh_models, W8A8_RUNS)
+    assert_same_as_single_process(runs, on_mesh(mesh, runs, tmp_path, pp), f"{mesh} pp{pp}", w8a8=True)
 
 
 @pytest.mark.slow

@@ -90,3 +90,11 @@ def test_too_little_memory_is_refused_before_converting(checkpoints, capsys, mon
                         "--max_new_tokens", "2"], capsys)
     assert_user_error(code, err, "needs about", "GB available", "Use a smaller model")
     assert "[tt] converting" not in err
+
+
+def test_a_w8a8_checkpoint_is_refused_with_the_targets_that_run_it(checkpoints, tmp_path, capsys):
+    q = tmp_path / "sq"
+    quantize_tiny(checkpoints["llama3"], q, w_bit=None, group_size=None, algorithm="smoothquant", awq_mode="run")
+    capsys.readouterr()
+    code, _, err = run(["decode", "--target", "tt", "--model", str(q), "--prompt", "The hacker"], capsys)
+    assert_user_error(code, err, "W8A8 checkpoint (int8 activations, per_token)", "--target cpu or --target npu")
