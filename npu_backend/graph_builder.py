@@ -22,8 +22,8 @@ projection -> Split -> SiLU(gate) * up -> down_proj -> residual. Quantized Linea
 checkpoint's own codes, scales and zero points; float Linears become MatMul with the transposed float32 weight.
 W8A8 Linears (SmoothQuant checkpoints, kernels/act_quant.py) become an int8 activation quantizer (per token:
 ReduceMax(Abs(x)) / 127, floored at FLT_MIN, then Mul by its reciprocal; per tensor: Mul by the constant 1 / s;
-Round (half to even), Clip to +-127, Cast int8) -> MatMulInteger with the int8 weight codes - 128 (K, N), int32
-accumulation -> Cast float -> Mul by the weight scales (N,) and the activation scale.
+Round (half to even), Clip to +-127, + 128, Cast uint8) -> MatMulInteger (activation zero point 128) with the int8
+weight codes - 128 (K, N), int32 accumulation -> Cast float -> Mul by the weight scales (N,) and the activation scale.
 """
 from __future__ import annotations
 
@@ -128,8 +128,12 @@ class DecoderGraphBuilder:
             inv = w.weight(f"{name}.act_inv", (1.0 / scale).float())
         q = w.node("Clip", [w.node("Round", [w.node("Mul", [x, inv], name=f"{name}/act_div")], name=f"{name}/round"),
                             w.const(-127.0, np.float32), w.const(127.0, np.float32)], name=f"{name}/clip")
-        q = w.node("Cast", [q], to=TensorProto.INT8, name=f"{name}/act_int8")                      # (B, T, K) int8
-        acc = w.node("MatMulInteger", [q, w.weight(f"{name}.weight_int8_t", weight)], name=name)   # (B, T, N) int32
+        # uint8 codes q + 128 with zero point 128: the same int32 products, on ONNX Runtime's u8s8 kernels (20-50x
+        # faster than s8s8 at one token here: benchmarks/results/matmulinteger_types.jsonl)
+        q = w.node("Cast", [w.node("Add", [q, w.const(128.0, np.float32)], name=f"{name}/act_offset")],
+                   to=TensorProto.UINT8, name=f"{name}/act_uint8")                                 # (B, T, K) uint8
+        acc = w.node("MatMulInteger", [q, w.weight(f"{name}.weight_int8_t", weight),
+                                       w.const(128, np.uint8)], name=name)                         # (B, T, N) int32
         y = w.node("Mul", [w.node("Cast", [acc], to=TensorProto.FLOAT, name=f"{name}/acc_float"),
                            w.weight(f"{name}.weight_scale", w_scale)], name=f"{name}/weight_scale")
         self.summary.matmulintegers += 1
