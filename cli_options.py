@@ -58,10 +58,14 @@ run_options = _stack(
                       "onnx = the exported ONNX Runtime graph on the CPU provider; torch = PyTorch (the reference). "
                       "auto: native for quantized checkpoints it can run (else onnx where MatMulNBits can hold "
                       "them, else torch), torch for float ones, --flash_attention and --act_dtype aie."),
-    click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-                 help="Weight and activation dtype of the float model."),
-    click.option("--act_dtype", type=click.Choice(["bf16", "fp32", "aie"]), default="bf16", show_default=True,
-                 help="Activation dtype inside quantized Linears (bf16 = w4abf16). aie: the Ryzen AI NPU kernel's "
+    click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                 help="Dtype of the float weights and activations. The torch engine computes in it; the native "
+                      "and onnx engines round the float weights to it and compute float32; --target tt refuses "
+                      "fp16 (ttnn has no fp16 type)."),
+    click.option("--act_dtype", type=click.Choice(["bf16", "fp32", "fp16", "aie"]), default="bf16",
+                 show_default=True,
+                 help="Activation dtype inside quantized Linears of the torch engine (bf16 = w4abf16, fp16 = "
+                      "w4afp16). aie: the Ryzen AI NPU kernel's "
                       "numerics (bf16 activations and scales, int4 weights, fp32 accumulation, bf16 output) on the "
                       "cpu target, to predict NPU accuracy without the device."),
     click.option("--flash_attention", is_flag=True,

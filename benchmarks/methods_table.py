@@ -17,6 +17,7 @@ run the script alone on the machine.
 
 Usage: python benchmarks/methods_table.py [--models default-llama default-qwen2 smollm2] [--methods ...]
        [--out FILE.jsonl] [--work runs/methods]
+Rows already in --out (same model and method) are kept and not measured again: an interrupted run resumes.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 from edgeawq.default_models import DEFAULT_MODELS
+from edgeawq.errors import UserError
 from edgeawq.evaluation.perplexity import eval_windows, load_eval_text, perplexity
 from edgeawq.runtime.backends import BACKENDS, EngineOptions
 from edgeawq.runtime.engines import make_engine
@@ -98,11 +100,19 @@ def main() -> None:
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    done = {}                                            # rows already in --out are kept, not measured again
+    if args.out and args.out.exists():
+        for line in args.out.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["model"], r["method"])] = r
     rows = []
     for model in args.models:
         src = source(model)
         group = 64 if model == "smollm2" else 128
         for method in args.methods:
+            if (model, method) in done:
+                rows.append(done[(model, method)])
+                continue
             row = {"model": model, "method": method}
             if method == "float":
                 row.update(bits=None, group_size=None, quantize_s=None, ppl_ref=round(ppl(src, "torch", args.seqlen,
@@ -116,7 +126,10 @@ def main() -> None:
                 row["ppl_ref"] = round(ppl(out, "torch", args.seqlen, args.max_windows), 3)
                 row["ppl_native"] = round(ppl(out, "native", args.seqlen, args.max_windows), 3)
                 row["native_tok_s"] = round(decode_speed(out, "native", args), 1)
-                row["onnx_tok_s"] = round(decode_speed(out, "onnx", args), 1)
+                try:
+                    row["onnx_tok_s"] = round(decode_speed(out, "onnx", args), 1)
+                except UserError as e:                   # e.g. per-channel int8: MatMulNBits needs 2^n blocks
+                    row["onnx_tok_s"], row["onnx_refused"] = None, e.problem
                 shutil.rmtree(out)
             row.update(seqlen=args.seqlen, max_windows=args.max_windows, prompt_length=args.prompt_length,
                        new_tokens=args.new_tokens, repeats=args.repeats)

@@ -11,7 +11,7 @@ import importlib.util
 from dataclasses import replace
 
 from ..errors import UserError
-from ..runtime.backends import EngineOptions
+from ..runtime.backends import EngineOptions, note_float32_arithmetic
 from ..runtime.engines import make_engine as make_torch_engine
 from ..runtime.model_loader import LoadedModel
 
@@ -58,6 +58,8 @@ def make_engine(loaded: LoadedModel, options: EngineOptions):
         from .native_engine import NativeEngine
         from .native_state import native_state
 
+        note_float32_arithmetic("native", loaded, "its kernels are float32 with int8 activation codes; the "
+                                "embedding table is held in the dtype")
         return NativeEngine(*native_state(loaded))
     if choice == "onnx":
         from ..npu_backend.backend import make_npu_engine

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..runtime.backends import EngineOptions
+from ..runtime.backends import EngineOptions, note_float32_arithmetic
 from ..runtime.model_loader import LoadedModel
 from .engine import OrtEngine
 from .providers import choose_providers
@@ -79,6 +79,8 @@ def make_npu_engine(loaded: LoadedModel, options: EngineOptions, label: str = "n
         raise UserError("--flash_attention selects the PyTorch engine of the cpu target; the npu target always runs "
                         "grouped QKV and its own attention with a KV cache.", "Drop --flash_attention.")
     choose_providers(options.ep, options.strict_ep)          # refuse a bad --ep before spending time on an export
+    note_float32_arithmetic(label, loaded, "the export is one float32 graph for every execution provider; the "
+                            "embedding table is held in the dtype")
     folder = ensure_export(loaded, options.onnx_dir, options.accuracy_level)
     engine = OrtEngine(folder, options.ep, options.strict_ep)
     print(f"[{label}] execution provider: {engine.provider} (session providers: {', '.join(engine.providers)})",

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from ..errors import UserError
-from .model_loader import LoadedModel
+from .model_loader import DTYPE_NAMES, LoadedModel
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,15 @@ BACKENDS: dict[str, Backend] = {
     "tt": Backend("tt", "Tenstorrent numerics emulated on the CPU: block-float weights and KV cache, math fidelity, "
                         "bf16 activations, per --tt_precision", ".tt_backend.backend"),
 }
+
+
+def note_float32_arithmetic(engine: str, loaded: LoadedModel, why: str) -> None:
+    """Engines whose float arithmetic is float32 (native, onnx) take `--dtype bf16|fp16` as the precision of the
+    float weights only (their values are rounded to it when loaded); say so once on stderr, with `why`."""
+    if loaded.dtype != torch.float32:
+        name = DTYPE_NAMES[loaded.dtype]
+        print(f"[{engine}] --dtype {name}: the float weights are {name} values; activations and arithmetic stay "
+              f"float32 ({why}). --engine torch runs {name} arithmetic.", file=sys.stderr)
 
 
 def require(name: str) -> Backend:

@@ -3,7 +3,8 @@ converted weights (npu_backend's ONNX export, tt_backend's block-float weights).
 
 A model's fingerprint is the sha256 of its checkpoint manifest (edgeawq checkpoints record every file's sha256
 there), else of its files' names, sizes and modification times; in-memory models (random weights) carry their own
-`LoadedModel.fingerprint`.
+`LoadedModel.fingerprint`. A model loaded with float weights in another dtype than fp32 (`--dtype bf16|fp16`: the
+values are rounded to it) is another model to the caches: its fingerprint ends in ":<dtype>".
 """
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import hashlib
 import os
 from pathlib import Path
 
+import torch
+
 from ..checkpoints.directory import MANIFEST
-from .model_loader import LoadedModel
+from .model_loader import DTYPE_NAMES, LoadedModel
 
 
 def source_fingerprint(folder: Path) -> str:
@@ -30,7 +33,10 @@ def source_fingerprint(folder: Path) -> str:
 
 
 def fingerprint_of(loaded: LoadedModel) -> str:
-    return getattr(loaded, "fingerprint", None) or source_fingerprint(loaded.source)
+    """Identity of `loaded`'s weights as loaded: the source's fingerprint, plus ":bf16" / ":fp16" when its float
+    weights were loaded in that dtype."""
+    base = getattr(loaded, "fingerprint", None) or source_fingerprint(loaded.source)
+    return base if loaded.dtype == torch.float32 else f"{base}:{DTYPE_NAMES[loaded.dtype]}"
 
 
 def cache_root() -> Path:

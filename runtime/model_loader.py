@@ -47,7 +47,8 @@ QUANT_READERS = {
                         lambda s, q, f, p: gptq_hf.import_state(s, q, f.layers, f.linears, p)),
 }
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 # activation modes of quantized Linears -> activation dtype; "aie" = bf16 with the Ryzen AI kernel's numerics
 ACT_MODES = {**DTYPES, "aie": torch.bfloat16}
 IGNORED_KEYS = ("rotary_emb.inv_freq",)  # stale buffers in some older checkpoints: never loaded

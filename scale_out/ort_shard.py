@@ -28,7 +28,7 @@ from ..npu_backend.providers import choose_providers, ort_module, session_option
 from ..npu_backend.segment_graphs import segment_names, write_segments
 from ..runtime.fusion import rope_half_tables
 from ..runtime.memory import release_free_memory
-from ..runtime.model_identity import cache_root, source_fingerprint
+from ..runtime.model_identity import cache_root, fingerprint_of
 from ..runtime.model_loader import LoadedModel
 from ..runtime.module_paths import get_module
 from .comm import Comm
@@ -47,7 +47,7 @@ def segment_folder(fingerprint: str, slice_key: str, accuracy_level: int) -> Pat
 def ensure_segments(loaded: LoadedModel, shard: RankShard, accuracy_level: int) -> Path:
     """The folder of this slice's segment graphs: reused when its record matches and its files are intact, else
     written (atomically; a concurrent writer of the same slice is waited for)."""
-    fingerprint = source_fingerprint(loaded.source)
+    fingerprint = fingerprint_of(loaded)
     folder = segment_folder(fingerprint, shard.key(), accuracy_level)
     expect = {"format": FORMAT, "format_version": FORMAT_VERSION, "source_fingerprint": fingerprint,
               "slice": shard.key(), "accuracy_level": accuracy_level}

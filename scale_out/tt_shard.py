@@ -22,7 +22,7 @@ import torch
 
 from ..runtime.model_identity import source_fingerprint
 from ..runtime.model_loader import LoadedModel
-from ..tt_backend.backend import check_memory, check_weight_only
+from ..tt_backend.backend import check_memory, check_tt_numerics
 from ..tt_backend.engine import TTEngine, stored
 from ..tt_backend.precision import PrecisionConfig, load_precision
 from ..tt_backend.weights import ensure_weights
@@ -37,7 +37,7 @@ class TTShard(TTEngine):
         a, b = shard.layers
         config = replace(config, layers=config.layers[a:b])              # the stage's layers of the config
         loaded.fingerprint = f"{source_fingerprint(loaded.source)}|{shard.key()}"
-        check_weight_only(loaded)
+        check_tt_numerics(loaded)
         check_memory(loaded, config)
         super().__init__(loaded, config, ensure_weights(loaded, config))
         self.loaded, self.shard, self.comm, self.vocab_sizes = loaded, shard, comm, vocab_sizes

@@ -235,8 +235,9 @@ def quantize_task(model_path: str | None, out: str, w_bit: int | None, group_siz
             "calib_dataset": calib_dataset or "shipped corpus train split", "n_samples": n_samples, "seqlen": seqlen,
             "seed": seed},
         "act_quant": None if smooth is None else {
-            "mode": smooth.act_quant, "alpha": smooth.alpha, "calib_dataset": calib_dataset or "shipped corpus train split",
-            "n_samples": n_samples, "seqlen": seqlen, "seed": seed},
+            "mode": smooth.act_quant, "alpha": smooth.alpha,
+            "calib_dataset": calib_dataset or "shipped corpus train split", "n_samples": n_samples, "seqlen": seqlen,
+            "seed": seed},
         "lm_head": lm_head, "lm_head_group_size": lm_head_group_size if lm_head else None,
         "quantized_modules": list(src.family.linears), "fused_layout": False,
         "source_model": str(src.folder),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 from ..errors import UserError
 from ..runtime.model_loader import LoadedModel
 from ..runtime.memory import available_bytes
@@ -37,21 +39,28 @@ def check_memory(loaded: LoadedModel, config: PrecisionConfig) -> None:
                         "block-float (about 0.6-1.1 bytes per weight).")
 
 
-def check_weight_only(loaded: LoadedModel, target: str = "--target tt") -> None:
-    """W8A8 checkpoints (int8 activations) are refused: ttnn multiplies block-float / bf16 tiles and has no int8 x
-    int8 matmul, so the tt numerics would silently be a different model's."""
+def check_tt_numerics(loaded: LoadedModel, target: str = "--target tt") -> None:
+    """Refuse what Tenstorrent numerics cannot represent: W8A8 checkpoints (int8 activations: ttnn multiplies
+    block-float / bf16 tiles and has no int8 x int8 matmul) and float weights loaded as fp16 (ttnn has no fp16 data
+    type: tensors are bf16, fp32 or block-float, so fp16 values would be rounded again to bf16). Either would
+    silently be a different model's numerics."""
     layout = loaded.quant
     if layout is not None and layout.act_quant is not None:
         raise UserError(f"{target} cannot run {loaded.source}: it is a W8A8 checkpoint (int8 activations, "
                         f"{layout.act_quant}), and Tenstorrent matmuls take block-float or bf16 activations.",
                         "Run it with --target cpu or --target npu, or give --target tt a weight-only checkpoint "
                         "(e.g. --algorithm awq or --w_bit 8 --algorithm pergrp).")
+    if loaded.dtype == torch.float16:
+        raise UserError(f"{target} cannot run --dtype fp16: Tenstorrent tensors are bf16, fp32 or block-float (ttnn "
+                        "has no fp16 data type), so fp16 weights would be rounded a second time, to bf16.",
+                        "Use --dtype fp32 (the precision config then sets each tensor's format) or --dtype bf16, or "
+                        "run fp16 on --target cpu --engine torch.")
 
 
 def make_tt_engine(loaded: LoadedModel, precision: "str | PrecisionConfig", flash_attention: bool = False,
                    device: str = "off") -> TTEngine:
     """`precision`: a --tt_precision value (name or JSON path) or a resolved config; `device`: --tt_device."""
-    check_weight_only(loaded)
+    check_tt_numerics(loaded)
     if flash_attention:
         raise UserError("--flash_attention selects the PyTorch engine of the cpu target; the tt target runs its "
                         "own attention with a KV cache in the config's format.", "Drop --flash_attention.")

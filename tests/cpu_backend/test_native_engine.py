@@ -170,3 +170,40 @@ def test_unsupported_models_are_named(checkpoints, quantized, tmp_path):
     w8 = tmp_path / "w8"
     quantize_tiny(checkpoints["llama2"], w8, algorithm="rtn", awq_mode="none", w_bit=8)
     assert native_state.native_problem(load_model(w8)) is None           # 8-bit codes: the byte layout
+
+
+def test_fp16_load_is_the_fp32_engine_on_fp16_rounded_float_weights(quantized, monkeypatch, tmp_path, capsys):
+    """--dtype fp16 on the native engine: the float weights are float16 values (the embedding table held in
+    float16), the arithmetic float32; so it equals an fp32 load whose float weights were rounded to float16."""
+    path = quantized["llama3"][0]
+    ids, mask, positions = left_pad(PROMPTS, pad_id=2)
+    monkeypatch.setenv("EDGEAWQ_CACHE", str(tmp_path / "half"))
+    half = load_model(path, "fp16", "fp32")
+    state = native_state.native_state(half)
+    assert state[0]["embed"].dtype == torch.float16
+    got = run(NativeEngine(*state), ids, mask, positions, steps=2)
+    rounded = load_model(path, "fp32", "fp32")
+    for module in rounded.model.modules():
+        if not isinstance(module, QLinearPerGrp):
+            for p in module.parameters(recurse=False):
+                p.data = p.data.half().float()
+    monkeypatch.setenv("EDGEAWQ_CACHE", str(tmp_path / "rounded"))
+    expected = run(NativeEngine(*native_state.native_state(rounded)), ids, mask, positions, steps=2)
+    real = mask.bool()
+    assert torch.equal(got[0][real], expected[0][real])
+    assert all(torch.equal(a, b) for a, b in zip(got[1], expected[1]))
+    full = run(native_engine(path, monkeypatch, tmp_path), ids, mask, positions, steps=0)
+    assert not torch.equal(full[0][real], got[0][real])                  # the rounding reached the engine
+
+
+def test_fp16_on_the_cpu_target_says_the_arithmetic_stays_float32(quantized, capsys, monkeypatch, tmp_path):
+    from ..test_cli import run as cli_run
+
+    monkeypatch.setenv("EDGEAWQ_CACHE", str(tmp_path / "cache"))
+    code, out, err = cli_run(["decode", "--model", str(quantized["qwen2"][0]), "--dtype", "fp16", "--prompt", "Hi",
+                              "--max_new_tokens", "3"], capsys)
+    assert code == 0, err
+    assert "[native] --dtype fp16: the float weights are fp16 values; activations and arithmetic stay float32" in err
+    code, out, err = cli_run(["decode", "--model", str(quantized["qwen2"][0]), "--dtype", "fp16", "--engine", "torch",
+                              "--act_dtype", "fp16", "--prompt", "Hi", "--max_new_tokens", "3"], capsys)
+    assert code == 0 and "stay float32" not in err

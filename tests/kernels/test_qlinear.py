@@ -17,7 +17,7 @@ def sqnr_db(x, y):
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("group", [32, 128, -1])
 @pytest.mark.parametrize("shape", [(1, 1, 256), (2, 7, 256), (5, 512)])
-@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("act", [torch.float32, torch.bfloat16, torch.float16])
 def test_output_equals_linear_with_dequantized_weight(bits, group, shape, act):
     torch.manual_seed(bits + len(shape))
     lin = torch.nn.Linear(shape[-1], 96, bias=True)

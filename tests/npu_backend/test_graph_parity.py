@@ -97,3 +97,18 @@ def test_w8a8_graph_matches_reference(checkpoints, family, mode, tmp_path):
     want, got = (e.forward(ids, positions, mask, last_only=False)[mask.bool()] for e in (reference, engine))
     exact = ((got - want).abs() <= 2e-4 * want.abs().max()).all(-1)
     assert exact.float().mean() >= 0.8 and pcc(got, want) >= 0.99999
+
+
+def test_fp16_load_exports_fp16_values_into_the_float32_graph(checkpoints, tmp_path):
+    """--dtype fp16 with the ONNX graph: the embedding table is stored as float16, the other float weights are
+    their float16 values in float32; the graph equals the float32 reference of those rounded weights."""
+    path = checkpoints["qwen2"]
+    loaded = load_model(path, "fp16")
+    export_model(loaded, tmp_path / "onnx", 0, "fp16-test")
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False).graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    assert types["embed.weight"] == onnx.TensorProto.FLOAT16
+    rounded = load_model(path, "fp32")
+    for p in rounded.model.parameters():
+        p.data = p.data.half().float()
+    assert _compare(TransformersEngine(rounded), OrtEngine(tmp_path / "onnx", "CPU")) <= 1e-4

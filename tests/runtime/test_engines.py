@@ -14,8 +14,8 @@ from ..conftest import FAMILY_CONFIGS
 PROMPTS = [list(range(5, 25)), list(range(40, 52)), [7, 8, 9]]  # lengths 20, 12, 3 (longer than the window 8)
 
 
-def reference_logits(path, ids, mask, positions):
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+def reference_logits(path, ids, mask, positions, dtype=torch.float32):
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     model.eval()
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits

@@ -98,3 +98,10 @@ def test_a_w8a8_checkpoint_is_refused_with_the_targets_that_run_it(checkpoints, 
     capsys.readouterr()
     code, _, err = run(["decode", "--target", "tt", "--model", str(q), "--prompt", "The hacker"], capsys)
     assert_user_error(code, err, "W8A8 checkpoint (int8 activations, per_token)", "--target cpu or --target npu")
+
+
+def test_fp16_is_refused_with_the_dtypes_and_targets_that_run_it(checkpoints, capsys):
+    code, _, err = run(["decode", "--target", "tt", "--model", str(checkpoints["llama3"]), "--dtype", "fp16",
+                        "--prompt", "The hacker"], capsys)
+    assert_user_error(code, err, "--target tt cannot run --dtype fp16", "ttnn has no fp16 data type",
+                      "--dtype bf16", "--target cpu --engine torch")
