@@ -13,8 +13,15 @@ divides K), R = ceil(N / 16) blocks of 16 rows, G = K / g groups:
 * 8-bit codes: lines uint8 (R, G, g/4, 64): byte 4*i + b of line (r, j, p) holds code[16r + i, j*g + 4p + b];
   meta as above (zero points).
 
-Rows past N are padding: code 0, scale 0, zero 0. 2-, 3- and 4-bit codes (< 16) take the nibble layout, 8-bit
-codes the byte layout.
+* dense 2-bit codes (group size a multiple of 16): lines uint8 (R, G, g/16, 64): bits 2c..2c+1 of byte 4*i + b of
+  line (r, j, p) hold code[16r + i, j*g + 16p + 4c + b], c = 0..3 (16 rows x 16 codes a line, 2 bits a weight);
+* dense 3-bit codes (group size a multiple of 32): lines uint8 (R, G, g/32, 192): step p is three 64-byte parts
+  covering codes k = j*g + 32p + 4c + b, c = 0..7, of the 16 rows: part 0 holds their low two bits for c = 0..3
+  and part 1 for c = 4..7 (bits 2(c mod 4).. of byte 4*i + b, as the 2-bit line), part 2 their third bit (bit c of
+  byte 4*i + b): 16 rows x 32 codes in 192 bytes, 3 bits a weight.
+
+Rows past N are padding: code 0, scale 0, zero 0. 8-bit codes take the byte layout; 2- and 3-bit codes the dense
+layouts when the group size allows, else (like 4-bit codes) the nibble layout (4 bits a weight).
 """
 from __future__ import annotations
 
@@ -25,7 +32,8 @@ import torch
 
 @dataclass
 class NativeWeights:
-    lines: torch.Tensor      # uint8 (R, G, g/8, 64), or (R, G, g/4, 64) for 8-bit codes
+    lines: torch.Tensor      # uint8 (R, G, g/8, 64); 8-bit codes (R, G, g/4, 64); dense 2-bit (R, G, g/16, 64),
+                             # dense 3-bit (R, G, g/32, 192)
     meta: torch.Tensor       # uint8 (R, G, 48), or (R, G, 64) with group minimums
     N: int
     K: int
@@ -59,6 +67,8 @@ def pack_native(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
     z = torch.nn.functional.pad(zeros.to(torch.uint8), (0, 0, 0, pad))                 # (16R, G)
     if bits == 8:
         lines = c.view(R, 16, G, g // 4, 4).permute(0, 2, 3, 1, 4).reshape(R, G, g // 4, 64)   # k = j*g + 4p + b
+    elif dense_layout(bits, g):
+        lines = _dense_lines(c, R, G, g, bits)
     else:
         c = c.view(R, 16, G, g // 8, 2, 4)                       # k = j*g + 8p + 4*half + b
         lines = (c[..., 0, :] | (c[..., 1, :] << 4)).permute(0, 2, 3, 1, 4).reshape(R, G, g // 8, 64)
@@ -69,6 +79,28 @@ def pack_native(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
         z = m.view(R, 16, G).permute(0, 2, 1).contiguous().view(torch.uint8)            # (R, G, 32)
     meta = torch.cat([s, z], dim=-1).contiguous()                                       # (R, G, 48 or 64)
     return NativeWeights(lines.contiguous(), meta, N, K, g)
+
+
+def dense_layout(bits: int, group: int) -> bool:
+    """Whether codes of `bits` bits with this group size take a dense layout (2 or 3 bits a weight)."""
+    return (bits == 2 and group % 16 == 0) or (bits == 3 and group % 32 == 0)
+
+
+def _dense_lines(c: torch.Tensor, R: int, G: int, g: int, bits: int) -> torch.Tensor:
+    """c uint8 (16R, K) codes < 2**bits -> the dense 2-bit (R, G, g/16, 64) or 3-bit (R, G, g/32, 192) lines."""
+    span = 16 if bits == 2 else 32                                                     # codes per row and step
+    q = c.view(R, 16, G, g // span, span // 4, 4).permute(0, 2, 3, 1, 5, 4)            # (R, G, P, i, b, c)
+    low = q & 3
+
+    def two_bit_part(part: torch.Tensor) -> torch.Tensor:                               # (..., i, b, 4) -> (..., 64)
+        shifts = torch.arange(0, 8, 2, dtype=torch.uint8)
+        return (part << shifts).sum(-1, dtype=torch.uint8).flatten(-2)                 # byte 4*i + b
+
+    if bits == 2:
+        return two_bit_part(low).contiguous()
+    high = ((q >> 2) & 1) << torch.arange(8, dtype=torch.uint8)                        # bit c of byte 4*i + b
+    parts = [two_bit_part(low[..., :4]), two_bit_part(low[..., 4:]), high.sum(-1, dtype=torch.uint8).flatten(-2)]
+    return torch.cat(parts, -1).contiguous()                                           # (R, G, g/32, 192)
 
 
 def quantize_activations(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:

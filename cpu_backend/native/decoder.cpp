@@ -8,6 +8,12 @@
 //       b = 0..3) holds code[16r + i, j*g + 8p + b] in its low nibble and code[16r + i, j*g + 8p + 4 + b] in its
 //       high nibble. One 64-byte line = 16 rows x 8 codes.
 //   8-bit codes: lines uint8 (R, G, g/4, 64): byte 4*i + b holds code[16r + i, j*g + 4p + b] (16 rows x 4 codes).
+//   dense 2-bit codes (g a multiple of 16): lines uint8 (R, G, g/16, 64): bits 2c..2c+1 of byte 4*i + b hold
+//       code[16r + i, j*g + 16p + 4c + b], c = 0..3 (16 rows x 16 codes).
+//   dense 3-bit codes (g a multiple of 32): lines uint8 (R, G, g/32, 192), three 64-byte parts per step for codes
+//       k = j*g + 32p + 4c + b (c = 0..7): part 0 their low two bits for c = 0..3 and part 1 for c = 4..7 (bits
+//       2(c mod 4).. of byte 4*i + b), part 2 their third bit (bit c of byte 4*i + b). 16 rows x 32 codes.
+//   Other 2- and 3-bit groups take the 4-bit nibble layout.
 //   meta uint8 (R, G, 48): 16 fp16 scales (rows 16r..16r+15 of group j), then 16 uint8 zero points;
 //   or, with group minimums (GGUF Q4_1 imports; zero points 0), (R, G, 64): 16 fp16 scales, then 16 fp16 minimums,
 //   W[n, k] = code * scale + min, so y[n] = sum_j s_j * (scale[n,j] * sum_k code*q + min[n,j] * sum_k q).
@@ -164,8 +170,53 @@ struct QLinear {
     torch::Tensor lines, meta, bias;   // bias: float32 (N,) or undefined
     int64_t N = 0, K = 0, g = 0;
     bool mins = false;                 // meta holds fp16 minimums instead of uint8 zero points (64 bytes a group)
-    bool bits8 = false;                // lines hold 8-bit codes, 4 per row and line (else two nibbles, 8 per row)
+    int bits = 4;                      // the lines' layout: 4 (nibbles, also 2/3-bit codes), 8, dense 2 or dense 3
 };
+
+// Dense 2- and 3-bit codes: the codes of quad c (4 consecutive codes of each of the 16 rows) rebuilt as bytes from
+// the step's parts: low bits = (part >> 2(c mod 4)) & 3, third bit = bit c of the third part moved to bit 2.
+// Shifts are 16-bit: each byte's masked bits come from the same byte (shift counts <= 5 towards bit 2).
+#if EDGEAWQ_AVX512
+template <int BITS, int C>
+inline __m512i dense_quad(__m512i v0, __m512i v1, __m512i hb) {
+    const __m512i src = C < 4 ? v0 : v1;
+    const __m512i low = _mm512_and_si512((C % 4) ? _mm512_srli_epi16(src, 2 * (C % 4)) : src, _mm512_set1_epi8(3));
+    if (BITS == 2) return low;
+    const __m512i h = C >= 2 ? _mm512_srli_epi16(hb, C - 2) : _mm512_slli_epi16(hb, 2 - C);
+    return _mm512_ternarylogic_epi32(low, h, _mm512_set1_epi8(4), 0xF8);                  // low | (h & 4)
+}
+
+template <int T, int BITS, int C>
+inline void dense_step(__m512i v0, __m512i v1, __m512i hb, const int32_t* const* xq, __m512i* ia) {
+    if constexpr (C < (BITS == 2 ? 4 : 8)) {
+        const __m512i code = dense_quad<BITS, C>(v0, v1, hb);
+        for (int t = 0; t < T; ++t) ia[t] = _mm512_dpbusd_epi32(ia[t], code, _mm512_set1_epi32(xq[t][C]));
+        dense_step<T, BITS, C + 1>(v0, v1, hb, xq, ia);
+    }
+}
+
+#else
+template <int BITS, int C>
+inline __m256i dense_quad(__m256i v0, __m256i v1, __m256i hb) {
+    const __m256i src = C < 4 ? v0 : v1;
+    const __m256i low = _mm256_and_si256((C % 4) ? _mm256_srli_epi16(src, 2 * (C % 4)) : src, _mm256_set1_epi8(3));
+    if (BITS == 2) return low;
+    const __m256i h = C >= 2 ? _mm256_srli_epi16(hb, C - 2) : _mm256_slli_epi16(hb, 2 - C);
+    return _mm256_or_si256(low, _mm256_and_si256(h, _mm256_set1_epi8(4)));
+}
+
+// sum16[t] += maddubs(code of quad C, x quad C): u8 codes <= 7 times s8 activations, pair sums <= 1778, at most 8
+// quads added (14224) before they are widened: no int16 saturation.
+template <int T, int BITS, int C>
+inline void dense_step(__m256i v0, __m256i v1, __m256i hb, const int32_t* const* xq, __m256i* sum16) {
+    if constexpr (C < (BITS == 2 ? 4 : 8)) {
+        const __m256i code = dense_quad<BITS, C>(v0, v1, hb);
+        for (int t = 0; t < T; ++t)
+            sum16[t] = _mm256_add_epi16(sum16[t], _mm256_maddubs_epi16(code, _mm256_set1_epi32(xq[t][C])));
+        dense_step<T, BITS, C + 1>(v0, v1, hb, xq, sum16);
+    }
+}
+#endif
 
 #if EDGEAWQ_AVX512
 // acc[t] += scale * s_t * (dot[t] - zero * sum_t) for one group record mj (16 fp16 scales, 16 uint8 zero points).
@@ -250,8 +301,10 @@ inline void store_rows(__m256 (*acc)[2], float* y, int64_t ldy) {
 // and madd pairs them with the matching activations (c0 x0 + c2 x2, then c1 x1 + c3 x3) into one int32 per row.
 template <int T, int MODE>
 inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
-    const int64_t G = w.K / w.g, steps = w.g / (MODE == 2 ? 4 : 8), MB = MODE == 1 ? 64 : 48;
-    const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * 64;
+    constexpr int SPAN = MODE == 2 ? 4 : MODE == 3 ? 32 : MODE == 4 ? 16 : 8;   // codes per row and step
+    constexpr int BYTES = MODE == 3 ? 192 : 64;                                   // bytes per step
+    const int64_t G = w.K / w.g, steps = w.g / SPAN, MB = MODE == 1 ? 64 : 48;
+    const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * BYTES;
     const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * MB;
     const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), even = _mm256_set1_epi16(0x00FF);
     __m256 acc[T][2];
@@ -259,8 +312,25 @@ inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r
     for (int64_t j = 0; j < G; ++j) {
         __m256i ia[T][2];
         for (int t = 0; t < T; ++t) ia[t][0] = ia[t][1] = _mm256_setzero_si256();
-        const uint8_t* L = lines + j * steps * 64;
-        if (MODE == 2) {
+        const uint8_t* L = lines + j * steps * BYTES;
+        if (MODE >= 3) {
+            constexpr int DB = MODE == 3 ? 3 : 2;
+            for (int64_t p = 0; p < steps; ++p) {
+                const int32_t* xq[T];
+                for (int t = 0; t < T; ++t)
+                    xq[t] = reinterpret_cast<const int32_t*>(a.q.data() + (m0 + t) * w.K + j * w.g + SPAN * p);
+                for (int h = 0; h < 2; ++h) {
+                    const uint8_t* S = L + p * BYTES + 32 * h;
+                    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(S));
+                    const __m256i v1 = DB == 3 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(S + 64)) : v0;
+                    const __m256i hb = DB == 3 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(S + 128)) : v0;
+                    __m256i sum16[T];
+                    for (int t = 0; t < T; ++t) sum16[t] = _mm256_setzero_si256();
+                    dense_step<T, DB, 0>(v0, v1, hb, xq, sum16);
+                    for (int t = 0; t < T; ++t) ia[t][h] = _mm256_add_epi32(ia[t][h], _mm256_madd_epi16(sum16[t], ones));
+                }
+            }
+        } else if (MODE == 2) {
             for (int64_t p = 0; p < steps; ++p) {
                 __m256i xe[T], xo[T];
                 for (int t = 0; t < T; ++t) {
@@ -311,6 +381,43 @@ inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r
 }
 #endif
 
+#if EDGEAWQ_AVX512
+// AVX-512, dense codes: per step 64 (2-bit) or 192 (3-bit) bytes, one vpdpbusd per quad of codes; zero points.
+template <int T, int BITS>
+inline void block_kernel_dense(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
+    constexpr int SPAN = BITS == 2 ? 16 : 32, BYTES = BITS == 2 ? 64 : 192;      // codes per row, bytes per step
+    const int64_t G = w.K / w.g, steps = w.g / SPAN;
+    const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * BYTES;
+    const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * 48;
+    __m512 acc[T];
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < G; ++j) {
+        __m512i ia[T];
+        for (int t = 0; t < T; ++t) ia[t] = _mm512_setzero_si512();
+        const uint8_t* L = lines + j * steps * BYTES;
+        for (int64_t p = 0; p < steps; ++p) {
+            const uint8_t* S = L + p * BYTES;
+            if (T == 1) {
+                _mm_prefetch((const char*)(S + 2048), _MM_HINT_NTA);
+                if (BITS == 3) {
+                    _mm_prefetch((const char*)(S + 2048 + 64), _MM_HINT_NTA);
+                    _mm_prefetch((const char*)(S + 2048 + 128), _MM_HINT_NTA);
+                }
+            }
+            const __m512i v0 = _mm512_loadu_si512(S);
+            const __m512i v1 = BITS == 3 ? _mm512_loadu_si512(S + 64) : v0;
+            const __m512i hb = BITS == 3 ? _mm512_loadu_si512(S + 128) : v0;
+            const int32_t* xq[T];
+            for (int t = 0; t < T; ++t)
+                xq[t] = reinterpret_cast<const int32_t*>(a.q.data() + (m0 + t) * w.K + j * w.g + SPAN * p);
+            dense_step<T, BITS, 0>(v0, v1, hb, xq, ia);
+        }
+        add_group_zero_points<T>(meta + j * 48, ia, a, m0, G, j, acc);
+    }
+    for (int t = 0; t < T; ++t) _mm512_storeu_ps(y + t * ldy, acc[t]);
+}
+#endif
+
 // AVX-512, 8-bit codes: one 64-byte line = 16 rows x 4 consecutive codes, one vpdpbusd per line; zero points.
 #if EDGEAWQ_AVX512
 template <int T>
@@ -344,11 +451,14 @@ constexpr int TILE = 8;
 constexpr int TILE = 4;
 #endif
 
-// MODE 0: 4-bit codes with zero points, 1: 4-bit codes with group minimums, 2: 8-bit codes with zero points.
+// MODE 0: 4-bit codes with zero points, 1: 4-bit codes with group minimums, 2: 8-bit codes with zero points,
+// 3: dense 3-bit codes, 4: dense 2-bit codes (zero points).
 template <int T, int MODE>
 inline void run_block(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
 #if EDGEAWQ_AVX512
     if (MODE == 2) block_kernel8<T>(w, a, m0, r, y, ldy);
+    else if (MODE == 3) block_kernel_dense<T, 3>(w, a, m0, r, y, ldy);
+    else if (MODE == 4) block_kernel_dense<T, 2>(w, a, m0, r, y, ldy);
     else block_kernel<T, MODE == 1>(w, a, m0, r, y, ldy);
 #else
     block_kernel<T, MODE>(w, a, m0, r, y, ldy);
@@ -373,7 +483,9 @@ void tile_kernel_of(int rows, const QLinear& w, const QActs& a, int64_t m0, int6
 }
 
 void tile_kernel(int rows, const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
-    if (w.bits8) tile_kernel_of<2>(rows, w, a, m0, r, y, ldy);
+    if (w.bits == 8) tile_kernel_of<2>(rows, w, a, m0, r, y, ldy);
+    else if (w.bits == 3) tile_kernel_of<3>(rows, w, a, m0, r, y, ldy);
+    else if (w.bits == 2) tile_kernel_of<4>(rows, w, a, m0, r, y, ldy);
     else if (w.mins) tile_kernel_of<1>(rows, w, a, m0, r, y, ldy);
     else tile_kernel_of<0>(rows, w, a, m0, r, y, ldy);
 }
@@ -414,16 +526,20 @@ QLinear make_linear(torch::Tensor lines, torch::Tensor meta, c10::optional<torch
     TORCH_CHECK(meta.dtype() == torch::kUInt8 && meta.is_contiguous(), "meta: contiguous uint8");
     TORCH_CHECK(g % 8 == 0 && K % g == 0, "group size must divide K and be a multiple of 8");
     const int64_t R = (N + 15) / 16, G = K / g;
+    // bytes per (row block, group): dense 2-bit 4g, dense 3-bit 6g, nibbles 8g, 8-bit 16g: the size names the layout
     const int64_t four = R * G * (g / 8) * 64, eight = R * G * (g / 4) * 64;
-    TORCH_CHECK(lines.numel() == four || lines.numel() == eight, "lines has ", lines.numel(), " bytes, expected ",
-                four, " (4-bit codes) or ", eight, " (8-bit codes)");
+    const int64_t two = g % 16 == 0 ? R * G * (g / 16) * 64 : -1, three = g % 32 == 0 ? R * G * (g / 32) * 192 : -1;
+    const int64_t n = lines.numel();
+    TORCH_CHECK(n == four || n == eight || n == two || n == three, "lines has ", n, " bytes, expected ", four,
+                " (4-bit codes), ", eight, " (8-bit codes)", two > 0 ? ", " + std::to_string(two) + " (dense 2-bit)" : "",
+                three > 0 ? " or " + std::to_string(three) + " (dense 3-bit)" : "");
     TORCH_CHECK(meta.numel() == R * G * 48 || meta.numel() == R * G * 64, "meta has ", meta.numel(),
                 " bytes, expected ", R * G * 48, " (zero points) or ", R * G * 64, " (group minimums)");
     QLinear w;
     w.lines = lines; w.meta = meta; w.N = N; w.K = K; w.g = g;
     w.mins = meta.numel() == R * G * 64;
-    w.bits8 = lines.numel() == eight;
-    TORCH_CHECK(!(w.mins && w.bits8), "group minimums come with 4-bit codes only");
+    w.bits = n == eight ? 8 : n == two ? 2 : n == three ? 3 : 4;
+    TORCH_CHECK(!(w.mins && w.bits != 4), "group minimums come with 4-bit codes only");
     if (bias && bias->defined()) {
         TORCH_CHECK(bias->dtype() == torch::kFloat32 && bias->numel() == N, "bias: float32 (N,)");
         w.bias = bias->contiguous();

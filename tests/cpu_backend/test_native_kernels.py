@@ -75,6 +75,41 @@ def test_8_bit_matmul_equals_the_exact_int8_math(ext, M, N, K, g):
     assert ((got.double() - expected).abs().max() / expected.abs().max()).item() < 1e-6
 
 
+@pytest.mark.parametrize("bits", [2, 3])
+@pytest.mark.parametrize("M,N,K,g", [(1, 40, 256, 128), (3, 37, 96, 32), (9, 64, 512, 64), (130, 33, 768, 768),
+                                     (5, 16, 64, 16)])
+def test_dense_2_and_3_bit_matmul_equals_the_exact_int8_math(ext, bits, M, N, K, g):
+    """Dense 2- and 3-bit layouts (g = 16 with 3-bit codes: the nibble layout), largest codes and -127 activations
+    included (AVX2 adds up to 8 maddubs pair sums in int16)."""
+    gen = torch.Generator().manual_seed(M + N + bits)
+    top = 2 ** bits - 1
+    codes = torch.randint(0, top + 1, (N, K), generator=gen, dtype=torch.uint8)
+    codes[0] = top
+    scales = (torch.rand(N, K // g, generator=gen) * 0.02 + 1e-3).half()
+    zeros = torch.randint(0, top + 1, (N, K // g), generator=gen, dtype=torch.uint8)
+    x = torch.randn(M, K, generator=gen) * 3
+    x[-1, :g] = -x[-1, :g].abs()
+    x[-1, 0] = -100.0                               # the group's maximum: its other values quantize small
+    bias = torch.randn(N, generator=gen)
+    w = pack_native(codes, scales, zeros, bits=bits)
+    dense = g % (16 if bits == 2 else 32) == 0
+    assert w.lines.numel() == (N + 15) // 16 * K * 16 * (bits if dense else 4) // 8
+    got = ext.Linear(w.lines, w.meta, bias, N, K, g, 2).forward(x)
+    expected = native_matmul_reference(x, codes, scales, zeros) + bias.double()
+    assert ((got.double() - expected).abs().max() / expected.abs().max()).item() < 1e-6
+
+
+def test_saturating_activations_stay_exact_in_the_dense_3_bit_kernel(ext):
+    """Every code 7 against activations of -127: the largest int16 partial sums of the AVX2 kernel."""
+    N, K, g = 16, 64, 32
+    codes = torch.full((N, K), 7, dtype=torch.uint8)
+    scales, zeros = torch.ones(N, K // g).half(), torch.zeros(N, K // g, dtype=torch.uint8)
+    x = -torch.ones(1, K)
+    w = pack_native(codes, scales, zeros, bits=3)
+    got = ext.Linear(w.lines, w.meta, None, N, K, g, 1).forward(x)
+    assert torch.equal(got, torch.full((1, N), -7.0 * K))          # 7 * 127 * (1/127) per weight, exactly
+
+
 def test_best_isa_is_what_the_cpu_reports():
     assert native_build.best_isa() == ISAS[0]
 

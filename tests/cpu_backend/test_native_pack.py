@@ -33,6 +33,30 @@ def test_layout_bytes_follow_the_documented_order(N, K, g):
         assert not w.lines[-1, :, :, 4 * (N % 16):].any() and not w.meta[-1, :, 2 * (N % 16): 32].any()
 
 
+@pytest.mark.parametrize("bits,N,K,g", [(2, 16, 64, 16), (2, 37, 256, 128), (3, 16, 64, 32), (3, 37, 192, 96)])
+def test_dense_layout_bits_follow_the_documented_order(bits, N, K, g):
+    """Dense 2-bit: bits 2c.. of byte 4i + b of line (r, j, p) = code[16r + i, j*g + 16p + 4c + b]; dense 3-bit:
+    low bits in parts 0 / 1 (c < 4 / c >= 4), the third bit as bit c of part 2, k = j*g + 32p + 4c + b."""
+    gen = torch.Generator().manual_seed(bits + N)
+    codes = torch.randint(0, 2 ** bits, (N, K), generator=gen).to(torch.uint8)
+    scales, zeros = torch.ones(N, K // g).half(), torch.zeros(N, K // g, dtype=torch.uint8)
+    lines = pack_native(codes, scales, zeros, bits=bits).lines
+    span = 16 if bits == 2 else 32
+    assert lines.shape == ((N + 15) // 16, K // g, g // span, 64 if bits == 2 else 192)
+    for n in range(N):
+        r, i = divmod(n, 16)
+        for k in range(K):
+            j, p, c, b = k // g, k % g // span, k % span // 4, k % 4
+            byte = lines[r, j, p]
+            got = (int(byte[64 * (c // 4) + 4 * i + b]) >> 2 * (c % 4)) & 3
+            if bits == 3:
+                got |= ((int(byte[128 + 4 * i + b]) >> c) & 1) << 2
+            assert got == codes[n, k], (n, k)
+    if bits == 3:                                    # groups that are not a multiple of 32 keep the nibble layout
+        ones, none = torch.ones(N, 3).half(), torch.zeros(N, 3, dtype=torch.uint8)        # K = 48, g = 16
+        assert pack_native(codes[:, :48], ones, none, bits=3).lines.shape[-2:] == (2, 64)
+
+
 def test_layout_problems_are_named():
     assert layout_problem(64, 64, 32, 4, torch.float16) is None
     assert layout_problem(64, 64, 32, 3, torch.float16) is None
