@@ -126,8 +126,8 @@ def test_missing_prompts_file(capsys):
 
 
 def test_bad_flag_value_exits_2(capsys):
-    code, _, err = run(["--task", "decode", "--dtype", "fp16", "--prompt", "x"], capsys)
-    assert code == 2 and "fp16" in err and "Traceback" not in err
+    code, _, err = run(["--task", "decode", "--dtype", "fp8", "--prompt", "x"], capsys)
+    assert code == 2 and "fp8" in err and "Traceback" not in err
 
 
 def test_debug_shows_traceback():
