@@ -382,9 +382,61 @@ inline void block_kernel(const QLinear& w, const QActs& a, int64_t m0, int64_t r
 #endif
 
 #if EDGEAWQ_AVX512
+// AVX-512, dense 3-bit codes, one token (decode): no shifts. Each quad's low bits are masked in place (value
+// 4^q * low, q = c mod 4) and its third bit too (value 2^c * bit, worth 4 * bit), and each vpdpbusd goes to the
+// accumulator of its factor 2^-e (e = 2q for low bits, c - 2 for third bits, -2..6); a group's dot is then
+// sum_e acc_e * 2^-e, exact (every product in acc_e is a multiple of 2^e).
+template <int E>
+inline __m512i scaled(__m512i v) {
+    if constexpr (E < 0) return _mm512_slli_epi32(v, -E);
+    else if constexpr (E == 0) return v;
+    else return _mm512_srai_epi32(v, E);
+}
+
+inline void block_kernel_dense3_one(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y) {
+    const int64_t G = w.K / w.g, steps = w.g / 32;
+    const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * 192;
+    const uint8_t* meta = w.meta.data_ptr<uint8_t>() + r * G * 48;
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t j = 0; j < G; ++j) {
+        __m512i A[9];                                              // A[e + 2]: factor 2^-e
+        for (auto& v : A) v = _mm512_setzero_si512();
+        const uint8_t* L = lines + j * steps * 192;
+        for (int64_t p = 0; p < steps; ++p) {
+            const uint8_t* S = L + p * 192;
+            _mm_prefetch((const char*)(S + 2048), _MM_HINT_NTA);
+            _mm_prefetch((const char*)(S + 2048 + 64), _MM_HINT_NTA);
+            _mm_prefetch((const char*)(S + 2048 + 128), _MM_HINT_NTA);
+            const __m512i part[2] = {_mm512_loadu_si512(S), _mm512_loadu_si512(S + 64)};
+            const __m512i hb = _mm512_loadu_si512(S + 128);
+            const int32_t* xq = reinterpret_cast<const int32_t*>(a.q.data() + m0 * w.K + j * w.g + 32 * p);
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; ++c) {
+                const int q = c % 4;
+                const __m512i x = _mm512_set1_epi32(xq[c]);
+                const __m512i low = _mm512_and_si512(part[c / 4], _mm512_set1_epi8((char)(3 << (2 * q))));
+                A[2 * q + 2] = _mm512_dpbusd_epi32(A[2 * q + 2], low, x);
+                const __m512i bit = _mm512_and_si512(hb, _mm512_set1_epi8((char)(1 << c)));
+                A[c] = _mm512_dpbusd_epi32(A[c], bit, x);
+            }
+        }
+        __m512i dot = _mm512_add_epi32(scaled<-2>(A[0]), scaled<-1>(A[1]));
+        dot = _mm512_add_epi32(dot, _mm512_add_epi32(A[2], scaled<1>(A[3])));
+        dot = _mm512_add_epi32(dot, _mm512_add_epi32(scaled<2>(A[4]), scaled<3>(A[5])));
+        dot = _mm512_add_epi32(dot, _mm512_add_epi32(scaled<4>(A[6]), scaled<5>(A[7])));
+        dot = _mm512_add_epi32(dot, scaled<6>(A[8]));
+        add_group_zero_points<1>(meta + j * 48, &dot, a, m0, G, j, &acc);
+    }
+    _mm512_storeu_ps(y, acc);
+}
+
 // AVX-512, dense codes: per step 64 (2-bit) or 192 (3-bit) bytes, one vpdpbusd per quad of codes; zero points.
 template <int T, int BITS>
 inline void block_kernel_dense(const QLinear& w, const QActs& a, int64_t m0, int64_t r, float* y, int64_t ldy) {
+    if constexpr (T == 1 && BITS == 3) {
+        block_kernel_dense3_one(w, a, m0, r, y);
+        return;
+    }
     constexpr int SPAN = BITS == 2 ? 16 : 32, BYTES = BITS == 2 ? 64 : 192;      // codes per row, bytes per step
     const int64_t G = w.K / w.g, steps = w.g / SPAN;
     const uint8_t* lines = w.lines.data_ptr<uint8_t>() + r * G * steps * BYTES;
