@@ -1,13 +1,20 @@
 """Decode speed of the native engine by weight bits: 4-bit (nibble lines, 4 bits a weight) against the dense 3-bit
 (3 bits a weight) and 2-bit (2 bits a weight) layouts, on a random-weight model shape, side by side.
 
-Each round runs `run_awq benchmark --random_weights` once per bit width, in a fresh process each (the order
-rotates between rounds), all Linears and the lm_head quantized with the same bits and group size, bf16 embedding
-table; the native weight cache (keyed by the random model) is packed in the first round and reused. Per bit
-width the script prints every round's decode tok/s and the median, then the medians of the per-round ratios to
-4-bit (JSON lines). Run it alone on the machine.
+All Linears and the lm_head are quantized with the same bits and group size, bf16 embedding table; the native
+weight cache (keyed by the random model) is packed on first use and reused.
 
-Usage: python benchmarks/dense_bits.py [--model llama-2-7b] [--bits 4 3 2] [--rounds 3] [--out FILE.jsonl]
+* default: each round runs `run_awq benchmark --random_weights` once per bit width, in a fresh process each (the
+  order rotates between rounds): the user's whole path, but on a shared machine the speed drifts between
+  processes;
+* `--paired`: one process holds one native engine per bit width and each round runs one greedy generation
+  (random prompt of --prompt_length tokens, --new_tokens new) per bit width, the order rotating: every ratio
+  compares runs seconds apart.
+
+Per bit width the script prints every round's decode tok/s and the median, then the medians of the per-round
+ratios to the first of --bits (JSON lines). Run it alone on the machine.
+
+Usage: python benchmarks/dense_bits.py [--model llama-2-7b] [--bits 4 3 2] [--rounds 3] [--paired] [--out F.jsonl]
 """
 from __future__ import annotations
 
@@ -35,6 +42,38 @@ def run_once(args, bits: int) -> dict:
             "achieved_gb_s": result.get("achieved_gb_s"), "peak_rss_mb": round(result["peak_rss_bytes"] / 2**20)}
 
 
+def paired_engines(args) -> dict:
+    """bits -> (native engine, vocabulary size) of the random model `args.model` quantized with those bits (its
+    native cache packed if absent)."""
+    import torch
+
+    from edgeawq.kernels.quantizer import QuantSpec
+    from edgeawq.runtime.backends import BACKENDS, EngineOptions
+    from edgeawq.runtime.random_model import random_model_shell, random_quantized_model
+    from edgeawq.cpu_backend.native_state import cached
+
+    engines = {}
+    for bits in args.bits:
+        shape = (args.model, QuantSpec(bits, args.group_size).validate(), torch.bfloat16, torch.float32)
+        loaded = random_model_shell(*shape, lm_head_group_size=args.group_size)
+        if not cached(loaded):
+            loaded = random_quantized_model(*shape, lm_head_group_size=args.group_size)
+        engines[bits] = (BACKENDS["cpu"].make_engine(loaded, EngineOptions(engine="native")),
+                         loaded.config.vocab_size)
+    return engines
+
+
+def run_paired(args, engines: dict, bits: int) -> dict:
+    import torch
+
+    from edgeawq.evaluation.benchmark import generate_timed
+
+    engine, vocab = engines[bits]
+    prompt = torch.randint(0, vocab, (1, args.prompt_length), generator=torch.Generator().manual_seed(0))  # (1, L)
+    _, decode_s = generate_timed(engine, prompt, args.new_tokens)
+    return {"tokens_per_s": (args.new_tokens - 1) / decode_s}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama-2-7b", help="a shape name of run_awq benchmark --random_weights")
@@ -44,23 +83,27 @@ def main() -> None:
     ap.add_argument("--prompt_length", type=int, default=64)
     ap.add_argument("--new_tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--paired", action="store_true", help="all bit widths in one process, runs interleaved")
     ap.add_argument("--out", type=Path, default=None, help="Also append the JSON lines to this file.")
     args = ap.parse_args()
     lines, per_round = [], []
+    engines = paired_engines(args) if args.paired else None
     for rnd in range(args.rounds):
         order = args.bits[rnd % len(args.bits):] + args.bits[:rnd % len(args.bits)]
         speeds = {}
         for bits in order:
-            r = run_once(args, bits)
+            r = run_paired(args, engines, bits) if args.paired else run_once(args, bits)
             speeds[bits] = r["tokens_per_s"]
-            line = {"round": rnd, "model": args.model, "bits": bits, "group_size": args.group_size, **r,
+            line = {"round": rnd, "paired": args.paired, "model": args.model, "bits": bits,
+                    "group_size": args.group_size, **r,
                     "prompt_length": args.prompt_length, "new_tokens": args.new_tokens}
             print(json.dumps(line), flush=True)
             lines.append(line)
         per_round.append(speeds)
     base = args.bits[0]
     for bits in args.bits:
-        summary = {"summary": True, "model": args.model, "bits": bits, "group_size": args.group_size,
+        summary = {"summary": True, "paired": args.paired, "model": args.model, "bits": bits,
+                   "group_size": args.group_size,
                    "median_tokens_per_s": round(statistics.median(s[bits] for s in per_round), 2),
                    f"median_ratio_to_w{base}": round(statistics.median(s[bits] / s[base] for s in per_round), 3),
                    "rounds": args.rounds}

@@ -2,9 +2,9 @@
 decode speed, per model (JSON lines, then a markdown table).
 
 Rows (--methods, each where it applies): float; rtn, awq, gptq at w4 and w3 (group 128 on the default models,
-64 on SmolLM2 whose hidden size 576 is not a multiple of 128); rtn-w8 (int8 weights per output channel,
-weight-only); smoothquant W8A8 per token and per tensor at --sq_alpha 0.5, and per tensor at alpha 0 (the same
-int8 scheme without smoothing: what the migration itself buys).
+64 on SmolLM2 whose hidden size 576 is not a multiple of 128) and the *-g32 rows at group 32; rtn-w8 (int8
+weights per output channel, weight-only); smoothquant W8A8 per token and per tensor at --sq_alpha 0.5, and per
+tensor at alpha 0 (the same int8 scheme without smoothing: what the migration itself buys).
 
 Per row: `quantize_s` (run_awq quantize in-process, default calibration 128 x 512 tokens of the shipped train split,
 seed 0), `weights_bytes` (the checkpoint's safetensors files), perplexity on the PyTorch reference (`ppl_ref`:
@@ -43,6 +43,8 @@ from edgeawq.tasks.quantize import quantize_task
 METHODS = {
     "rtn-w4": ("pergrp", "none", 4, {}), "awq-w4": ("awq", "run", 4, {}), "gptq-w4": ("gptq", "none", 4, {}),
     "rtn-w3": ("pergrp", "none", 3, {}), "awq-w3": ("awq", "run", 3, {}), "gptq-w3": ("gptq", "none", 3, {}),
+    "rtn-w4-g32": ("pergrp", "none", 4, {"group_size": 32}), "awq-w4-g32": ("awq", "run", 4, {"group_size": 32}),
+    "gptq-w4-g32": ("gptq", "none", 4, {"group_size": 32}), "awq-w3-g32": ("awq", "run", 3, {"group_size": 32}),
     "rtn-w8": ("pergrp", "none", 8, {"group_size": -1, "zero_point": False}),
     "sq-token": ("smoothquant", "run", None, {"act_quant": "per_token", "sq_alpha": 0.5}),
     "sq-tensor": ("smoothquant", "run", None, {"act_quant": "per_tensor", "sq_alpha": 0.5}),
