@@ -100,7 +100,9 @@ generation_options = _stack(
                  help='Prompts file: JSON list of strings or {"prompt": ...} objects, or JSON Lines.'),
     click.option("--max_new_tokens", type=click.IntRange(min=1), default=64, show_default=True),
     click.option("--max_seq_len", type=click.IntRange(min=2), default=None,
-                 help="Context length (prompt + new tokens) to allocate. Default: min(model context, 2048)."),
+                 help="Context length (prompt + new tokens) to allocate, at most the model context "
+                      "(max_position_embeddings, or what its RoPE scaling implies). Default: min(model context, "
+                      "2048)."),
     click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy."),
     click.option("--top_p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass, in (0, 1]."),
     click.option("--top_k", type=int, default=0, show_default=True, help="Keep the k most likely tokens; 0 = all."),

@@ -43,7 +43,7 @@ from ..runtime.model_loader import LoadedModel
 from ..runtime.module_paths import get_module
 
 FORMAT = "edgeawq-native"
-FORMAT_VERSION = 2                      # 2: dense 2- and 3-bit lines
+FORMAT_VERSION = 3                      # 2: dense 2- and 3-bit lines; 3: RoPE rows to the context limit
 SPEC_FILE, WEIGHTS_FILE = "native.json", "weights.safetensors"
 SUPPORTED_ACTIVATIONS = ("silu",)
 

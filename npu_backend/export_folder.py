@@ -38,7 +38,7 @@ from .onnx_writer import GraphWriter
 RECORD = "edgeawq_export.json"
 GENAI_MODEL = "model.genai.onnx"     # the same graph without the num_logits_to_keep input, for onnxruntime-genai
 FORMAT = "edgeawq-onnx"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4                     # 4: RoPE tables to the context limit (runtime/rope_extension.py)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "generation_config.json")

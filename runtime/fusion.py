@@ -41,13 +41,14 @@ def head_dim(config) -> int:
 
 @torch.no_grad()
 def rope_half_tables(model: nn.Module, config, family: Family) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin float32 (max_position_embeddings, head_dim / 2) from the model's own rotary module (so Llama-3
-    scaling and the like are included): row p is position p, column i the angle of rotate-half pair (i, i+hd/2)."""
+    """cos, sin float32 (context limit, head_dim / 2) from the model's own rotary module (so Llama-3, yarn and the
+    other scalings are included; rows past max_position_embeddings where the scaling allows them,
+    runtime/rope_extension.py): row p is position p, column i the angle of rotate-half pair (i, i+hd/2)."""
+    from .rope_extension import rope_tables
+
     hd = head_dim(config)
-    n = int(getattr(config, "max_position_embeddings", 2048))
-    probe = torch.zeros(1, 1, hd, dtype=torch.float32)
-    cos, sin = get_module(model, family.rotary)(probe, torch.arange(n)[None])     # (1, n, hd) each
-    return cos[0, :, : hd // 2].float().contiguous(), sin[0, :, : hd // 2].float().contiguous()
+    cos, sin = rope_tables(get_module(model, family.rotary), config)                 # (n, hd) each
+    return cos[:, : hd // 2].contiguous(), sin[:, : hd // 2].contiguous()
 
 
 def fuse_model(model: nn.Module, config, family: Family) -> None:

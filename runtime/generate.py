@@ -78,7 +78,7 @@ def check_batch(prompt_ids: list[list[int]], max_new_tokens: int, max_seq_len: i
         raise UserError(f"The longest prompt is {longest} tokens; with --max_new_tokens {max_new_tokens} that needs "
                         f"{longest + max_new_tokens} positions, more than the context of {max_seq_len} tokens.",
                         "Shorten the prompt, lower --max_new_tokens, or raise --max_seq_len (up to the model's "
-                        "max_position_embeddings).")
+                        "context: max_position_embeddings, or what its RoPE scaling implies).")
 
 
 def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -162,10 +162,14 @@ def generate_text(engine, tokenizer, config, prompts: list[str], max_new_tokens:
     return results
 
 
-def resolve_max_seq_len(requested: int | None, model_context: int) -> int:
+def resolve_max_seq_len(requested: int | None, config) -> int:
+    """--max_seq_len, or its default: at most the model's context (runtime/rope_extension.context_limit)."""
+    from .rope_extension import context_limit, context_note
+
+    model_context = context_limit(config)
     if requested is None:
         return min(model_context, DEFAULT_CONTEXT)
     if requested > model_context:
         raise UserError(f"--max_seq_len {requested} exceeds the model's context of {model_context} tokens "
-                        "(max_position_embeddings).", f"Use --max_seq_len {model_context} or less.")
+                        f"({context_note(config)}).", f"Use --max_seq_len {model_context} or less.")
     return requested

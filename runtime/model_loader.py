@@ -67,7 +67,11 @@ class LoadedModel:
 
     @property
     def max_context(self) -> int:
-        return int(getattr(self.config, "max_position_embeddings", 2048))
+        """The longest context the model runs: max_position_embeddings, or more where its RoPE scaling implies
+        more (runtime/rope_extension.py)."""
+        from .rope_extension import context_limit
+
+        return context_limit(self.config)
 
 
 def _check_folder(path: Path) -> None:

@@ -43,7 +43,7 @@ def decode_task(model_path: str | None, target: str, dtype: str, flash_attention
     model = load_with_options(model_path, target, replace(engine_options or EngineOptions(),
                                                           flash_attention=flash_attention), dtype, act_dtype)
     loaded, engine = model.loaded, model.engine
-    resolve_max_seq_len(max_seq_len, loaded.max_context)
+    resolve_max_seq_len(max_seq_len, loaded.config)
     stream = None
     if len(texts) == 1:
         sys.stdout.write(texts[0])

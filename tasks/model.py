@@ -81,7 +81,7 @@ class Model:
         if max_new_tokens < 1:
             raise UserError(f"max_new_tokens {max_new_tokens} is invalid.", "Use 1 or more.")
         sampling = SamplingConfig(temperature, top_p, top_k, seed).validate()
-        seq_len = resolve_max_seq_len(max_seq_len, self.context)
+        seq_len = resolve_max_seq_len(max_seq_len, self.loaded.config)
         return generate_text(self.engine, self.tokenizer, self.loaded.config, texts, max_new_tokens, seq_len,
                              sampling, stop_at_eos, instruct, stream)
 

@@ -25,6 +25,7 @@ from ..kernels.attention import rotate_half
 from ..runtime.fusion import head_dim, layer_windows
 from ..runtime.model_loader import LoadedModel
 from ..runtime.module_paths import get_module
+from ..runtime.rope_extension import rope_tables
 from .device_pack import device_round_trip
 from .fidelity import SrcA, fidelity_matmul_srca
 from .precision import FIDELITY_SETTINGS, FORMAT_BITS, LayerPrecision, PrecisionConfig
@@ -68,10 +69,8 @@ class TTEngine:
         coarse = weights_needing_hi(config)
         self.embed = w.get("embed")                # (V, D), bf16 values (None on a later pipeline stage)
         self.srca = {n: SrcA.of(t, need_hi=n in coarse) for n, t in w.items() if n in weights.formats}  # [K, N]
-        rotary = get_module(loaded.model, loaded.family.rotary)
-        with torch.no_grad():
-            cos, sin = rotary(torch.zeros(1, 1, dtype=torch.float32), torch.arange(self.max_context)[None])
-        self.cos, self.sin = bf16(cos[0].float()), bf16(sin[0].float())          # (positions, hd)
+        cos, sin = rope_tables(get_module(loaded.model, loaded.family.rotary), c, self.max_context)
+        self.cos, self.sin = bf16(cos), bf16(sin)                                    # (positions, hd)
         self.weight_bytes_per_token = sum(weights.stored_bytes[n] for n in weights.formats)
         self.k = self.v = None
         self.length = 0
