@@ -89,6 +89,17 @@ run_options = _stack(
                  help="tt: run the Linears on a Tenstorrent card through ttnn (untested by this project). auto: when "
                       "ttnn sees a card, else the CPU emulation; on: the card or an error; off: always the "
                       "emulation."),
+    click.option("--prefill_chunk", type=click.IntRange(min=0), default=None,
+                 help="Feed prompts to the engine in chunks of this many tokens (results equal a one-call prefill; "
+                      "activation memory grows with the chunk, not the prompt). 0 = one call. Default: the engine's "
+                      "measured choice (native, onnx and torch 512, tt 256; docs/architecture.md)."),
+    click.option("--kv_block_size", type=click.IntRange(min=0), default=None,
+                 help="cpu native and torch --flash_attention: KV cache blocks of this many tokens (a multiple of 16 "
+                      "on native), handed out as sequences grow and freed when they end; 0 = one contiguous block "
+                      "of --max_seq_len per sequence. Default: 64 (docs/architecture.md)."),
+    click.option("--kv_max_blocks", type=click.IntRange(min=1), default=None,
+                 help="The paged KV cache's pool, in blocks, shared by the batch; running out is an error naming "
+                      "the size needed. Default: batch x context (memory is used only as blocks fill)."),
 )
 
 seed_option = click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,

@@ -11,8 +11,9 @@ import importlib.util
 from dataclasses import replace
 
 from ..errors import UserError
-from ..runtime.backends import EngineOptions, note_float32_arithmetic
+from ..runtime.backends import EngineOptions, kv_paging, note_float32_arithmetic
 from ..runtime.engines import make_engine as make_torch_engine
+from ..runtime.engines import refuse_paging
 from ..runtime.model_loader import LoadedModel
 
 CPU_ENGINES = ("auto", "native", "onnx", "torch")
@@ -60,9 +61,15 @@ def make_engine(loaded: LoadedModel, options: EngineOptions):
 
         note_float32_arithmetic("native", loaded, "its kernels are float32 with int8 activation codes; the "
                                 "embedding table is held in the dtype")
-        return NativeEngine(*native_state(loaded))
+        return NativeEngine(*native_state(loaded), None, *kv_paging(options))
     if choice == "onnx":
         from ..npu_backend.backend import make_npu_engine
 
+        refuse_paging("--engine onnx", options.kv_block_size, options.kv_max_blocks)
+
         return make_npu_engine(loaded, replace(options, ep="CPU", strict_ep=False), label="cpu")
-    return make_torch_engine(loaded, options.flash_attention)
+    if not options.flash_attention:
+        refuse_paging("the transformers engine (--engine torch without --flash_attention)", options.kv_block_size,
+                      options.kv_max_blocks)
+        return make_torch_engine(loaded, False)
+    return make_torch_engine(loaded, True, *kv_paging(options))

@@ -21,7 +21,10 @@ import time
 import numpy as np
 import torch
 
+from ..runtime.chunked_prefill import DEFAULT_PREFILL_CHUNK
+from ..errors import UserError
 from . import native_build
+from .kv_cache import ContiguousKV, PagedKV
 
 
 LINEAR_GROUPS = ("qkv", "o", "gate_up", "down")
@@ -35,8 +38,12 @@ def set_static_act_scales(decoder, i: int, scales: dict[str, torch.Tensor | None
 
 
 class NativeEngine:
-    def __init__(self, tensors: dict[str, torch.Tensor], spec: dict, threads: int | None = None) -> None:
-        """tensors, spec: a native state (cpu_backend/native_state.py)."""
+    prefill_chunk = DEFAULT_PREFILL_CHUNK["native"]
+
+    def __init__(self, tensors: dict[str, torch.Tensor], spec: dict, threads: int | None = None,
+                 kv_block_size: int | None = None, kv_max_blocks: int | None = None) -> None:
+        """tensors, spec: a native state (cpu_backend/native_state.py). kv_block_size: a paged KV cache of blocks of
+        that many tokens, at most kv_max_blocks of them (cpu_backend/kv_cache.py); None: a contiguous cache."""
         ext = native_build.load()
         self.isa = ext.isa()
         self.profile_phases: list[str] = ext.profile_phases()     # per-layer steps Decoder.take_profile() times
@@ -71,8 +78,13 @@ class NativeEngine:
         self.weight_bytes = sum(v.numel() * v.element_size() for k, v in t.items() if k.endswith((".lines", ".meta")))
         if head["kind"] != "quantized":
             self.weight_bytes += weight.numel() * 4
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
+        if kv_block_size is None:
+            if kv_max_blocks is not None:
+                raise UserError("--kv_max_blocks sizes a paged KV cache, and none was asked for.",
+                                "Add --kv_block_size N (a multiple of 16), or drop --kv_max_blocks.")
+            self.kv = ContiguousKV(self.decoder, self.layers, self.kv_heads, self.head_dim)
+        else:
+            self.kv = PagedKV(self.decoder, self.layers, self.kv_heads, self.head_dim, kv_block_size, kv_max_blocks)
         self.lengths = np.zeros(0, np.int64)
         self.profiler = None                          # evaluation/profiler.NativeProfiler while --profile runs
 
@@ -83,15 +95,22 @@ class NativeEngine:
         return self.weight_bytes + self.embed.shape[1] * self.embed.element_size()
 
     def start(self, batch: int, max_seq_len: int) -> None:
-        self.keys, self.values = allocate_cache(self.decoder, self.keys, self.values, batch, self.kv_heads,
-                                                max_seq_len, self.head_dim, self.layers, self.max_positions)
+        check_positions(max_seq_len, self.max_positions)
+        self.kv.start(batch, max_seq_len)
         self.capacity = max_seq_len
         self.lengths = np.zeros(batch, np.int64)
+
+    def release_row(self, row: int) -> None:
+        """Row `row`'s sequence has ended: a paged cache takes its blocks back. The caller then feeds the row no
+        tokens (attention_mask 0 in its new columns), or a new sequence from position 0."""
+        self.kv.release_row(row)
+        self.lengths[row] = 0                  # the row may take a new sequence
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 last_only: bool = True) -> torch.Tensor:
         tokens = Compacted(input_ids, attention_mask, self.lengths, self.capacity)
+        self.kv.reserve(tokens.lengths)
         self.lengths = tokens.lengths
         clock = _Clock(self.profiler)
         h = self.embed[tokens.ids].float()                                         # (M, D)
@@ -113,20 +132,9 @@ def final_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tenso
     return (x * torch.rsqrt(var + eps) * weight).contiguous()
 
 
-def allocate_cache(decoder, keys: list, values: list, batch: int, kv_heads: int, max_seq_len: int, head_dim: int,
-                   layers: int, max_positions: int) -> tuple[list, list]:
-    """The decoder's KV cache for `batch` rows of `max_seq_len` slots (kept when the shape is unchanged): values
-    float32 (batch, kv_heads, slots, head_dim), keys (batch, kv_heads, slots / 16, head_dim, 16), slots rounded up
-    to 16."""
+def check_positions(max_seq_len: int, max_positions: int) -> None:
     if max_seq_len > max_positions:
         raise ValueError(f"{max_seq_len} cache slots exceed the model's {max_positions} positions")
-    slots = -(-max_seq_len // 16) * 16
-    shape = (batch, kv_heads, slots, head_dim)
-    if not values or tuple(values[0].shape) != shape:
-        keys = [torch.zeros(batch, kv_heads, slots // 16, head_dim, 16) for _ in range(layers)]
-        values = [torch.zeros(shape) for _ in range(layers)]
-        decoder.set_cache(keys, values)
-    return keys, values
 
 
 class Compacted:

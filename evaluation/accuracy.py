@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..progress import bar
+from ..runtime.chunked_prefill import forward_chunked
 from .parity import pcc
 
 
@@ -54,8 +55,8 @@ def target_logits(engine, ids: torch.Tensor, prefill: int) -> torch.Tensor:
     """ids (L,) -> logits (L, V): one prefill call of `prefill` tokens, then one decode call per token."""
     L = ids.numel()
     engine.start(1, L)
-    first = engine.forward(ids[None, :prefill], torch.arange(prefill)[None], torch.ones(1, prefill, dtype=torch.long),
-                           last_only=False)[0].float()                                 # (prefill, V)
+    first = forward_chunked(engine, ids[None, :prefill], torch.arange(prefill)[None],
+                            torch.ones(1, prefill, dtype=torch.long), last_only=False)[0].float()                                 # (prefill, V)
     steps = [first]
     for p in range(prefill, L):
         steps.append(engine.forward(ids[None, p:p + 1], torch.tensor([[p]]), torch.ones(1, p + 1, dtype=torch.long),
@@ -73,8 +74,8 @@ def teacher_forced_accuracy(reference, target, windows: torch.Tensor, prefill: i
     top1 = top5 = 0
     for w, ids in enumerate(bar(windows, "accuracy", unit="window")):
         reference.start(1, L)
-        ref = reference.forward(ids[None], torch.arange(L)[None], torch.ones(1, L, dtype=torch.long),
-                                last_only=False)[0].float()                          # (L, V)
+        ref = forward_chunked(reference, ids[None], torch.arange(L)[None], torch.ones(1, L, dtype=torch.long),
+                              last_only=False)[0].float()                          # (L, V)
         tgt = target_logits(target, ids, prefill)                                    # (L, V)
         ref, tgt, nxt = ref[:-1], tgt[:-1], ids[1:]
         nll_ref += F.cross_entropy(ref, nxt, reduction="sum").item()

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..kernels.qlinear import QLinearPerGrp
 from ..progress import bar
+from ..runtime.chunked_prefill import forward_chunked
 from ..runtime.memory import proc_kb_field
 
 
@@ -87,7 +88,7 @@ def generate_timed(engine, prompt: torch.Tensor, new_tokens: int, profiler=None)
     if profiler is not None:
         profiler.phase = "prefill"
     t0 = time.perf_counter()
-    logits = engine.forward(prompt, torch.arange(L).expand(B, L), mask[:, :L])
+    logits = forward_chunked(engine, prompt, torch.arange(L).expand(B, L), mask[:, :L])
     token = logits[:, -1].argmax(-1, keepdim=True)                             # (B, 1)
     t1 = time.perf_counter()
     if profiler is not None:

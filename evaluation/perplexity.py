@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ..data_sources import EVAL_TEXTS, corpus_split, offline_datasets
 from ..errors import UserError
 from ..progress import bar
+from ..runtime.chunked_prefill import forward_chunked
 
 JOIN = "\n\n"
 
@@ -89,7 +90,7 @@ def window_nll(engine, windows: torch.Tensor) -> torch.Tensor:
     for ids in bar(batches, "perplexity", unit="window" if rows == 1 else f"x{rows} windows"):
         n, T = ids.shape                                       # (n, T)
         engine.start(n, T)
-        logits = engine.forward(ids, torch.arange(T).expand(n, T), torch.ones_like(ids), last_only=False)  # (n, T, V)
+        logits = forward_chunked(engine, ids, torch.arange(T).expand(n, T), torch.ones_like(ids), last_only=False)
         for row in range(n):
             out.append(F.cross_entropy(logits[row, :-1].float(), ids[row, 1:], reduction="sum").double())
     return torch.stack(out)

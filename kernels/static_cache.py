@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .kv_quant import KVPrecision
+
 
 class StaticKVCache:
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_seq_len: int, head_dim: int,
@@ -16,6 +18,7 @@ class StaticKVCache:
         self.k = torch.zeros(shape, dtype=dtype)
         self.v = torch.zeros(shape, dtype=dtype)
         self.length = 0
+        self.precision = KVPrecision()          # what a stored key / value becomes (kernels/kv_quant.py)
 
     @property
     def batch(self) -> int:
@@ -37,6 +40,7 @@ class StaticKVCache:
         end = start + k.shape[2]
         if end > self.max_seq_len:
             raise ValueError(f"KV cache overflow: {end} slots needed, {self.max_seq_len} allocated")
+        k, v = self.precision.stored(layer, k, v)
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]

@@ -30,6 +30,24 @@ class EngineOptions:
     accuracy_level: int = 4              # npu: MatMulNBits accuracy_level of the export
     tt_precision: str = "performance"    # tt: performance, accuracy or a precision JSON file
     tt_device: str = "auto"              # tt: Linears on a Tenstorrent card through ttnn: auto, on, off
+    prefill_chunk: int | None = None     # every engine: prefill in chunks of this many tokens (None = the engine's
+                                         # default, 0 = one call); runtime/chunked_prefill.py
+    kv_block_size: int | None = None     # cpu native / torch --flash_attention: KV cache blocks of this many tokens
+                                         # (None = DEFAULT_KV_BLOCK, 0 = one contiguous block per row); elsewhere
+                                         # only None is accepted
+    kv_max_blocks: int | None = None     # the paged cache's pool (None = batch x context, resident only as used)
+
+
+DEFAULT_KV_BLOCK = 64          # tokens per KV cache block (benchmarks/kv_block_size.py)
+
+
+def kv_paging(options: EngineOptions) -> tuple[int | None, int | None]:
+    """(block size or None for a contiguous cache, max blocks) of an engine that has a paged KV cache."""
+    block = DEFAULT_KV_BLOCK if options.kv_block_size is None else options.kv_block_size or None
+    if block is None and options.kv_max_blocks is not None:
+        raise UserError("--kv_max_blocks sizes a paged KV cache, and --kv_block_size 0 asks for a contiguous one.",
+                        "Drop one of the two flags.")
+    return block, options.kv_max_blocks
 
 
 @dataclass(frozen=True)
@@ -48,7 +66,14 @@ class Backend:
         return None
 
     def make_engine(self, loaded: LoadedModel, options: EngineOptions):
-        return importlib.import_module(self.module, __package__.rpartition(".")[0]).make_engine(loaded, options)
+        if self.name != "cpu":
+            from .engines import refuse_paging
+
+            refuse_paging(f"--target {self.name}", options.kv_block_size, options.kv_max_blocks)
+        engine = importlib.import_module(self.module, __package__.rpartition(".")[0]).make_engine(loaded, options)
+        if options.prefill_chunk is not None:
+            engine.prefill_chunk = options.prefill_chunk
+        return engine
 
 
 BACKENDS: dict[str, Backend] = {

@@ -6,14 +6,19 @@ They return logits (B, T, V), or (B, 1, V) for the last position only.
 
 * `TransformersEngine`: the unmodified transformers forward with its dynamic cache (the baseline).
 * `StaticCacheEngine`: the model after `fuse_model` (grouped q/k/v and gate/up), run by a lean loop over the
-  decoder layers with the project's SDPA attention and a `StaticKVCache` allocated once per batch size.
+  decoder layers with the project's SDPA attention and a `StaticKVCache` allocated once per batch size, or with
+  `kv_block_size` a `PagedKVCache` (blocks handed out as rows reach them, returned by `release_row`).
 """
 from __future__ import annotations
 
 import torch
 
 from ..kernels.attention import attention_mask as build_mask
+from ..errors import UserError
+from ..kernels.kv_quant import KVPrecision
+from ..kernels.paged_cache import PagedKVCache
 from ..kernels.static_cache import StaticKVCache
+from .chunked_prefill import DEFAULT_PREFILL_CHUNK
 from .fusion import fuse_model, head_dim
 from .model_loader import LoadedModel
 from .module_paths import get_module
@@ -21,6 +26,7 @@ from .module_paths import get_module
 
 class TransformersEngine:
     name = "transformers"
+    prefill_chunk = DEFAULT_PREFILL_CHUNK["torch"]
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
@@ -41,9 +47,14 @@ class TransformersEngine:
 
 class StaticCacheEngine:
     name = "static-cache"
+    prefill_chunk = DEFAULT_PREFILL_CHUNK["torch"]
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, kv_block_size: int | None = None, kv_max_blocks: int | None = None,
+                 kv_precision: KVPrecision | None = None) -> None:
+        """kv_precision: what the cache holds of each key and value (kernels/kv_quant.py; default as computed)."""
         fuse_model(loaded.model, loaded.config, loaded.family)
+        self.kv_block_size, self.kv_max_blocks = kv_block_size, kv_max_blocks
+        self.kv_precision = kv_precision or KVPrecision()
         self.loaded = loaded
         f, m = loaded.family, loaded.model
         self.embed = get_module(m, f.embed)
@@ -52,21 +63,31 @@ class StaticCacheEngine:
         self.lm_head = get_module(m, f.lm_head)
         self.rotary = get_module(m, f.rotary)
         self.windows = sorted({layer.self_attn.window for layer in self.layers}, key=lambda w: (w is None, w))
-        self.cache: StaticKVCache | None = None
+        self.cache: StaticKVCache | PagedKVCache | None = None
 
     def start(self, batch: int, max_seq_len: int) -> None:
         """Reuse the cache storage when batch, dtype and capacity allow; otherwise allocate it once."""
         c = self.loaded.config
         if self.cache is None or not self.cache.fits(batch, self.loaded.dtype) or self.cache.max_seq_len < max_seq_len:
-            self.cache = StaticKVCache(c.num_hidden_layers, batch, c.num_key_value_heads, max_seq_len,
-                                       head_dim(c), self.loaded.dtype)
+            shape = (c.num_hidden_layers, batch, c.num_key_value_heads, max_seq_len, head_dim(c), self.loaded.dtype)
+            self.cache = (StaticKVCache(*shape) if self.kv_block_size is None else
+                          PagedKVCache(*shape, self.kv_block_size, self.kv_max_blocks))
+        self.cache.precision = self.kv_precision
         self.cache.reset()
+
+    def release_row(self, row: int) -> None:
+        """Row `row`'s sequence has ended (the caller feeds it only padding from now): a paged cache frees its
+        blocks."""
+        if isinstance(self.cache, PagedKVCache):
+            self.cache.release_row(row)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 last_only: bool = True) -> torch.Tensor:
         f, cache = self.loaded.family, self.cache
         start = cache.length
+        if isinstance(cache, PagedKVCache):
+            cache.prepare(start, attention_mask)
         h = self.embed(input_ids)                                    # (B, T, D)
         cos, sin = self.rotary(h, position_ids)                      # (B, T, hd) each
         masks = {w: build_mask(attention_mask, start, w) for w in self.windows}  # (B, 1, T, S)
@@ -81,5 +102,19 @@ class StaticCacheEngine:
         return self.lm_head(self.norm(h))                            # (B, T or 1, V)
 
 
-def make_engine(loaded: LoadedModel, flash_attention: bool):
-    return StaticCacheEngine(loaded) if flash_attention else TransformersEngine(loaded)
+def make_engine(loaded: LoadedModel, flash_attention: bool, kv_block_size: int | None = None,
+                kv_max_blocks: int | None = None, kv_precision: KVPrecision | None = None):
+    """The PyTorch engine: StaticCacheEngine with `flash_attention` (paged with `kv_block_size`, holding keys and
+    values at `kv_precision`), else TransformersEngine."""
+    if not flash_attention:
+        return TransformersEngine(loaded)
+    return StaticCacheEngine(loaded, kv_block_size, kv_max_blocks, kv_precision)
+
+
+def refuse_paging(engine: str, kv_block_size: int | None, kv_max_blocks: int | None) -> None:
+    """--kv_block_size / --kv_max_blocks on an engine without a paged KV cache: a UserError."""
+    if kv_block_size is not None or kv_max_blocks is not None:
+        flag = "--kv_block_size" if kv_block_size is not None else "--kv_max_blocks"
+        raise UserError(f"{flag} sizes a paged KV cache, which {engine} does not have.",
+                        "Paged KV caches run on --engine native and on --engine torch --flash_attention; drop the "
+                        "flag for this engine.")

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+from .chunked_prefill import forward_chunked
 from .sampling import Sampler, SamplingConfig
 
 MAX_BATCH = 32
@@ -96,7 +97,10 @@ def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
 def generate_ids(engine, prompt_ids: list[list[int]], max_new_tokens: int, max_seq_len: int, pad_id: int,
                  stop_ids: set[int], sampling: SamplingConfig = SamplingConfig(), stop_at_eos: bool = True,
                  on_token: Callable[[int, int], None] | None = None) -> list[Completion]:
-    """Decode up to `max_new_tokens` for each prompt; `on_token(row, token_id)` is called as tokens arrive."""
+    """Decode up to `max_new_tokens` for each prompt; `on_token(row, token_id)` is called as tokens arrive. A row
+    that ends (end of sequence) while others go on is released from an engine that has `release_row` (a paged KV
+    cache frees its blocks) and fed only padding from then on."""
+    release = getattr(engine, "release_row", None)
     check_batch(prompt_ids, max_new_tokens, max_seq_len)
     sampler = Sampler(sampling)
     results = [Completion(prompt="", prompt_ids=list(p)) for p in prompt_ids]
@@ -105,7 +109,7 @@ def generate_ids(engine, prompt_ids: list[list[int]], max_new_tokens: int, max_s
     engine.start(B, max_seq_len)
     done = torch.zeros(B, dtype=torch.bool)
     t0 = time.perf_counter()
-    logits = engine.forward(ids, positions, mask)                       # (B, 1, V)
+    logits = forward_chunked(engine, ids, positions, mask)              # (B, 1, V)
     next_ids = sampler(logits[:, -1])
     prefill_ms = (time.perf_counter() - t0) * 1e3
     for r in results:
@@ -119,13 +123,16 @@ def generate_ids(engine, prompt_ids: list[list[int]], max_new_tokens: int, max_s
             if stop_at_eos and tok in stop_ids:
                 done[row] = True
                 results[row].stopped_at_eos = True
+                if release is not None:
+                    release(row)
                 continue
             results[row].token_ids.append(tok)
             if on_token is not None:
                 on_token(row, tok)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long)], dim=1)
+        live = torch.ones(B, 1, dtype=torch.long) if release is None else (~done).long()[:, None]
+        mask = torch.cat([mask, live], dim=1)
         t1 = time.perf_counter()
         logits = engine.forward(next_ids[:, None], next_pos, mask)
         next_ids = sampler(logits[:, -1])

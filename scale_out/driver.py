@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
+from ..runtime.chunked_prefill import default_prefill_chunk
 from .comm import Comm
 from .partition import MeshPlan, split_sizes
 
@@ -218,6 +219,8 @@ class DistributedEngine:
         self.name = f"mesh {mesh.dp}x{mesh.tp}" + (f" pp{mesh.pp}" if mesh.pp > 1 else "") + f"/{model.name}"
         self.batch_rows = mesh.dp                     # rows per call that keep every data-parallel group busy
         self.weight_bytes_per_token = model.weight_bytes_total
+        self.prefill_chunk = default_prefill_chunk(model.name)   # rank 0 feeds the mesh chunk by chunk
+        self.chunks_batches = not model.name.startswith("onnxruntime")    # runtime/chunked_prefill.py
 
     def start(self, batch: int, max_seq_len: int) -> None:
         self.session.start(self.mid, batch, max_seq_len)
@@ -265,6 +268,9 @@ def load_on_mesh(session: Session, path, target: str, options, dtype: str, act_d
 
     from ..runtime.model_loader import LoadedModel
 
+    from ..runtime.engines import refuse_paging
+
+    refuse_paging("a mesh run (--mesh_shape / --pp)", options.kv_block_size, options.kv_max_blocks)
     mid, model, plan = session.load(LoadRequest(None if path is None else str(path), target, options, dtype,
                                                 act_dtype))
     full = model.full_config
@@ -272,4 +278,7 @@ def load_on_mesh(session: Session, path, target: str, options, dtype: str, act_d
           file=sys.stderr)
     shard = model.loaded
     loaded = LoadedModel(shard.model, full, shard.family, shard.tokenizer, shard.source, shard.dtype, shard.quant)
-    return loaded, DistributedEngine(session, mid, model, plan)
+    engine = DistributedEngine(session, mid, model, plan)
+    if options.prefill_chunk is not None:
+        engine.prefill_chunk = options.prefill_chunk
+    return loaded, engine

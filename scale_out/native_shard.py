@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from ..cpu_backend import native_build
-from ..cpu_backend.native_engine import LINEAR_GROUPS, Compacted, allocate_cache, final_norm, set_static_act_scales
+from ..cpu_backend.kv_cache import ContiguousKV
+from ..cpu_backend.native_engine import (LINEAR_GROUPS, Compacted, check_positions, final_norm,
+                                          set_static_act_scales)
 from ..cpu_backend.native_state import pack_group, pack_layer
 from ..kernels.qlinear import QLinearPerGrp
 from ..runtime.fusion import layer_windows, rope_half_tables
@@ -68,8 +70,7 @@ class NativeShard:
                 self.held_bytes += self.embed.numel() * self.embed.element_size()
         m.to("meta")                  # the shard keeps only what it references above
         release_free_memory()
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
+        self.kv = ContiguousKV(self.decoder, self.layers, self.kv_heads, self.head_dim)
         self.lengths = np.zeros(0, np.int64)
         self.capacity = 0
 
@@ -88,8 +89,8 @@ class NativeShard:
         return lambda x: torch.nn.functional.linear(x, weight, bias)
 
     def start(self, batch: int, max_seq_len: int) -> None:
-        self.keys, self.values = allocate_cache(self.decoder, self.keys, self.values, batch, self.kv_heads,
-                                                max_seq_len, self.head_dim, self.layers, self.max_positions)
+        check_positions(max_seq_len, self.max_positions)
+        self.kv.start(batch, max_seq_len)
         self.capacity = max_seq_len
         self.lengths = np.zeros(batch, np.int64)
 

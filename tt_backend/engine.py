@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..kernels.attention import attention_mask as build_mask
 from ..kernels.attention import rotate_half
+from ..runtime.chunked_prefill import DEFAULT_PREFILL_CHUNK
 from ..runtime.fusion import head_dim, layer_windows
 from ..runtime.model_loader import LoadedModel
 from ..runtime.module_paths import get_module
@@ -56,6 +57,8 @@ def weights_needing_hi(config: PrecisionConfig) -> set[str]:
 
 
 class TTEngine:
+    prefill_chunk = DEFAULT_PREFILL_CHUNK["tt"]
+
     def __init__(self, loaded: LoadedModel, config: PrecisionConfig, weights: TTWeights) -> None:
         c = loaded.config
         self.config, self.weights = config, weights

