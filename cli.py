@@ -48,7 +48,7 @@ def _prepare_libraries() -> None:
 
 def _engine_options(target: str, engine: str, ep, strict_ep: bool, onnx_dir, accuracy_level: int, tt_precision: str,
                     tt_device: str, prefill_chunk: int | None, kv_block_size: int | None, kv_max_blocks: int | None,
-                    flash_attention: bool = False, **_ignored):
+                    kv_dtype: str, flash_attention: bool = False, **_ignored):
     from pathlib import Path
 
     from .runtime.backends import EngineOptions
@@ -57,7 +57,7 @@ def _engine_options(target: str, engine: str, ep, strict_ep: bool, onnx_dir, acc
     return EngineOptions(engine=engine, ep=ep, strict_ep=strict_ep, onnx_dir=Path(onnx_dir) if onnx_dir else None,
                          accuracy_level=accuracy_level, tt_precision=tt_precision, tt_device=tt_device,
                          flash_attention=flash_attention, prefill_chunk=check_prefill_chunk(prefill_chunk),
-                         kv_block_size=kv_block_size, kv_max_blocks=kv_max_blocks)
+                         kv_block_size=kv_block_size, kv_max_blocks=kv_max_blocks, kv_dtype=kv_dtype)
 
 
 def _run_task(task: str, kwargs: dict, mesh_shape: str, pp: int, tt_mesh: str | None, threads_per_rank,
@@ -165,7 +165,7 @@ def export(model_path, target, out, overwrite, accuracy_level, fmt, debug) -> No
 @mesh_options
 @debug_option
 def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
-           tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, prompts, prompts_file,
+           tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, prompts, prompts_file,
            max_new_tokens, max_seq_len, temperature, top_p, top_k, seed, stop_at_eos, instruct, output, overwrite,
            mesh_shape, pp, tt_mesh, threads_per_rank, collective_timeout, debug) -> None:
     """Generate text from prompts on a target.
@@ -176,7 +176,7 @@ def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, st
     """
     _prepare_libraries()
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device,
-                              prefill_chunk, kv_block_size, kv_max_blocks)
+                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype)
     kwargs = dict(model_path=model_path, target=target, dtype=dtype, flash_attention=flash_attention,
                   max_seq_len=max_seq_len, prompts=list(prompts), prompts_file=prompts_file,
                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
@@ -202,8 +202,8 @@ def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, st
 @mesh_options
 @debug_option
 def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
-               tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, dataset, seqlen, nsamples,
-               compare, float_model, fmt, mesh_shape, pp, tt_mesh, threads_per_rank, collective_timeout,
+               tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, dataset, seqlen,
+               nsamples, compare, float_model, fmt, mesh_shape, pp, tt_mesh, threads_per_rank, collective_timeout,
                debug) -> None:
     """Perplexity of a checkpoint on a dataset (the AWQ/GPTQ-paper protocol).
 
@@ -213,7 +213,7 @@ def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep
     """
     _prepare_libraries()
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device,
-                              prefill_chunk, kv_block_size, kv_max_blocks)
+                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype)
     kwargs = dict(model_path=model_path, target=target, dtype=dtype, act_dtype=act_dtype,
                   flash_attention=flash_attention, dataset=dataset, seqlen=seqlen, nsamples=nsamples, compare=compare,
                   float_model=float_model, fmt=fmt, engine_options=options)
@@ -235,7 +235,7 @@ def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep
 @mesh_options
 @debug_option
 def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
-             tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, dataset, seqlen, nsamples,
+             tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, dataset, seqlen, nsamples,
              pcc_tokens, float_model, fmt, mesh_shape, pp, tt_mesh, threads_per_rank, collective_timeout,
              debug) -> None:
     """Teacher-forced top-1/top-5 agreement and logits PCC against the float reference.
@@ -246,7 +246,7 @@ def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, 
     """
     _prepare_libraries()
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device,
-                              prefill_chunk, kv_block_size, kv_max_blocks, flash_attention)
+                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, flash_attention)
     kwargs = dict(model_path=model_path, target=target, dtype=dtype, act_dtype=act_dtype, dataset=dataset,
                   seqlen=seqlen, nsamples=nsamples, float_model=float_model, fmt=fmt, engine_options=options,
                   pcc_tokens=pcc_tokens)
@@ -255,9 +255,9 @@ def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, 
 
 
 def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir,
-               accuracy_level, tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, prompt_lengths,
-               new_tokens, repeats, batch, random_weights, profile, compare_target, w_bit, group_size, symmetric,
-               lm_head, lm_head_group_size, overwrite, fmt, mesh_shape, pp, tt_mesh, threads_per_rank,
+               accuracy_level, tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype,
+               prompt_lengths, new_tokens, repeats, batch, random_weights, profile, compare_target, w_bit, group_size,
+               symmetric, lm_head, lm_head_group_size, overwrite, fmt, mesh_shape, pp, tt_mesh, threads_per_rank,
                collective_timeout, debug=False) -> None:
     ctx = click.get_current_context()
     spec_flags = [f"--{n}" for n in ("w_bit", "group_size", "symmetric", "lm_head", "lm_head_group_size")
@@ -269,7 +269,7 @@ def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_at
     from .kernels.quantizer import QuantSpec
 
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device,
-                              prefill_chunk, kv_block_size, kv_max_blocks)
+                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype)
     spec = QuantSpec(int(w_bit), int(group_size), not symmetric).validate() if random_weights else None
     if compare_target is None:
         compare_target = None if target == "cpu" else "cpu"

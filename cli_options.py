@@ -100,6 +100,10 @@ run_options = _stack(
     click.option("--kv_max_blocks", type=click.IntRange(min=1), default=None,
                  help="The paged KV cache's pool, in blocks, shared by the batch; running out is an error naming "
                       "the size needed. Default: batch x context (memory is used only as blocks fill)."),
+    click.option("--kv_dtype", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default="fp32", show_default=True,
+                 help="Element type of the KV cache (cpu native; the torch engine with --flash_attention holds the "
+                      "same values): bf16 / fp16 halve it, int8 (codes with a scale per token and KV head) quarters "
+                      "it. Accuracy and speed per type: README, \"Long context\"."),
 )
 
 seed_option = click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,

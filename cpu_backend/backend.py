@@ -13,7 +13,8 @@ from dataclasses import replace
 from ..errors import UserError
 from ..runtime.backends import EngineOptions, kv_paging, note_float32_arithmetic
 from ..runtime.engines import make_engine as make_torch_engine
-from ..runtime.engines import refuse_paging
+from ..kernels.kv_quant import KVPrecision
+from ..runtime.engines import refuse_kv_dtype, refuse_paging
 from ..runtime.model_loader import LoadedModel
 
 CPU_ENGINES = ("auto", "native", "onnx", "torch")
@@ -61,15 +62,17 @@ def make_engine(loaded: LoadedModel, options: EngineOptions):
 
         note_float32_arithmetic("native", loaded, "its kernels are float32 with int8 activation codes; the "
                                 "embedding table is held in the dtype")
-        return NativeEngine(*native_state(loaded), None, *kv_paging(options))
+        return NativeEngine(*native_state(loaded), None, *kv_paging(options), options.kv_dtype)
     if choice == "onnx":
         from ..npu_backend.backend import make_npu_engine
 
         refuse_paging("--engine onnx", options.kv_block_size, options.kv_max_blocks)
+        refuse_kv_dtype("--engine onnx", options.kv_dtype)
 
         return make_npu_engine(loaded, replace(options, ep="CPU", strict_ep=False), label="cpu")
     if not options.flash_attention:
-        refuse_paging("the transformers engine (--engine torch without --flash_attention)", options.kv_block_size,
-                      options.kv_max_blocks)
+        name = "the transformers engine (--engine torch without --flash_attention)"
+        refuse_paging(name, options.kv_block_size, options.kv_max_blocks)
+        refuse_kv_dtype(name, options.kv_dtype)
         return make_torch_engine(loaded, False)
-    return make_torch_engine(loaded, True, *kv_paging(options))
+    return make_torch_engine(loaded, True, *kv_paging(options), KVPrecision(options.kv_dtype))

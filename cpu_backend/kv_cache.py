@@ -1,8 +1,10 @@
 """The native decoder's KV cache: contiguous (one block of every slot per row) or paged (blocks on demand).
 
-Storage, per layer (what cpu_backend/native/decoder.cpp's `Decoder.set_cache` takes):
-  values  float32 (P, kv_heads, bs, head_dim)
-  keys    float32 (P, kv_heads, bs / 16, head_dim, 16): slot o of block p, dim i at [p, kv, o / 16, i, o % 16]
+Storage, per layer (what cpu_backend/native/decoder.cpp's `Decoder.set_cache` takes), in the element type of
+`--kv_dtype` (float32, bfloat16, float16 or int8; kernels/kv_quant.py states what each stores):
+  values  (P, kv_heads, bs, head_dim)
+  keys    (P, kv_heads, bs / 16, head_dim, 16): slot o of block p, dim i at [p, kv, o / 16, i, o % 16]
+  int8 only: key_scales, value_scales float32 (P, kv_heads, bs), one scale per slot and KV head
   table   int32 (B, nb): row b's slot s is in block table[b, s // bs] at offset s % bs; -1 = no block
 with bs, the block size, a multiple of 16, and the same P blocks in every layer (block p of a row is block p of
 each layer's pool).
@@ -23,21 +25,34 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..kernels.kv_quant import KV_DTYPES, STORAGE, kv_bytes_per_token
 
 
-def _pool(layers: int, blocks: int, kv_heads: int, block: int, head_dim: int, fill_zero: bool) -> tuple[list, list]:
-    make = torch.zeros if fill_zero else torch.empty
-    keys = [make(blocks, kv_heads, block // 16, head_dim, 16) for _ in range(layers)]
-    values = [make(blocks, kv_heads, block, head_dim) for _ in range(layers)]
-    return keys, values
+def check_kv_dtype(kv_dtype: str) -> None:
+    if kv_dtype not in KV_DTYPES:
+        raise UserError(f"--kv_dtype {kv_dtype} is invalid.", f"Use one of: {', '.join(KV_DTYPES)}.")
+
+
+def _pool(layers: int, blocks: int, kv_heads: int, block: int, head_dim: int, fill_zero: bool,
+          kv_dtype: str) -> tuple[list, list, list, list]:
+    """-> keys, values, key_scales, value_scales (the scales empty unless int8), one tensor per layer each."""
+    make, dtype = torch.zeros if fill_zero else torch.empty, STORAGE[kv_dtype]
+    keys = [make(blocks, kv_heads, block // 16, head_dim, 16, dtype=dtype) for _ in range(layers)]
+    values = [make(blocks, kv_heads, block, head_dim, dtype=dtype) for _ in range(layers)]
+    n = layers if kv_dtype == "int8" else 0
+    return keys, values, [make(blocks, kv_heads, block) for _ in range(n)], [make(blocks, kv_heads, block)
+                                                                               for _ in range(n)]
 
 
 class ContiguousKV:
     """One block of `ceil(context / 16) * 16` slots per row, allocated at `start` (kept while the shape holds)."""
     paged = False
 
-    def __init__(self, decoder, layers: int, kv_heads: int, head_dim: int) -> None:
+    def __init__(self, decoder, layers: int, kv_heads: int, head_dim: int, kv_dtype: str = "fp32") -> None:
+        check_kv_dtype(kv_dtype)
         self.decoder, self.layers, self.kv_heads, self.head_dim = decoder, layers, kv_heads, head_dim
+        self.kv_dtype = kv_dtype
+        self.scales: tuple[list, list] = ([], [])     # int8: key and value scales per layer
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.shape: tuple[int, int] | None = None
@@ -45,9 +60,10 @@ class ContiguousKV:
     def start(self, batch: int, max_seq_len: int) -> None:
         slots = -(-max_seq_len // 16) * 16
         if self.shape != (batch, slots):
-            self.keys, self.values = _pool(self.layers, batch, self.kv_heads, slots, self.head_dim, fill_zero=True)
+            self.keys, self.values, *self.scales = _pool(self.layers, batch, self.kv_heads, slots, self.head_dim,
+                                                         True, self.kv_dtype)
             table = torch.arange(batch, dtype=torch.int32)[:, None].contiguous()              # (B, 1)
-            self.decoder.set_cache(self.keys, self.values, table)
+            self.decoder.set_cache(self.keys, self.values, table, *self.scales)
             self.shape = (batch, slots)
 
     def reserve(self, lengths: np.ndarray) -> None:
@@ -58,7 +74,8 @@ class ContiguousKV:
 
     @property
     def resident_bytes(self) -> int:
-        return sum(t.numel() * 4 for t in self.keys + self.values)
+        return self.shape[0] * self.shape[1] * kv_bytes_per_token(self.kv_dtype, self.layers, self.kv_heads,
+                                                                  self.head_dim) if self.shape else 0
 
 
 class PagedKV:
@@ -66,13 +83,15 @@ class PagedKV:
     paged = True
 
     def __init__(self, decoder, layers: int, kv_heads: int, head_dim: int, block_size: int,
-                 max_blocks: int | None) -> None:
+                 max_blocks: int | None, kv_dtype: str = "fp32") -> None:
+        check_kv_dtype(kv_dtype)
         if block_size < 16 or block_size % 16:
             raise UserError(f"--kv_block_size {block_size} is invalid.", "Use a multiple of 16 (16, 32, 64, ...).")
         if max_blocks is not None and max_blocks < 1:
             raise UserError(f"--kv_max_blocks {max_blocks} is invalid.", "Use 1 or more blocks.")
         self.decoder, self.layers, self.kv_heads, self.head_dim = decoder, layers, kv_heads, head_dim
-        self.block_size, self.max_blocks = block_size, max_blocks
+        self.block_size, self.max_blocks, self.kv_dtype = block_size, max_blocks, kv_dtype
+        self.scales: tuple[list, list] = ([], [])     # int8: key and value scales per layer
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.pool_blocks = 0
@@ -83,8 +102,8 @@ class PagedKV:
 
     @property
     def block_bytes(self) -> int:
-        """Bytes of one block over all layers (keys and values, float32)."""
-        return 2 * self.layers * self.kv_heads * self.block_size * self.head_dim * 4
+        """Bytes of one block over all layers (keys and values, and int8's scales)."""
+        return self.block_size * kv_bytes_per_token(self.kv_dtype, self.layers, self.kv_heads, self.head_dim)
 
     def start(self, batch: int, max_seq_len: int) -> None:
         """A new batch: every block is free; the table has room for `max_seq_len` slots per row. Without
@@ -92,15 +111,15 @@ class PagedKV:
         per_row = -(-max_seq_len // self.block_size)
         blocks = self.max_blocks if self.max_blocks is not None else batch * per_row
         if blocks > self.pool_blocks:
-            self.keys, self.values = _pool(self.layers, blocks, self.kv_heads, self.block_size, self.head_dim,
-                                           fill_zero=False)
+            self.keys, self.values, *self.scales = _pool(self.layers, blocks, self.kv_heads, self.block_size,
+                                                         self.head_dim, False, self.kv_dtype)
             self.pool_blocks = blocks
         self.free = list(range(self.pool_blocks if self.max_blocks is None else self.max_blocks))
         heapq.heapify(self.free)
         self.table = torch.full((batch, per_row), -1, dtype=torch.int32)
         self.held = [0] * batch
         self.peak_blocks = 0
-        self.decoder.set_cache(self.keys, self.values, self.table)
+        self.decoder.set_cache(self.keys, self.values, self.table, *self.scales)
 
     def reserve(self, lengths: np.ndarray) -> None:
         """Give every row the blocks its `lengths` (B,) tokens need after the coming call (the table is updated in

@@ -41,9 +41,10 @@ class NativeEngine:
     prefill_chunk = DEFAULT_PREFILL_CHUNK["native"]
 
     def __init__(self, tensors: dict[str, torch.Tensor], spec: dict, threads: int | None = None,
-                 kv_block_size: int | None = None, kv_max_blocks: int | None = None) -> None:
+                 kv_block_size: int | None = None, kv_max_blocks: int | None = None, kv_dtype: str = "fp32") -> None:
         """tensors, spec: a native state (cpu_backend/native_state.py). kv_block_size: a paged KV cache of blocks of
-        that many tokens, at most kv_max_blocks of them (cpu_backend/kv_cache.py); None: a contiguous cache."""
+        that many tokens, at most kv_max_blocks of them (cpu_backend/kv_cache.py); None: a contiguous cache.
+        kv_dtype: the cache's element type (fp32, bf16, fp16, int8; kernels/kv_quant.py)."""
         ext = native_build.load()
         self.isa = ext.isa()
         self.profile_phases: list[str] = ext.profile_phases()     # per-layer steps Decoder.take_profile() times
@@ -82,9 +83,10 @@ class NativeEngine:
             if kv_max_blocks is not None:
                 raise UserError("--kv_max_blocks sizes a paged KV cache, and none was asked for.",
                                 "Add --kv_block_size N (a multiple of 16), or drop --kv_max_blocks.")
-            self.kv = ContiguousKV(self.decoder, self.layers, self.kv_heads, self.head_dim)
+            self.kv = ContiguousKV(self.decoder, self.layers, self.kv_heads, self.head_dim, kv_dtype)
         else:
-            self.kv = PagedKV(self.decoder, self.layers, self.kv_heads, self.head_dim, kv_block_size, kv_max_blocks)
+            self.kv = PagedKV(self.decoder, self.layers, self.kv_heads, self.head_dim, kv_block_size, kv_max_blocks,
+                              kv_dtype)
         self.lengths = np.zeros(0, np.int64)
         self.profiler = None                          # evaluation/profiler.NativeProfiler while --profile runs
 

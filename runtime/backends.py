@@ -36,6 +36,8 @@ class EngineOptions:
                                          # (None = DEFAULT_KV_BLOCK, 0 = one contiguous block per row); elsewhere
                                          # only None is accepted
     kv_max_blocks: int | None = None     # the paged cache's pool (None = batch x context, resident only as used)
+    kv_dtype: str = "fp32"               # cpu native (all) and torch --flash_attention (all, as round-tripped
+                                         # values): fp32, bf16, fp16, int8 (kernels/kv_quant.py)
 
 
 DEFAULT_KV_BLOCK = 64          # tokens per KV cache block (benchmarks/kv_block_size.py)
@@ -67,9 +69,10 @@ class Backend:
 
     def make_engine(self, loaded: LoadedModel, options: EngineOptions):
         if self.name != "cpu":
-            from .engines import refuse_paging
+            from .engines import refuse_kv_dtype, refuse_paging
 
             refuse_paging(f"--target {self.name}", options.kv_block_size, options.kv_max_blocks)
+            refuse_kv_dtype(f"--target {self.name}", options.kv_dtype)
         engine = importlib.import_module(self.module, __package__.rpartition(".")[0]).make_engine(loaded, options)
         if options.prefill_chunk is not None:
             engine.prefill_chunk = options.prefill_chunk

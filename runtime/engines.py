@@ -111,6 +111,14 @@ def make_engine(loaded: LoadedModel, flash_attention: bool, kv_block_size: int |
     return StaticCacheEngine(loaded, kv_block_size, kv_max_blocks, kv_precision)
 
 
+def refuse_kv_dtype(engine: str, kv_dtype: str) -> None:
+    """--kv_dtype other than fp32 on an engine whose cache holds its own precision: a UserError."""
+    if kv_dtype != "fp32":
+        raise UserError(f"--kv_dtype {kv_dtype} sets the KV cache of the native engine and of --engine torch "
+                        f"--flash_attention; {engine} keeps its own (the tt target: through --tt_precision).",
+                        "Drop --kv_dtype for this engine, or run --engine native.")
+
+
 def refuse_paging(engine: str, kv_block_size: int | None, kv_max_blocks: int | None) -> None:
     """--kv_block_size / --kv_max_blocks on an engine without a paged KV cache: a UserError."""
     if kv_block_size is not None or kv_max_blocks is not None:

@@ -107,6 +107,54 @@ inline v16f splat(float x) { return v16f{} + x; }
 inline v16f load16(const float* p) { v16f v; __builtin_memcpy(&v, p, 64); return v; }
 inline void store16(float* p, v16f v) { __builtin_memcpy(p, &v, 64); }
 
+// ---- KV cache element types: 16 stored values -> 16 floats; one float -> its stored value -----------------
+// kKvF32 float; kKvBF16 bf16 bits (round to nearest even); kKvF16 IEEE half (F16C); kKvI8 int8 codes, a float
+// scale per (slot, KV head) and one per (KV head, dim) (docs/native_engine.md).
+enum KvKind { kKvF32 = 0, kKvBF16 = 1, kKvF16 = 2, kKvI8 = 3 };
+typedef uint16_t v16u16 __attribute__((vector_size(32), aligned(2)));
+typedef uint32_t v16u32 __attribute__((vector_size(64), aligned(4)));
+typedef int8_t v16i8 __attribute__((vector_size(16), aligned(1)));
+template <int KIND> struct KvElem;
+template <> struct KvElem<kKvF32> { using type = float; };
+template <> struct KvElem<kKvBF16> { using type = uint16_t; };
+template <> struct KvElem<kKvF16> { using type = uint16_t; };
+template <> struct KvElem<kKvI8> { using type = int8_t; };
+
+template <int KIND>
+inline v16f load_kv16(const typename KvElem<KIND>::type* p) {
+    if constexpr (KIND == kKvF32) {
+        return load16(p);
+    } else if constexpr (KIND == kKvBF16) {
+        v16u16 u;
+        __builtin_memcpy(&u, p, 32);
+        return (v16f)(__builtin_convertvector(u, v16u32) << 16);
+    } else if constexpr (KIND == kKvF16) {
+        v16f v;
+#if EDGEAWQ_AVX512
+        const __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p));
+        __builtin_memcpy(&v, &w, 64);
+#else
+        const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p));
+        const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 8)));
+        __builtin_memcpy(&v, &lo, 32);
+        __builtin_memcpy((char*)&v + 32, &hi, 32);
+#endif
+        return v;
+    } else {
+        v16i8 c;
+        __builtin_memcpy(&c, p, 16);
+        return __builtin_convertvector(c, v16f);
+    }
+}
+
+inline uint16_t to_bf16(float x) {                  // round to nearest even (finite x)
+    uint32_t u;
+    __builtin_memcpy(&u, &x, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+inline uint16_t to_f16(float x) { return _cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT); }
+
 // exp as exp8 above, 16 lanes; round-to-nearest-even of n by the 1.5 * 2^23 trick (|x / ln 2| < 2^22).
 inline v16f exp16(v16f x) {
     x = x < -87.3f ? splat(-87.3f) : x;
@@ -599,25 +647,27 @@ QLinear make_linear(torch::Tensor lines, torch::Tensor meta, c10::optional<torch
     return w;
 }
 
-// out[0:16 CH] += sum_{j < n} p[j] * V[j, :] (V rows of 16 CH floats); accumulators in registers.
-template <int CH>
-inline void weighted_sum(const float* p, const float* V, int64_t n, float* out) {
+// out[0:16 CH] += sum_{j < n} p[j] * V[j, :] (V rows of 16 CH stored values); accumulators in registers.
+template <int KIND, int CH>
+inline void weighted_sum(const float* p, const typename KvElem<KIND>::type* V, int64_t n, float* out) {
     v16f a[CH];
     for (int c = 0; c < CH; ++c) a[c] = load16(out + 16 * c);
     for (int64_t j = 0; j < n; ++j) {
-        const float* v = V + j * 16 * CH;
-        for (int c = 0; c < CH; ++c) a[c] += load16(v + 16 * c) * p[j];
+        const auto* v = V + j * 16 * CH;
+        for (int c = 0; c < CH; ++c) a[c] += load_kv16<KIND>(v + 16 * c) * p[j];
     }
     for (int c = 0; c < CH; ++c) store16(out + 16 * c, a[c]);
 }
 
-inline void weighted_sum_any(const float* p, const float* V, int64_t n, int64_t chunks, float* out) {
+template <int KIND>
+inline void weighted_sum_any(const float* p, const typename KvElem<KIND>::type* V, int64_t n, int64_t chunks,
+                             float* out) {
     for (int64_t c0 = 0; c0 < chunks; c0 += 4) {
         const int64_t m = std::min<int64_t>(4, chunks - c0);
         v16f a[4];
         for (int64_t c = 0; c < m; ++c) a[c] = load16(out + 16 * (c0 + c));
         for (int64_t j = 0; j < n; ++j)
-            for (int64_t c = 0; c < m; ++c) a[c] += load16(V + j * 16 * chunks + 16 * (c0 + c)) * p[j];
+            for (int64_t c = 0; c < m; ++c) a[c] += load_kv16<KIND>(V + j * 16 * chunks + 16 * (c0 + c)) * p[j];
         for (int64_t c = 0; c < m; ++c) store16(out + 16 * (c0 + c), a[c]);
     }
 }
@@ -637,6 +687,7 @@ struct Layer {
     torch::Tensor input_norm, post_norm;    // float32 (D,)
     QLinear qkv, o, gate_up, down;
     int64_t window = 0;                     // 0 = full attention, else sliding window length
+    torch::Tensor k_channel, v_channel;     // int8 KV cache: static per-channel scales (undefined: dynamic)
     float act_qkv = 0, act_o = 0, act_gu = 0, act_down = 0;   // static int8 input scales (0 = dynamic)
 };
 
@@ -681,21 +732,53 @@ class Decoder {
     // at [p, kv, o / 16, i, o % 16]. table: int32 (B, nb), row b's slot s lives in block table[b, s / bs] at offset
     // s % bs (-1: no block). A contiguous cache is one block of all the slots per row: P = B, table[b] = {b}.
     // The table is read at every forward: the caller may change its entries in place between calls.
-    void set_cache(std::vector<torch::Tensor> keys, std::vector<torch::Tensor> values, torch::Tensor table) {
+    // Element types: float32, bfloat16, float16 or int8 (the same for keys and values in every layer). int8 adds
+    // per layer key_scales / value_scales float32 (P, kv_heads, bs): a stored code q of slot o, dim i stands for
+    // q * scale[p, kv, o] * channel[kv * head_dim + i] (channel scales: set_kv_channel_scales, default 1).
+    void set_cache(std::vector<torch::Tensor> keys, std::vector<torch::Tensor> values, torch::Tensor table,
+                   std::vector<torch::Tensor> key_scales, std::vector<torch::Tensor> value_scales) {
         TORCH_CHECK(keys.size() == layers_.size() && values.size() == layers_.size(), "one cache per layer");
+        const auto dt = values.at(0).scalar_type();
+        TORCH_CHECK(dt == torch::kFloat32 || dt == torch::kBFloat16 || dt == torch::kFloat16 || dt == torch::kInt8,
+                    "KV cache dtype: float32, bfloat16, float16 or int8");
+        const int kind = dt == torch::kFloat32 ? kKvF32 : dt == torch::kBFloat16 ? kKvBF16
+                         : dt == torch::kFloat16 ? kKvF16 : kKvI8;
         for (size_t i = 0; i < keys.size(); ++i) {
             const auto& k = keys[i];
             const auto& v = values[i];
-            TORCH_CHECK(v.dtype() == torch::kFloat32 && v.is_contiguous() && v.dim() == 4 && v.size(1) == kvh_ &&
+            TORCH_CHECK(v.scalar_type() == dt && v.is_contiguous() && v.dim() == 4 && v.size(1) == kvh_ &&
                         v.size(3) == hd_ && v.size(2) % 16 == 0 && v.sizes() == values[0].sizes(),
-                        "values: float32 (blocks, kv_heads, 16n, head_dim), the same in every layer");
-            TORCH_CHECK(k.dtype() == torch::kFloat32 && k.is_contiguous() && k.dim() == 5 && k.size(0) == v.size(0) &&
+                        "values: (blocks, kv_heads, 16n, head_dim), the same in every layer");
+            TORCH_CHECK(k.scalar_type() == dt && k.is_contiguous() && k.dim() == 5 && k.size(0) == v.size(0) &&
                         k.size(1) == kvh_ && k.size(2) * 16 == v.size(2) && k.size(3) == hd_ && k.size(4) == 16,
-                        "keys: float32 (blocks, kv_heads, block / 16, head_dim, 16)");
+                        "keys: (blocks, kv_heads, block / 16, head_dim, 16), the values' dtype");
+        }
+        if (kind == kKvI8) {
+            TORCH_CHECK(key_scales.size() == layers_.size() && value_scales.size() == layers_.size(),
+                        "an int8 cache needs key and value scales per layer");
+            for (size_t i = 0; i < keys.size(); ++i)
+                for (const auto* s : {&key_scales[i], &value_scales[i]})
+                    TORCH_CHECK(s->dtype() == torch::kFloat32 && s->is_contiguous() && s->dim() == 3 &&
+                                s->size(0) == values[i].size(0) && s->size(1) == kvh_ && s->size(2) == values[i].size(2),
+                                "KV scales: float32 (blocks, kv_heads, block)");
         }
         TORCH_CHECK(table.dtype() == torch::kInt32 && table.is_contiguous() && table.dim() == 2,
                     "table: contiguous int32 (batch, blocks per row)");
         keys_ = std::move(keys); values_ = std::move(values); table_ = std::move(table);
+        key_scales_ = std::move(key_scales); value_scales_ = std::move(value_scales);
+        kv_kind_ = kind;
+    }
+
+    // Static per-channel scales of an int8 cache (calibrated; checkpoint tensors): layer i's keys and values,
+    // float32 (kv_heads * head_dim,) each. A layer with them stores q = round(x / channel) (clamped to +-127) with
+    // slot scale 1; without them, per (slot, KV head) q = round(x / s), s = max|x| / 127.
+    void set_kv_channel_scales(int64_t i, torch::Tensor keys, torch::Tensor values) {
+        TORCH_CHECK(i >= 0 && i < (int64_t)layers_.size(), "layer index out of range");
+        for (const auto* s : {&keys, &values})
+            TORCH_CHECK(s->dtype() == torch::kFloat32 && s->numel() == kvh_ * hd_ && (*s > 0).all().item<bool>(),
+                        "channel scales: positive float32 (kv_heads * head_dim,)");
+        layers_[i].k_channel = keys.contiguous();
+        layers_[i].v_channel = values.contiguous();
     }
 
     // h: float32 (M, D) embedded tokens, updated in place through every layer (not the final norm).
@@ -738,9 +821,19 @@ class Decoder {
             quantize_rows(x.data(), M, D_, L.qkv.g, acts_, pool_, L.act_qkv);
             qmatmul(L.qkv, acts_, M, qkv.data(), ld_qkv, pool_);
             mark(li, 1);
-            rope_and_store(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li]);
+            switch (kv_kind_) {
+                case kKvBF16: rope_and_store<kKvBF16>(qkv.data(), ld_qkv, M, row, slot, li); break;
+                case kKvF16: rope_and_store<kKvF16>(qkv.data(), ld_qkv, M, row, slot, li); break;
+                case kKvI8: rope_and_store<kKvI8>(qkv.data(), ld_qkv, M, row, slot, li); break;
+                default: rope_and_store<kKvF32>(qkv.data(), ld_qkv, M, row, slot, li);
+            }
             mark(li, 2);
-            attention(qkv.data(), ld_qkv, M, row, slot, keys_[li], values_[li], L.window, att.data());
+            switch (kv_kind_) {
+                case kKvBF16: attention<kKvBF16>(qkv.data(), ld_qkv, M, row, slot, li, att.data()); break;
+                case kKvF16: attention<kKvF16>(qkv.data(), ld_qkv, M, row, slot, li, att.data()); break;
+                case kKvI8: attention<kKvI8>(qkv.data(), ld_qkv, M, row, slot, li, att.data()); break;
+                default: attention<kKvF32>(qkv.data(), ld_qkv, M, row, slot, li, att.data());
+            }
             mark(li, 3);
             quantize_rows(att.data(), M, nh_ * hd_, L.o.g, acts_, pool_, L.act_o);
             qmatmul(L.o, acts_, M, out.data(), D_, pool_);
@@ -811,14 +904,20 @@ class Decoder {
         });
     }
 
-    // RoPE (rotate-half pairs (i, i + hd/2)) on q and k in place; k and v written to their cache slots
-    // (keys transposed in blocks of 16 slots: see set_cache).
-    void rope_and_store(float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot,
-                        torch::Tensor& keys, torch::Tensor& values) {
-        const int64_t half = hd_ / 2, bs = values.size(2), nb = table_.size(1);
+    // RoPE (rotate-half pairs (i, i + hd/2)) on q and k in place; k and v written to their cache slots in the
+    // cache's element type (keys transposed in blocks of 16 slots: see set_cache; int8: see set_cache and
+    // set_kv_channel_scales).
+    template <int KIND>
+    void rope_and_store(float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot, size_t li) {
+        using T = typename KvElem<KIND>::type;
+        const int64_t half = hd_ / 2, bs = values_[li].size(2), nb = table_.size(1);
         const int32_t* tab = table_.data_ptr<int32_t>();
-        float* K = keys.data_ptr<float>();
-        float* V = values.data_ptr<float>();
+        T* K = (T*)keys_[li].data_ptr();
+        T* V = (T*)values_[li].data_ptr();
+        const Layer& L = layers_[li];
+        const float* kc = KIND == kKvI8 && L.k_channel.defined() ? L.k_channel.data_ptr<float>() : nullptr;
+        const float* vc = KIND == kKvI8 && L.v_channel.defined() ? L.v_channel.data_ptr<float>() : nullptr;
+        std::vector<float> tmp(hd_);
         for (int64_t m = 0; m < M; ++m) {
             const int64_t blk = tab[row[m] * nb + slot[m] / bs], o = slot[m] % bs;
             const float* c = cos_.data_ptr<float>() + slot[m] * half;
@@ -834,43 +933,90 @@ class Decoder {
             }
             for (int64_t kv = 0; kv < kvh_; ++kv) {
                 const float* k = t + (nh_ + kv) * hd_;
-                float* kt = K + (((blk * kvh_ + kv) * (bs / 16) + o / 16) * hd_) * 16 + o % 16;
-                for (int64_t i = 0; i < hd_; ++i) kt[16 * i] = k[i];
-                std::copy(t + (nh_ + kvh_ + kv) * hd_, t + (nh_ + kvh_ + kv + 1) * hd_,
-                          V + ((blk * kvh_ + kv) * bs + o) * hd_);
+                const float* v = t + (nh_ + kvh_ + kv) * hd_;
+                T* kt = K + (((blk * kvh_ + kv) * (bs / 16) + o / 16) * hd_) * 16 + o % 16;
+                T* vt = V + ((blk * kvh_ + kv) * bs + o) * hd_;
+                if constexpr (KIND == kKvI8) {
+                    const int64_t at = (blk * kvh_ + kv) * bs + o;
+                    key_scales_[li].data_ptr<float>()[at] = quantize_kv(k, kc ? kc + kv * hd_ : nullptr, tmp.data());
+                    for (int64_t i = 0; i < hd_; ++i) kt[16 * i] = (int8_t)tmp[i];
+                    value_scales_[li].data_ptr<float>()[at] = quantize_kv(v, vc ? vc + kv * hd_ : nullptr, tmp.data());
+                    for (int64_t i = 0; i < hd_; ++i) vt[i] = (int8_t)tmp[i];
+                } else {
+                    for (int64_t i = 0; i < hd_; ++i) kt[16 * i] = store_kv<KIND>(k[i]);
+                    for (int64_t i = 0; i < hd_; ++i) vt[i] = store_kv<KIND>(v[i]);
+                }
             }
         }
     }
 
+    template <int KIND>
+    static typename KvElem<KIND>::type store_kv(float x) {
+        if constexpr (KIND == kKvBF16) return to_bf16(x);
+        else if constexpr (KIND == kKvF16) return to_f16(x);
+        else return x;
+    }
+
+    // x (head_dim,) -> codes q (as floats, in [-127, 127]) and the slot scale s, x[i] ~ q[i] * s * channel[i]:
+    // with channel scales, y = x / channel, s = 1, q = clamp(round(y)); else s = max|x| / 127, q = round(x / s)
+    // (all 0 when x is 0). Rounding half to even.
+    float quantize_kv(const float* x, const float* channel, float* q) const {
+        if (channel) {
+            for (int64_t i = 0; i < hd_; ++i) q[i] = std::min(127.f, std::max(-127.f, std::nearbyint(x[i] / channel[i])));
+            return 1.f;
+        }
+        float amax = 0.f;
+        for (int64_t i = 0; i < hd_; ++i) amax = std::max(amax, std::fabs(x[i]));
+        const float s = amax / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
+        for (int64_t i = 0; i < hd_; ++i) q[i] = std::nearbyint(x[i] * inv);
+        return s;
+    }
+
     // One task per (token, KV head): the q heads sharing that KV head together. Scores 16 keys at a time from
     // the transposed key blocks (no horizontal sums); softmax in fp32; values accumulated 16 dims at a time, block
-    // by block of the cache.
-    void attention(const float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot,
-                   const torch::Tensor& keys, const torch::Tensor& values, int64_t window, float* out) {
-        const int64_t bs = values.size(2), nb = table_.size(1), S = nb * bs, group = nh_ / kvh_, chunks = hd_ / 16;
+    // by block of the cache. int8: the keys' channel scales multiply q, their slot scales the 16 scores; the
+    // values' slot scales multiply the probabilities, their channel scales the output.
+    template <int KIND>
+    void attention(const float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot, size_t li,
+                   float* out) {
+        using T = typename KvElem<KIND>::type;
+        const int64_t bs = values_[li].size(2), nb = table_.size(1), S = nb * bs, group = nh_ / kvh_,
+                      chunks = hd_ / 16, window = layers_[li].window;
         const int32_t* tab = table_.data_ptr<int32_t>();
-        const float* K = keys.data_ptr<float>();
-        const float* V = values.data_ptr<float>();
+        const T* K = (const T*)keys_[li].data_ptr();
+        const T* V = (const T*)values_[li].data_ptr();
+        const float* ks = KIND == kKvI8 ? key_scales_[li].data_ptr<float>() : nullptr;
+        const float* vs = KIND == kKvI8 ? value_scales_[li].data_ptr<float>() : nullptr;
+        const Layer& L = layers_[li];
+        const float* kc = KIND == kKvI8 && L.k_channel.defined() ? L.k_channel.data_ptr<float>() : nullptr;
+        const float* vc = KIND == kKvI8 && L.v_channel.defined() ? L.v_channel.data_ptr<float>() : nullptr;
         const float scale = 1.f / std::sqrt((float)hd_);
         pool_.run(M * kvh_, [&](int64_t b, int64_t e) {
-            std::vector<float> scores(group * S);
+            std::vector<float> scores(group * S), qs(kc ? group * hd_ : 0);
             for (int64_t task = b; task < e; ++task) {
                 const int64_t m = task / kvh_, kv = task % kvh_;
                 const int64_t hi = slot[m], lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;
                 const int64_t b0 = lo / 16, b1 = hi / 16;                       // 16-key chunks touched
                 const float* q = qkv + m * ld + kv * group * hd_;                // the group's q heads, adjacent
+                if (kc) {                                                        // q * the keys' channel scales
+                    for (int64_t h = 0; h < group; ++h)
+                        for (int64_t i = 0; i < hd_; ++i) qs[h * hd_ + i] = q[h * hd_ + i] * kc[kv * hd_ + i];
+                    q = qs.data();
+                }
                 const int32_t* rt = tab + row[m] * nb;                           // the row's blocks
                 for (int64_t blk = b0; blk <= b1; ++blk) {
-                    const int64_t s0 = 16 * blk;
-                    const float* kt = K + ((rt[s0 / bs] * kvh_ + kv) * (bs / 16) + (s0 % bs) / 16) * hd_ * 16;
+                    const int64_t s0 = 16 * blk, base = (rt[s0 / bs] * kvh_ + kv) * bs + s0 % bs;
+                    const T* kt = K + ((rt[s0 / bs] * kvh_ + kv) * (bs / 16) + (s0 % bs) / 16) * hd_ * 16;
                     for (int64_t h = 0; h < group; ++h) {
                         const float* qh = q + h * hd_;
                         v16f s0 = splat(0.f), s1 = splat(0.f);
                         for (int64_t i = 0; i < hd_; i += 2) {
-                            s0 += load16(kt + 16 * i) * qh[i];
-                            s1 += load16(kt + 16 * (i + 1)) * qh[i + 1];
+                            s0 += load_kv16<KIND>(kt + 16 * i) * qh[i];
+                            s1 += load_kv16<KIND>(kt + 16 * (i + 1)) * qh[i + 1];
                         }
-                        store16(scores.data() + h * S + 16 * blk, (s0 + s1) * scale);
+                        v16f sc = (s0 + s1) * scale;
+                        if constexpr (KIND == kKvI8) sc *= load16(ks + base);
+                        store16(scores.data() + h * S + 16 * blk, sc);
                     }
                 }
                 for (int64_t h = 0; h < group; ++h) {
@@ -891,16 +1037,22 @@ class Decoder {
                     std::fill(o, o + hd_, 0.f);
                     for (int64_t j0 = lo; j0 <= hi;) {                             // one cache block at a time
                         const int64_t j1 = std::min(hi + 1, (j0 / bs + 1) * bs);
-                        const float* Vb = V + ((rt[j0 / bs] * kvh_ + kv) * bs + j0 % bs) * hd_;
+                        const int64_t base = (rt[j0 / bs] * kvh_ + kv) * bs + j0 % bs;
+                        const T* Vb = V + base * hd_;
+                        if constexpr (KIND == kKvI8)
+                            for (int64_t t = 0; t < j1 - j0; ++t) sc[j0 + t] *= vs[base + t];
                         switch (chunks) {
-                            case 4: weighted_sum<4>(sc + j0, Vb, j1 - j0, o); break;
-                            case 8: weighted_sum<8>(sc + j0, Vb, j1 - j0, o); break;
-                            default: weighted_sum_any(sc + j0, Vb, j1 - j0, chunks, o);
+                            case 4: weighted_sum<KIND, 4>(sc + j0, Vb, j1 - j0, o); break;
+                            case 8: weighted_sum<KIND, 8>(sc + j0, Vb, j1 - j0, o); break;
+                            default: weighted_sum_any<KIND>(sc + j0, Vb, j1 - j0, chunks, o);
                         }
                         j0 = j1;
                     }
                     const float inv = 1.f / total;
-                    for (int64_t i = 0; i < hd_; ++i) o[i] *= inv;
+                    if (vc)
+                        for (int64_t i = 0; i < hd_; ++i) o[i] *= inv * vc[kv * hd_ + i];
+                    else
+                        for (int64_t i = 0; i < hd_; ++i) o[i] *= inv;
                 }
             }
         });
@@ -912,6 +1064,8 @@ class Decoder {
     std::vector<Layer> layers_;
     std::vector<torch::Tensor> keys_, values_;
     torch::Tensor table_;
+    std::vector<torch::Tensor> key_scales_, value_scales_;
+    int kv_kind_ = kKvF32;
     Pool pool_;
     QActs acts_;
     bool profiling_ = false;
@@ -955,6 +1109,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def("add_layer", &Decoder::add_layer)
         .def("set_act_scales", &Decoder::set_act_scales)
         .def("set_cache", &Decoder::set_cache)
+        .def("set_kv_channel_scales", &Decoder::set_kv_channel_scales)
         .def("forward", &Decoder::forward, py::call_guard<py::gil_scoped_release>())
         .def("set_reducer", &Decoder::set_reducer)
         .def("set_profiling", &Decoder::set_profiling)
