@@ -1,13 +1,14 @@
 """The native engine's KV cache by block size: decode speed at depth, and the memory a batch of mixed lengths holds.
 
-* speed: one native engine on a random-weight shape (w4 g128, bf16 embedding); each round prefills a random
-  prompt of --context tokens and decodes --new_tokens greedily once per block size (0 = contiguous), the order
-  rotating between rounds: decode tok/s per block size (medians, and the median of the per-round ratios to the
-  contiguous cache). The cache mode is swapped on the same engine, so every run reads the same weights.
-* memory: per block size, a fresh process starts a batch of --batch_lengths prompts (default 8 rows from 64 to
-  2048 tokens) with context = the longest + --new_tokens, prefills it (in chunks of 256) and decodes --new_tokens:
-  the growth of resident memory from before start() to the end (the KV cache and what the calls leave behind)
-  and the blocks held, against the bytes the rows' tokens need.
+* speed: one native engine on a random-weight shape (w4 g128 and lm_head w4 g128, bf16 embedding) and one cache per
+  block size (0 = contiguous) holding --context tokens of random content (benchmarks/decode_at_depth.py); each round
+  decodes --new_tokens from that depth once per block size, the order rotating between rounds: decode tok/s per
+  block size (medians, and the median of the per-round ratios to the contiguous cache). The caches are swapped on
+  the same engine, so every run reads the same weights.
+* memory: per block size, a fresh process starts a batch of --batch_lengths prompts (default 8 rows from 64 to 2048
+  tokens) with context = the longest + --new_tokens, prefills it (in chunks of 256) and decodes --new_tokens: the
+  growth of resident memory from before start() to the end (the KV cache and what the calls leave behind) and the
+  blocks held, against the bytes the rows' tokens need.
 JSON lines. Run it alone on the machine.
 
 Usage: python benchmarks/kv_block_size.py [--model llama-3.2-1b] [--blocks 0 16 32 64 128] [--context 2048]
@@ -30,7 +31,8 @@ def build(model: str):
     from edgeawq.runtime.backends import BACKENDS, EngineOptions
     from edgeawq.runtime.random_model import random_quantized_model
 
-    loaded = random_quantized_model(model, QuantSpec(4, 128).validate(), torch.bfloat16, torch.float32)
+    loaded = random_quantized_model(model, QuantSpec(4, 128).validate(), torch.bfloat16, torch.float32,
+                                    lm_head_group_size=128)
     return BACKENDS["cpu"].make_engine(loaded, EngineOptions(engine="native", kv_block_size=0)), loaded.config
 
 
@@ -42,21 +44,21 @@ def set_mode(engine, block: int) -> None:
 
 
 def speed(args) -> list[dict]:
-    import torch
-
-    from edgeawq.evaluation.benchmark import generate_timed
+    from decode_at_depth import decode_tok_s, fill
 
     engine, config = build(args.model)
-    prompt = torch.randint(0, config.vocab_size, (1, args.context), generator=torch.Generator().manual_seed(0))
+    caches = {}
+    for block in args.blocks:                          # one filled cache per block size, kept while the rounds run
+        set_mode(engine, block)
+        caches[block] = engine.kv
+        engine.start(1, args.context + args.new_tokens)
+        fill(engine, args.context)
     samples = {b: [] for b in args.blocks}
     for r in range(args.rounds):
         order = args.blocks[r % len(args.blocks):] + args.blocks[:r % len(args.blocks)]
         for block in order:
-            set_mode(engine, block)
-            engine.start(1, 16)
-            generate_timed(engine, prompt[:, :16], 2)                                   # warm-up
-            _, decode_s = generate_timed(engine, prompt, args.new_tokens)
-            samples[block].append((args.new_tokens - 1) / decode_s)
+            engine.kv = caches[block]
+            samples[block].append(decode_tok_s(engine, args.context, args.new_tokens, config.vocab_size))
     rows = []
     for block in args.blocks:
         ratios = [a / b for a, b in zip(samples[block], samples[args.blocks[0]])]

@@ -2,13 +2,14 @@
 
 * accuracy (--models: default-llama, default-qwen2, smollm2): an RTN w4 checkpoint of each (g128; SmolLM2 g64:
   hidden 576) in --work, made once. Per --kv_dtype: teacher-forced accuracy (evaluation/accuracy.py) of the native
-  engine with that cache against the native engine with the fp32 cache, on --windows windows of --seqlen tokens
-  of the test split (half prefilled, half decoded one token at a time, so every position reads the cache):
-  top-1 / top-5 agreement, mean / min logits PCC, perplexity of both.
+  engine with that cache against the native engine with the fp32 cache, on --windows windows of --seqlen tokens of
+  the test split (half prefilled, half decoded one token at a time, so every position reads the cache): top-1 /
+  top-5 agreement, mean / min logits PCC, perplexity of both.
 * speed (--speed_contexts, e.g. 2048 8192 32768 on --speed_model llama-3.2-1b): one native engine on the random-
-  weight shape (w4 g128); per context, each round prefills a random prompt of that many tokens (chunks of 512) and
-  decodes --new_tokens, once per KV dtype (rotating order): decode tok/s medians, the ratio to fp32, and the cache
-  bytes per token.
+  weight shape (w4 g128, lm_head w4 g128, paged cache of 64-token blocks); per context and KV dtype a cache filled
+  with that many tokens of random content (benchmarks/decode_at_depth.py); each round decodes --new_tokens from that
+  depth once per KV dtype (rotating order): decode tok/s medians, the median per-round ratio to fp32, the cache's
+  size.
 JSON lines. Run it alone on the machine.
 
 Usage: python benchmarks/kv_precision.py [--models default-llama default-qwen2 smollm2] [--windows 8]
@@ -67,27 +68,30 @@ def accuracy(args) -> list[dict]:
 def speed(args) -> list[dict]:
     import torch
 
+    from decode_at_depth import decode_tok_s, fill
     from edgeawq.cpu_backend.kv_cache import PagedKV
-    from edgeawq.evaluation.benchmark import generate_timed
     from edgeawq.kernels.kv_quant import kv_bytes_per_token
     from edgeawq.kernels.quantizer import QuantSpec
     from edgeawq.runtime.backends import BACKENDS, DEFAULT_KV_BLOCK, EngineOptions
     from edgeawq.runtime.random_model import random_quantized_model
 
-    loaded = random_quantized_model(args.speed_model, QuantSpec(4, 128).validate(), torch.bfloat16, torch.float32)
+    loaded = random_quantized_model(args.speed_model, QuantSpec(4, 128).validate(), torch.bfloat16, torch.float32,
+                                    lm_head_group_size=128)
     vocab = loaded.config.vocab_size
     engine = BACKENDS["cpu"].make_engine(loaded, EngineOptions(engine="native"))
-    engine.prefill_chunk = 512
     rows = []
     for context in args.speed_contexts:
-        prompt = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(0))
+        caches = {}
+        for kv_dtype in DTYPES:                        # one filled cache per type, kept while the rounds run
+            engine.kv = caches[kv_dtype] = PagedKV(engine.decoder, engine.layers, engine.kv_heads, engine.head_dim,
+                                                   DEFAULT_KV_BLOCK, None, kv_dtype)
+            engine.start(1, context + args.new_tokens)
+            fill(engine, context)
         samples = {d: [] for d in DTYPES}
         for r in range(args.rounds):
             for kv_dtype in DTYPES[r % 4:] + DTYPES[:r % 4]:
-                engine.kv = PagedKV(engine.decoder, engine.layers, engine.kv_heads, engine.head_dim,
-                                    DEFAULT_KV_BLOCK, None, kv_dtype)
-                _, decode_s = generate_timed(engine, prompt, args.new_tokens)
-                samples[kv_dtype].append((args.new_tokens - 1) / decode_s)
+                engine.kv = caches[kv_dtype]
+                samples[kv_dtype].append(decode_tok_s(engine, context, args.new_tokens, vocab))
         for kv_dtype in DTYPES:
             ratios = [a / b for a, b in zip(samples[kv_dtype], samples["fp32"])]
             rows.append({"measure": "decode", "model": args.speed_model, "context": context, "kv_dtype": kv_dtype,
@@ -97,6 +101,7 @@ def speed(args) -> list[dict]:
                          "kv_mb_at_context": round(context * kv_bytes_per_token(
                              kv_dtype, engine.layers, engine.kv_heads, engine.head_dim) / 2**20, 1)})
             print(json.dumps(rows[-1]), flush=True)
+        del caches
     return rows
 
 

@@ -1,12 +1,12 @@
 """Prefill by chunk size: speed and peak memory of one long prompt fed in chunks of N tokens, per engine.
 
 For each engine and chunk size (0 = the whole prompt in one call), a fresh process builds the engine on a random-
-weight model shape (w4 g128, bf16 embedding; the native and ONNX caches are reused between processes), warms it up
-on a short prompt, then prefills a random prompt of --prompt_length tokens --repeats times: prefill tok/s (median)
-and the peak resident memory during the prefill above the resident memory just before it (the activations, the
-attention's scores and masks, the logits; the KV cache is allocated by start() before and counted apart as
-kv_mb). JSON lines, one per (engine, chunk); then, per engine, the prefill speed of each chunk relative to the
-one-call prefill.
+weight model shape (w4 g128 and lm_head w4 g128, bf16 embedding; the native and ONNX caches are reused between
+processes), warms it up on a short prompt, then prefills a random prompt of --prompt_length tokens --repeats times:
+prefill tok/s (median) and the peak resident memory during the prefill above the resident memory just before it
+(the activations, the attention's scores and masks, the logits, and the pages of a paged KV cache that the prompt
+fills; a cache allocated and written by start() is counted apart as kv_mb). JSON lines, one per (engine, chunk); then, per engine, the prefill speed of each chunk relative to
+the one-call prefill.
 
 Usage: python benchmarks/prefill_chunk.py [--model llama-3.2-1b] [--engines native onnx] [--prompt_length 2048]
        [--chunks 0 128 256 512 1024] [--repeats 3] [--out F.jsonl]
@@ -28,7 +28,8 @@ def build_engine(model: str, engine: str):
     from edgeawq.runtime.backends import BACKENDS, EngineOptions
     from edgeawq.runtime.random_model import random_quantized_model
 
-    loaded = random_quantized_model(model, QuantSpec(4, 128).validate(), torch.bfloat16, torch.float32)
+    loaded = random_quantized_model(model, QuantSpec(4, 128).validate(), torch.bfloat16, torch.float32,
+                                    lm_head_group_size=128)
     if engine == "tt":
         from edgeawq.tt_backend.backend import make_tt_engine
 

@@ -62,9 +62,13 @@ class ContiguousKV:
         if self.shape != (batch, slots):
             self.keys, self.values, *self.scales = _pool(self.layers, batch, self.kv_heads, slots, self.head_dim,
                                                          True, self.kv_dtype)
-            table = torch.arange(batch, dtype=torch.int32)[:, None].contiguous()              # (B, 1)
-            self.decoder.set_cache(self.keys, self.values, table, *self.scales)
+            self.table = torch.arange(batch, dtype=torch.int32)[:, None].contiguous()         # (B, 1)
             self.shape = (batch, slots)
+        self.bind()
+
+    def bind(self) -> None:
+        """Make this the decoder's cache (again: a benchmark may switch one engine between caches)."""
+        self.decoder.set_cache(self.keys, self.values, self.table, *self.scales)
 
     def reserve(self, lengths: np.ndarray) -> None:
         """Rows hold `lengths` (B,) tokens after the coming call: always room (the engine checks the context)."""
@@ -119,6 +123,10 @@ class PagedKV:
         self.table = torch.full((batch, per_row), -1, dtype=torch.int32)
         self.held = [0] * batch
         self.peak_blocks = 0
+        self.bind()
+
+    def bind(self) -> None:
+        """Make this the decoder's cache (again: a benchmark may switch one engine between caches)."""
         self.decoder.set_cache(self.keys, self.values, self.table, *self.scales)
 
     def reserve(self, lengths: np.ndarray) -> None:
