@@ -1,7 +1,7 @@
 """Prefill by chunk size: speed and peak memory of one long prompt fed in chunks of N tokens, per engine.
 
 For each engine and chunk size (0 = the whole prompt in one call), a fresh process builds the engine on a random-
-weight model shape (w4 g128 and lm_head w4 g128, bf16 embedding; the native and ONNX caches are reused between
+weight model shape (w4 and lm_head w4, groups of --group_size, bf16 embedding; the native and ONNX caches are reused between
 processes), warms it up on a short prompt, then prefills a random prompt of --prompt_length tokens --repeats times:
 prefill tok/s (median) and the peak resident memory during the prefill above the resident memory just before it
 (the activations, the attention's scores and masks, the logits, and the pages of a paged KV cache that the prompt
@@ -21,15 +21,15 @@ import subprocess
 import sys
 
 
-def build_engine(model: str, engine: str):
+def build_engine(model: str, engine: str, group_size: int):
     import torch
 
     from edgeawq.kernels.quantizer import QuantSpec
     from edgeawq.runtime.backends import BACKENDS, EngineOptions
     from edgeawq.runtime.random_model import random_quantized_model
 
-    loaded = random_quantized_model(model, QuantSpec(4, 128).validate(), torch.bfloat16, torch.float32,
-                                    lm_head_group_size=128)
+    loaded = random_quantized_model(model, QuantSpec(4, group_size).validate(), torch.bfloat16, torch.float32,
+                                    lm_head_group_size=group_size)
     if engine == "tt":
         from edgeawq.tt_backend.backend import make_tt_engine
 
@@ -48,7 +48,7 @@ def child(args) -> None:
     from edgeawq.runtime.chunked_prefill import forward_chunked
     from edgeawq.runtime.memory import proc_kb_field, release_free_memory
 
-    engine, vocab = build_engine(args.model, args.engine)
+    engine, vocab = build_engine(args.model, args.engine, args.group_size)
     L = args.prompt_length
     ids = torch.randint(0, vocab, (1, L), generator=torch.Generator().manual_seed(0))
     ones = torch.ones(1, L, dtype=torch.long)
@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--model", default="llama-3.2-1b", help="a shape name of run_awq benchmark --random_weights")
     ap.add_argument("--engines", nargs="+", default=["native", "onnx"], choices=["native", "onnx", "flash", "tt"])
     ap.add_argument("--prompt_length", type=int, default=2048)
+    ap.add_argument("--group_size", type=int, default=128, help="of the random w4 weights (smollm2-135m: 64)")
     ap.add_argument("--chunks", nargs="+", type=int, default=[0, 128, 256, 512, 1024])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -91,7 +92,8 @@ def main() -> None:
     for engine in args.engines:
         for chunk in args.chunks:
             cmd = [sys.executable, __file__, "--child", "--model", args.model, "--engine", engine, "--chunk",
-                   str(chunk), "--prompt_length", str(args.prompt_length), "--repeats", str(args.repeats)]
+                   str(chunk), "--prompt_length", str(args.prompt_length), "--repeats", str(args.repeats),
+                   "--group_size", str(args.group_size)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
             if proc.returncode:
                 raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
