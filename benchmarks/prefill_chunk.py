@@ -1,12 +1,12 @@
 """Prefill by chunk size: speed and peak memory of one long prompt fed in chunks of N tokens, per engine.
 
 For each engine and chunk size (0 = the whole prompt in one call), a fresh process builds the engine on a random-
-weight model shape (w4 and lm_head w4, groups of --group_size, bf16 embedding; the native and ONNX caches are reused between
-processes), warms it up on a short prompt, then prefills a random prompt of --prompt_length tokens --repeats times:
-prefill tok/s (median) and the peak resident memory during the prefill above the resident memory just before it
-(the activations, the attention's scores and masks, the logits, and the pages of a paged KV cache that the prompt
-fills; a cache allocated and written by start() is counted apart as kv_mb). JSON lines, one per (engine, chunk); then, per engine, the prefill speed of each chunk relative to
-the one-call prefill.
+weight model shape (w4 and lm_head w4, groups of --group_size, bf16 embedding; the native and ONNX caches are reused
+between processes), warms it up on a short prompt, then prefills a random prompt of --prompt_length tokens --repeats
+times: prefill tok/s (median) and the peak resident memory during the prefill above the resident memory just before
+it (the activations, the attention's scores and masks, the logits, and the pages of a paged KV cache that the prompt
+fills; a cache allocated and written by start() is counted apart as kv_mb). JSON lines, one per (engine, chunk);
+then, per engine, the prefill speed of each chunk relative to the one-call prefill.
 
 Usage: python benchmarks/prefill_chunk.py [--model llama-3.2-1b] [--engines native onnx] [--prompt_length 2048]
        [--chunks 0 128 256 512 1024] [--repeats 3] [--out F.jsonl]

@@ -24,7 +24,7 @@ from ..errors import UserError
 
 MIN_CHUNK = 16
 # Each engine's default chunk, in tokens (`engine.prefill_chunk`); measured by benchmarks/prefill_chunk.py.
-DEFAULT_PREFILL_CHUNK = {"native": 128, "onnxruntime": 512, "tt": 256, "torch": 512}
+DEFAULT_PREFILL_CHUNK = {"native": 128, "onnxruntime": 512, "tt": 256, "torch": 1024}
 
 
 def default_prefill_chunk(engine_name: str) -> int:

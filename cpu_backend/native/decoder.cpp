@@ -111,9 +111,6 @@ inline void store16(float* p, v16f v) { __builtin_memcpy(p, &v, 64); }
 // kKvF32 float; kKvBF16 bf16 bits (round to nearest even); kKvF16 IEEE half (F16C); kKvI8 int8 codes, a float
 // scale per (slot, KV head) and one per (KV head, dim) (docs/native_engine.md).
 enum KvKind { kKvF32 = 0, kKvBF16 = 1, kKvF16 = 2, kKvI8 = 3 };
-typedef uint16_t v16u16 __attribute__((vector_size(32), aligned(2)));
-typedef uint32_t v16u32 __attribute__((vector_size(64), aligned(4)));
-typedef int8_t v16i8 __attribute__((vector_size(16), aligned(1)));
 template <int KIND> struct KvElem;
 template <> struct KvElem<kKvF32> { using type = float; };
 template <> struct KvElem<kKvBF16> { using type = uint16_t; };
@@ -124,10 +121,18 @@ template <int KIND>
 inline v16f load_kv16(const typename KvElem<KIND>::type* p) {
     if constexpr (KIND == kKvF32) {
         return load16(p);
-    } else if constexpr (KIND == kKvBF16) {
-        v16u16 u;
-        __builtin_memcpy(&u, p, 32);
-        return (v16f)(__builtin_convertvector(u, v16u32) << 16);
+    } else if constexpr (KIND == kKvBF16) {                     // bf16 bits widened: the float's top half
+        v16f v;
+#if EDGEAWQ_AVX512
+        const __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16);
+        __builtin_memcpy(&v, &w, 64);
+#else
+        const __m256i lo = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16);
+        const __m256i hi = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(p + 8))), 16);
+        __builtin_memcpy(&v, &lo, 32);
+        __builtin_memcpy((char*)&v + 32, &hi, 32);
+#endif
+        return v;
     } else if constexpr (KIND == kKvF16) {
         v16f v;
 #if EDGEAWQ_AVX512
@@ -140,10 +145,18 @@ inline v16f load_kv16(const typename KvElem<KIND>::type* p) {
         __builtin_memcpy((char*)&v + 32, &hi, 32);
 #endif
         return v;
-    } else {
-        v16i8 c;
-        __builtin_memcpy(&c, p, 16);
-        return __builtin_convertvector(c, v16f);
+    } else {                                                    // int8 codes, sign-extended and converted
+        v16f v;
+#if EDGEAWQ_AVX512
+        const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+        __builtin_memcpy(&v, &w, 64);
+#else
+        const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)));
+        const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(p + 8))));
+        __builtin_memcpy(&v, &lo, 32);
+        __builtin_memcpy((char*)&v + 32, &hi, 32);
+#endif
+        return v;
     }
 }
 

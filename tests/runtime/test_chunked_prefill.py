@@ -91,7 +91,7 @@ def test_chunked_last_only_equals_the_last_position(quantized):
 
 def test_engines_have_a_default_chunk_and_the_option_overrides_it(quantized):
     loaded = load_model(str(quantized["llama3"]), "fp32", "fp32")
-    assert BACKENDS["cpu"].make_engine(loaded, EngineOptions(engine="torch")).prefill_chunk == 512
+    assert BACKENDS["cpu"].make_engine(loaded, EngineOptions(engine="torch")).prefill_chunk == 1024
     engine = BACKENDS["cpu"].make_engine(load_model(str(quantized["llama3"]), "fp32", "fp32"),
                                          EngineOptions(engine="torch", prefill_chunk=64))
     assert engine.prefill_chunk == 64
