@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
+
+from jsonl_io import append_jsonl, run_child
 
 
 def build(model: str):
@@ -121,15 +121,9 @@ def main() -> None:
         for block in args.blocks:
             cmd = [sys.executable, __file__, "--child", "--model", args.model, "--block", str(block),
                    "--new_tokens", str(args.new_tokens), "--batch_lengths", *map(str, args.batch_lengths)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-            if proc.returncode:
-                raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            rows.append(run_child(cmd))
             print(json.dumps(rows[-1]), flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    append_jsonl(args.out, rows)
 
 
 if __name__ == "__main__":

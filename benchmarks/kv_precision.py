@@ -22,6 +22,8 @@ import json
 import statistics
 from pathlib import Path
 
+from jsonl_io import append_jsonl
+
 DTYPES = ["fp32", "bf16", "fp16", "int8"]
 GROUP = {"smollm2": 64}
 
@@ -118,10 +120,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = ap.parse_args()
     rows = accuracy(args) + (speed(args) if args.speed_contexts else [])
-    if args.out:
-        with open(args.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    append_jsonl(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
+
+from jsonl_io import append_jsonl, run_child
 
 
 def build_engine(model: str, engine: str, group_size: int):
@@ -94,10 +94,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", "--model", args.model, "--engine", engine, "--chunk",
                    str(chunk), "--prompt_length", str(args.prompt_length), "--repeats", str(args.repeats),
                    "--group_size", str(args.group_size)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-            if proc.returncode:
-                raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row = run_child(cmd)
             rows.append(row)
             print(json.dumps(row), flush=True)
     for engine in args.engines:
@@ -106,10 +103,7 @@ def main() -> None:
             print(json.dumps({"engine": engine, "speed_vs_one_call": {
                 c: round(r["prefill_tok_s"] / mine[0]["prefill_tok_s"], 3) for c, r in mine.items()},
                 "activation_peak_mb": {c: r["activation_peak_mb"] for c, r in mine.items()}}), flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+    append_jsonl(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,15 @@ def quantize_tiny(src: Path, out: Path, **overrides) -> dict:
     return quantize_task(str(src), str(out), **args)
 
 
+def rtn_tiny(checkpoints: dict, root: Path, families: tuple[str, ...]) -> dict[str, Path]:
+    """RTN w4 g32 checkpoints of the tiny `families` under `root`: family -> folder."""
+    out = {}
+    for family in families:
+        out[family] = root / family
+        quantize_tiny(checkpoints[family], out[family], algorithm="pergrp", awq_mode="none")
+    return out
+
+
 @pytest.fixture(scope="session")
 def rtn_llama3(checkpoints, tmp_path_factory) -> Path:
     """An RTN w4 g32 checkpoint of the tiny llama3 model (for tests that need any quantized checkpoint)."""

@@ -12,19 +12,15 @@ from edgeawq.runtime.backends import BACKENDS, EngineOptions
 from edgeawq.runtime.generate import left_pad
 from edgeawq.runtime.model_loader import load_model
 
-from ..conftest import TINY, quantize_tiny
+from ..conftest import TINY, rtn_tiny
 
 LENGTHS = [150, 97, 20, 3]
 
 
 @pytest.fixture(scope="module")
 def quantized(checkpoints, tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("paged")
-    out = {}
-    for family in ("llama3", "mistral"):           # mistral: a sliding window (8) shorter than a block
-        out[family] = root / family
-        quantize_tiny(checkpoints[family], out[family], algorithm="pergrp", awq_mode="none")
-    return out
+    # mistral: a sliding window (8) shorter than a block
+    return rtn_tiny(checkpoints, tmp_path_factory.mktemp("paged"), ("llama3", "mistral"))
 
 
 def make(kind: str, path, **options):

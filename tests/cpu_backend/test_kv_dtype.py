@@ -14,7 +14,7 @@ from edgeawq.runtime.engines import StaticCacheEngine
 from edgeawq.runtime.generate import left_pad
 from edgeawq.runtime.model_loader import load_model
 
-from ..conftest import TINY, quantize_tiny, rtn_default_checkpoint
+from ..conftest import TINY, rtn_default_checkpoint, rtn_tiny
 from .test_kv_cache import run
 from .test_native_engine import native_math_forward
 
@@ -24,12 +24,7 @@ ISAS = [isa for isa, need in native_build.CPU_FLAGS.items() if need <= native_bu
 
 @pytest.fixture(scope="module")
 def quantized(checkpoints, tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("kvdtype")
-    out = {}
-    for family in ("llama3", "qwen2"):
-        out[family] = root / family
-        quantize_tiny(checkpoints[family], out[family], algorithm="pergrp", awq_mode="none")
-    return out
+    return rtn_tiny(checkpoints, tmp_path_factory.mktemp("kvdtype"), ("llama3", "qwen2"))
 
 
 def use_isa(monkeypatch, isa: str) -> None:

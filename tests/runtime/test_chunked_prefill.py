@@ -11,7 +11,7 @@ from edgeawq.runtime.generate import generate_ids, left_pad
 from edgeawq.runtime.model_loader import load_model
 from edgeawq.tt_backend.backend import make_tt_engine
 
-from ..conftest import TINY, quantize_tiny
+from ..conftest import TINY, rtn_tiny
 
 ENGINES = ["transformers", "flash", "native", "onnx", "tt"]
 LENGTHS = [150, 97, 20, 3]          # one left-padded batch: short rows start in later chunks
@@ -19,12 +19,8 @@ LENGTHS = [150, 97, 20, 3]          # one left-padded batch: short rows start in
 
 @pytest.fixture(scope="module")
 def quantized(checkpoints, tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("chunked")
-    out = {}
-    for family in ("llama3", "mistral"):           # mistral: a sliding window (8) shorter than a chunk
-        out[family] = root / family
-        quantize_tiny(checkpoints[family], out[family], algorithm="pergrp", awq_mode="none")
-    return out
+    # mistral: a sliding window (8) shorter than a chunk
+    return rtn_tiny(checkpoints, tmp_path_factory.mktemp("chunked"), ("llama3", "mistral"))
 
 
 def make(kind: str, path, chunk: int | None = None, **options):
