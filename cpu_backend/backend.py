@@ -11,10 +11,9 @@ import importlib.util
 from dataclasses import replace
 
 from ..errors import UserError
-from ..runtime.backends import EngineOptions, kv_paging, note_float32_arithmetic
-from ..runtime.engines import make_engine as make_torch_engine
 from ..kernels.kv_quant import KVPrecision
-from ..runtime.engines import refuse_kv_dtype, refuse_paging
+from ..runtime.backends import EngineOptions, kv_paging, note_float32_arithmetic, refuse_kv_options
+from ..runtime.engines import make_engine as make_torch_engine
 from ..runtime.model_loader import LoadedModel
 
 CPU_ENGINES = ("auto", "native", "onnx", "torch")
@@ -66,13 +65,9 @@ def make_engine(loaded: LoadedModel, options: EngineOptions):
     if choice == "onnx":
         from ..npu_backend.backend import make_npu_engine
 
-        refuse_paging("--engine onnx", options.kv_block_size, options.kv_max_blocks)
-        refuse_kv_dtype("--engine onnx", options.kv_dtype)
-
+        refuse_kv_options("--engine onnx", options)
         return make_npu_engine(loaded, replace(options, ep="CPU", strict_ep=False), label="cpu")
     if not options.flash_attention:
-        name = "the transformers engine (--engine torch without --flash_attention)"
-        refuse_paging(name, options.kv_block_size, options.kv_max_blocks)
-        refuse_kv_dtype(name, options.kv_dtype)
+        refuse_kv_options("the transformers engine (--engine torch without --flash_attention)", options)
         return make_torch_engine(loaded, False)
     return make_torch_engine(loaded, True, *kv_paging(options), KVPrecision(options.kv_dtype))

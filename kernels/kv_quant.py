@@ -36,7 +36,7 @@ def kv_round_trip(x: torch.Tensor, kv_dtype: str, channel: torch.Tensor | None =
 
 def kv_bytes_per_token(kv_dtype: str, layers: int, kv_heads: int, head_dim: int) -> int:
     """Bytes the cache holds per token: keys and values of every layer, plus int8's two slot scales per head."""
-    elem = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}[kv_dtype]
+    elem = STORAGE[kv_dtype].itemsize
     scales = 2 * layers * kv_heads * 4 if kv_dtype == "int8" else 0
     return 2 * layers * kv_heads * head_dim * elem + scales
 

@@ -35,6 +35,12 @@ class StaticKVCache:
         """Forget the contents; the storage is kept (no reallocation)."""
         self.length = 0
 
+    def prepare(self, start: int, key_valid: torch.Tensor) -> None:
+        """Every slot is allocated already (the paged cache hands out blocks here)."""
+
+    def release_row(self, row: int) -> None:
+        """A static row keeps its slots until the batch restarts."""
+
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, n_kv, T, hd) at slots [start, start+T) and return views of slots [0, start+T)."""
         end = start + k.shape[2]

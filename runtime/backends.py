@@ -52,6 +52,20 @@ def kv_paging(options: EngineOptions) -> tuple[int | None, int | None]:
     return block, options.kv_max_blocks
 
 
+def refuse_kv_options(engine: str, options: EngineOptions) -> None:
+    """--kv_block_size / --kv_max_blocks / --kv_dtype on an engine whose KV cache is neither paged nor of a chosen
+    precision (transformers, onnx, npu, tt, mesh runs): a UserError naming the flag."""
+    if options.kv_block_size is not None or options.kv_max_blocks is not None:
+        flag = "--kv_block_size" if options.kv_block_size is not None else "--kv_max_blocks"
+        raise UserError(f"{flag} sizes a paged KV cache, which {engine} does not have.",
+                        "Paged KV caches run on --engine native and on --engine torch --flash_attention; drop the "
+                        "flag for this engine.")
+    if options.kv_dtype != "fp32":
+        raise UserError(f"--kv_dtype {options.kv_dtype} sets the KV cache of the native engine and of --engine "
+                        f"torch --flash_attention; {engine} keeps its own (the tt target: through --tt_precision).",
+                        "Drop --kv_dtype for this engine, or run --engine native.")
+
+
 @dataclass(frozen=True)
 class Backend:
     """A target: `module` (relative to the edgeawq package) defines `make_engine(loaded, options) -> engine`; it is
@@ -69,10 +83,7 @@ class Backend:
 
     def make_engine(self, loaded: LoadedModel, options: EngineOptions):
         if self.name != "cpu":
-            from .engines import refuse_kv_dtype, refuse_paging
-
-            refuse_paging(f"--target {self.name}", options.kv_block_size, options.kv_max_blocks)
-            refuse_kv_dtype(f"--target {self.name}", options.kv_dtype)
+            refuse_kv_options(f"--target {self.name}", options)
         engine = importlib.import_module(self.module, __package__.rpartition(".")[0]).make_engine(loaded, options)
         if options.prefill_chunk is not None:
             engine.prefill_chunk = options.prefill_chunk

@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from ..kernels.attention import attention_mask as build_mask
-from ..errors import UserError
 from ..kernels.kv_quant import KVPrecision
 from ..kernels.paged_cache import PagedKVCache
 from ..kernels.static_cache import StaticKVCache
@@ -78,16 +77,14 @@ class StaticCacheEngine:
     def release_row(self, row: int) -> None:
         """Row `row`'s sequence has ended (the caller feeds it only padding from now): a paged cache frees its
         blocks."""
-        if isinstance(self.cache, PagedKVCache):
-            self.cache.release_row(row)
+        self.cache.release_row(row)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
                 last_only: bool = True) -> torch.Tensor:
         f, cache = self.loaded.family, self.cache
         start = cache.length
-        if isinstance(cache, PagedKVCache):
-            cache.prepare(start, attention_mask)
+        cache.prepare(start, attention_mask)
         h = self.embed(input_ids)                                    # (B, T, D)
         cos, sin = self.rotary(h, position_ids)                      # (B, T, hd) each
         masks = {w: build_mask(attention_mask, start, w) for w in self.windows}  # (B, 1, T, S)
@@ -110,19 +107,3 @@ def make_engine(loaded: LoadedModel, flash_attention: bool, kv_block_size: int |
         return TransformersEngine(loaded)
     return StaticCacheEngine(loaded, kv_block_size, kv_max_blocks, kv_precision)
 
-
-def refuse_kv_dtype(engine: str, kv_dtype: str) -> None:
-    """--kv_dtype other than fp32 on an engine whose cache holds its own precision: a UserError."""
-    if kv_dtype != "fp32":
-        raise UserError(f"--kv_dtype {kv_dtype} sets the KV cache of the native engine and of --engine torch "
-                        f"--flash_attention; {engine} keeps its own (the tt target: through --tt_precision).",
-                        "Drop --kv_dtype for this engine, or run --engine native.")
-
-
-def refuse_paging(engine: str, kv_block_size: int | None, kv_max_blocks: int | None) -> None:
-    """--kv_block_size / --kv_max_blocks on an engine without a paged KV cache: a UserError."""
-    if kv_block_size is not None or kv_max_blocks is not None:
-        flag = "--kv_block_size" if kv_block_size is not None else "--kv_max_blocks"
-        raise UserError(f"{flag} sizes a paged KV cache, which {engine} does not have.",
-                        "Paged KV caches run on --engine native and on --engine torch --flash_attention; drop the "
-                        "flag for this engine.")

@@ -268,10 +268,9 @@ def load_on_mesh(session: Session, path, target: str, options, dtype: str, act_d
 
     from ..runtime.model_loader import LoadedModel
 
-    from ..runtime.engines import refuse_kv_dtype, refuse_paging
+    from ..runtime.backends import refuse_kv_options
 
-    refuse_paging("a mesh run (--mesh_shape / --pp)", options.kv_block_size, options.kv_max_blocks)
-    refuse_kv_dtype("a mesh run (--mesh_shape / --pp)", options.kv_dtype)
+    refuse_kv_options("a mesh run (--mesh_shape / --pp)", options)
     mid, model, plan = session.load(LoadRequest(None if path is None else str(path), target, options, dtype,
                                                 act_dtype))
     full = model.full_config

@@ -111,11 +111,11 @@ def test_out_of_blocks_is_a_user_error(quantized, kind):
 
 
 def test_out_of_blocks_exits_2(cli, quantized):
+    if native_build.unavailable_reason() is not None:
+        pytest.skip("native kernels cannot build here")
     code, _, err = cli(["decode", "--model", str(quantized["llama3"]), "--engine", "native", "--kv_block_size", "16",
                         "--kv_max_blocks", "2", "--max_new_tokens", "40", "--ignore_eos", "--prompt",
                         "The hacker ethic"])
-    if native_build.unavailable_reason() is not None:
-        pytest.skip("native kernels cannot build here")
     assert code == 2 and "out of blocks" in err and "--kv_max_blocks" in err and "Traceback" not in err
 
 
