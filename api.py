@@ -29,13 +29,14 @@ def quantize(model: str | Path | None, out: str | Path, bits: int | None = None,
              duo_scaling: bool = False, export: str = "native", awq_cache: str | None = None,
              dump_awq: str | None = None, overwrite: bool = False, progress: bool = True,
              search_tokens: int = 4096, search_dtype: str = "auto", gptq_damp: float | None = None,
-             act_order: bool = False, sq_alpha: float | None = None, act_quant: str | None = None) -> dict:
+             act_order: bool = False, sq_alpha: float | None = None, act_quant: str | None = None,
+             calibrate_kv: bool = False) -> dict:
     """Quantize the float model at `model` (a folder, an alias, or None for the embedded default) into the
     checkpoint folder `out`. `algorithm`: "awq" (search), "rtn" (round-to-nearest), "awq-load" (llm-awq results
     from `awq_cache`), "gptq" or "awq+gptq" (AWQ scales and clips, then GPTQ rounding; `gptq_damp`, default 0.01,
     and `act_order` are refused with the other algorithms) or "smoothquant" (W8A8: int8 weights per channel,
     `sq_alpha` default 0.5, `act_quant` "per_token" (default) or "per_tensor"). `bits`, `group_size` None: 4 and 128
-    (smoothquant: 8 and -1). Returns the summary (out, bits, group_size, algorithm, format, seconds,
+    (smoothquant: 8 and -1). `calibrate_kv`: also store calibrated int8 KV cache scales. Returns the summary (out, bits, group_size, algorithm, format, seconds,
     weights_bytes...)."""
     from .tasks.quantize import quantize_task
 
@@ -51,4 +52,4 @@ def quantize(model: str | Path | None, out: str | Path, bits: int | None = None,
                          kind, mode, awq_cache, dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples,
                          seqlen, seed, duo_scaling, export, progress=progress, overwrite=overwrite,
                          search_tokens=search_tokens, search_dtype=search_dtype, gptq_damp=gptq_damp,
-                         act_order=act_order, sq_alpha=sq_alpha, act_quant=act_quant)
+                         act_order=act_order, sq_alpha=sq_alpha, act_quant=act_quant, calibrate_kv=calibrate_kv)

@@ -48,7 +48,7 @@ def _prepare_libraries() -> None:
 
 def _engine_options(target: str, engine: str, ep, strict_ep: bool, onnx_dir, accuracy_level: int, tt_precision: str,
                     tt_device: str, prefill_chunk: int | None, kv_block_size: int | None, kv_max_blocks: int | None,
-                    kv_dtype: str, flash_attention: bool = False, **_ignored):
+                    kv_dtype: str, kv_scales: str = "auto", flash_attention: bool = False, **_ignored):
     from pathlib import Path
 
     from .runtime.backends import EngineOptions
@@ -57,7 +57,8 @@ def _engine_options(target: str, engine: str, ep, strict_ep: bool, onnx_dir, acc
     return EngineOptions(engine=engine, ep=ep, strict_ep=strict_ep, onnx_dir=Path(onnx_dir) if onnx_dir else None,
                          accuracy_level=accuracy_level, tt_precision=tt_precision, tt_device=tt_device,
                          flash_attention=flash_attention, prefill_chunk=check_prefill_chunk(prefill_chunk),
-                         kv_block_size=kv_block_size, kv_max_blocks=kv_max_blocks, kv_dtype=kv_dtype)
+                         kv_block_size=kv_block_size, kv_max_blocks=kv_max_blocks, kv_dtype=kv_dtype,
+                         kv_scales=kv_scales)
 
 
 def _run_task(task: str, kwargs: dict, mesh_shape: str, pp: int, tt_mesh: str | None, threads_per_rank,
@@ -112,7 +113,7 @@ def cli() -> None:
 @click.pass_context
 def quantize(ctx, model_path, out, overwrite, w_bit, group_size, symmetric, lm_head, lm_head_group_size, algorithm,
              awq_mode, awq_cache, dump_awq, export, calib_dataset, n_samples, seqlen, duo_scaling, search_tokens,
-             search_dtype, gptq_damp, sq_alpha, act_quant, act_order, seed, debug) -> None:
+             search_dtype, gptq_damp, sq_alpha, act_quant, calibrate_kv, act_order, seed, debug) -> None:
     """Quantize a float model (AWQ, GPTQ or round-to-nearest) into a checkpoint.
 
     \b
@@ -129,7 +130,8 @@ def quantize(ctx, model_path, out, overwrite, w_bit, group_size, symmetric, lm_h
                   int(group_size) if "group_size" in given else None, not symmetric, algorithm, awq_mode, awq_cache,
                   dump_awq, lm_head, int(lm_head_group_size), calib_dataset, n_samples, seqlen, seed, duo_scaling,
                   export, overwrite=overwrite, search_tokens=search_tokens, search_dtype=search_dtype,
-                  gptq_damp=gptq_damp, act_order=act_order, sq_alpha=sq_alpha, act_quant=act_quant)
+                  gptq_damp=gptq_damp, act_order=act_order, sq_alpha=sq_alpha, act_quant=act_quant,
+                  calibrate_kv=calibrate_kv)
 
 
 @cli.command(cls=Subcommand, context_settings=CONTEXT)
@@ -165,7 +167,8 @@ def export(model_path, target, out, overwrite, accuracy_level, fmt, debug) -> No
 @mesh_options
 @debug_option
 def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
-           tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, prompts, prompts_file,
+           tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, kv_scales, prompts,
+           prompts_file,
            max_new_tokens, max_seq_len, temperature, top_p, top_k, seed, stop_at_eos, instruct, output, overwrite,
            mesh_shape, pp, tt_mesh, threads_per_rank, collective_timeout, debug) -> None:
     """Generate text from prompts on a target.
@@ -176,7 +179,7 @@ def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, st
     """
     _prepare_libraries()
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device,
-                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype)
+                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, kv_scales)
     kwargs = dict(model_path=model_path, target=target, dtype=dtype, flash_attention=flash_attention,
                   max_seq_len=max_seq_len, prompts=list(prompts), prompts_file=prompts_file,
                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
@@ -202,7 +205,8 @@ def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, st
 @mesh_options
 @debug_option
 def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
-               tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, dataset, seqlen,
+               tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, kv_scales, dataset,
+               seqlen,
                nsamples, compare, float_model, fmt, mesh_shape, pp, tt_mesh, threads_per_rank, collective_timeout,
                debug) -> None:
     """Perplexity of a checkpoint on a dataset (the AWQ/GPTQ-paper protocol).
@@ -213,7 +217,7 @@ def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep
     """
     _prepare_libraries()
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device,
-                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype)
+                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, kv_scales)
     kwargs = dict(model_path=model_path, target=target, dtype=dtype, act_dtype=act_dtype,
                   flash_attention=flash_attention, dataset=dataset, seqlen=seqlen, nsamples=nsamples, compare=compare,
                   float_model=float_model, fmt=fmt, engine_options=options)
@@ -235,7 +239,8 @@ def perplexity(model_path, target, engine, dtype, act_dtype, flash_attention, ep
 @mesh_options
 @debug_option
 def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir, accuracy_level,
-             tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, dataset, seqlen, nsamples,
+             tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, kv_scales, dataset, seqlen,
+             nsamples,
              pcc_tokens, float_model, fmt, mesh_shape, pp, tt_mesh, threads_per_rank, collective_timeout,
              debug) -> None:
     """Teacher-forced top-1/top-5 agreement and logits PCC against the float reference.
@@ -246,7 +251,7 @@ def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, 
     """
     _prepare_libraries()
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device,
-                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, flash_attention)
+                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, kv_scales, flash_attention)
     kwargs = dict(model_path=model_path, target=target, dtype=dtype, act_dtype=act_dtype, dataset=dataset,
                   seqlen=seqlen, nsamples=nsamples, float_model=float_model, fmt=fmt, engine_options=options,
                   pcc_tokens=pcc_tokens)
@@ -256,6 +261,7 @@ def accuracy(model_path, target, engine, dtype, act_dtype, flash_attention, ep, 
 
 def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_attention, ep, strict_ep, onnx_dir,
                accuracy_level, tt_precision, tt_device, prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype,
+               kv_scales,
                prompt_lengths, new_tokens, repeats, batch, random_weights, profile, compare_target, w_bit, group_size,
                symmetric, lm_head, lm_head_group_size, overwrite, fmt, mesh_shape, pp, tt_mesh, threads_per_rank,
                collective_timeout, debug=False) -> None:
@@ -269,7 +275,7 @@ def _benchmark(task: str, model_path, target, engine, dtype, act_dtype, flash_at
     from .kernels.quantizer import QuantSpec
 
     options = _engine_options(target, engine, ep, strict_ep, onnx_dir, accuracy_level, tt_precision, tt_device,
-                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype)
+                              prefill_chunk, kv_block_size, kv_max_blocks, kv_dtype, kv_scales)
     spec = QuantSpec(int(w_bit), int(group_size), not symmetric).validate() if random_weights else None
     if compare_target is None:
         compare_target = None if target == "cpu" else "cpu"

@@ -25,7 +25,8 @@ from ..runtime.families import Family
 from ..runtime.memory import release_free_memory
 from ..runtime.model_loader import IGNORED_KEYS
 from ..runtime.module_paths import get_module
-from .layer_quantizer import AwqOptions, quantize_layer
+from .kv_calibration import kv_channel_scales
+from .layer_quantizer import AwqOptions, quantize_layer, search_copy
 
 
 class QuantizedSink(Protocol):
@@ -41,6 +42,7 @@ class QuantizeJob:
     lm_head_group_size: int = 32
     chunk_samples: int = 8
     progress: bool = True
+    calibrate_kv: bool = False                      # also record int8 KV cache channel scales (awq/kv_calibration)
 
 
 @dataclass
@@ -72,7 +74,7 @@ def quantize_streaming(skeleton: nn.Module, config, family: Family, state, job: 
     report = QuantizeReport()
     layers = get_module(skeleton, family.layers)
     inputs = position_embeddings = None
-    if job.options.needs_calibration:
+    if job.options.needs_calibration or job.calibrate_kv:
         embed = get_module(skeleton, family.embed)
         _assign(embed, family.embed + ".", state, None)  # kept in its file dtype: only the looked-up rows are cast
         dtype = job.options.dtype
@@ -81,17 +83,25 @@ def quantize_streaming(skeleton: nn.Module, config, family: Family, state, job: 
         rotary = type(get_module(skeleton, family.rotary))(config=config)
         T = job.calib_ids.shape[1]
         position_embeddings = tuple(p.to(dtype) for p in rotary(inputs[0].float(), torch.arange(T)[None]))  # (1, T, hd) x2
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     steps = range(len(layers))
     for i in (bar(steps, "quantizing layers", unit="layer") if job.progress else steps):
         t_layer = time.perf_counter()
         prefix = f"{family.layers}.{i}."
         layer = layers[i]
         _assign(layer, prefix, state, torch.float32)
+        kv_scales, float_outputs = {}, None
+        if job.calibrate_kv:       # before quantize_layer: from the float layer (AWQ's scaling does not change k, v)
+            kv_scales, float_outputs = kv_channel_scales(search_copy(layer, job.options.dtype), family, inputs,
+                                                         position_embeddings, head_dim)
         inputs, res = quantize_layer(layer, family, prefix, job.options, inputs, position_embeddings,
                                      job.precomputed)
+        if inputs is None:         # no search: the next layer's calibration inputs are this float layer's outputs
+            inputs = float_outputs
         quantized_names = {prefix + n + ".weight" for n in res.quantized}
         floats = {prefix + n: p.detach() for n, p in layer.named_parameters() if prefix + n not in quantized_names}
         floats.update({prefix + n + ".act_scale": s for n, s in res.act_scales.items()})   # per-tensor W8A8
+        floats.update({f"{prefix}{family.attn}.{n}": s for n, s in kv_scales.items()})
         sink.write(floats, {prefix + n: q for n, q in res.quantized.items()})
         report.scales += res.scales
         report.clips += res.clips

@@ -1,10 +1,11 @@
 """KV cache precision on the native engine: accuracy against the fp32 cache, and decode speed at depth.
 
 * accuracy (--models: default-llama, default-qwen2, smollm2): an RTN w4 checkpoint of each (g128; SmolLM2 g64:
-  hidden 576) in --work, made once. Per --kv_dtype: teacher-forced accuracy (evaluation/accuracy.py) of the native
-  engine with that cache against the native engine with the fp32 cache, on --windows windows of --seqlen tokens of
-  the test split (half prefilled, half decoded one token at a time, so every position reads the cache): top-1 /
-  top-5 agreement, mean / min logits PCC, perplexity of both.
+  hidden 576) with calibrated int8 KV scales (--calibrate_kv, default calibration) in --work, made once. Per cache
+  (fp32, bf16, fp16, int8 per token, int8 with the calibrated channel scales): teacher-forced accuracy
+  (evaluation/accuracy.py) of the native engine with that cache against the native engine with the fp32 cache, on
+  --windows windows of --seqlen tokens of the test split (half prefilled, half decoded one token at a time, so every
+  position reads the cache): top-1 / top-5 agreement, mean / min logits PCC, perplexity of both.
 * speed (--speed_contexts, e.g. 2048 8192 32768 on --speed_model llama-3.2-1b): one native engine on the random-
   weight shape (w4 g128, lm_head w4 g128, paged cache of 64-token blocks); per context and KV dtype a cache filled
   with that many tokens of random content (benchmarks/decode_at_depth.py); each round decodes --new_tokens from that
@@ -31,17 +32,23 @@ GROUP = {"smollm2": 64}
 def checkpoint(model: str, work: Path) -> Path:
     import edgeawq
 
-    out = work / f"{model}-rtn-w4g{GROUP.get(model, 128)}"
+    out = work / f"{model}-rtn-w4g{GROUP.get(model, 128)}-kv"
     if not (out / "config.json").exists():
-        edgeawq.quantize(model, out, bits=4, group_size=GROUP.get(model, 128), algorithm="rtn")
+        edgeawq.quantize(model, out, bits=4, group_size=GROUP.get(model, 128), algorithm="rtn", calibrate_kv=True)
     return out
 
 
-def native(path: Path, kv_dtype: str):
+CACHES = {"fp32": ("fp32", "auto"), "bf16": ("bf16", "auto"), "fp16": ("fp16", "auto"),
+          "int8": ("int8", "per_token"), "int8-calibrated": ("int8", "calibrated")}   # name -> (kv_dtype, kv_scales)
+
+
+def native(path: Path, cache: str):
     from edgeawq.runtime.backends import BACKENDS, EngineOptions
     from edgeawq.runtime.model_loader import load_model
 
-    return BACKENDS["cpu"].make_engine(load_model(str(path)), EngineOptions(engine="native", kv_dtype=kv_dtype))
+    kv_dtype, kv_scales = CACHES[cache]
+    return BACKENDS["cpu"].make_engine(load_model(str(path)), EngineOptions(engine="native", kv_dtype=kv_dtype,
+                                                                            kv_scales=kv_scales))
 
 
 def accuracy(args) -> list[dict]:
@@ -57,7 +64,7 @@ def accuracy(args) -> list[dict]:
         text = corpus_split("test").read_text(encoding="utf-8")
         windows = eval_windows(loaded.tokenizer, text, args.seqlen, args.windows, loaded.max_context)
         reference = native(path, "fp32")
-        for kv_dtype in DTYPES:
+        for kv_dtype in CACHES:
             r = teacher_forced_accuracy(reference, native(path, kv_dtype), windows, args.seqlen // 2)
             rows.append({"measure": "accuracy", "model": model, "checkpoint": path.name, "kv_dtype": kv_dtype,
                          "windows": r.windows, "seqlen": r.seqlen, "top1": round(r.top1, 4), "top5": round(r.top5, 4),

@@ -12,9 +12,11 @@ from dataclasses import replace
 
 from ..errors import UserError
 from ..kernels.kv_quant import KVPrecision
-from ..runtime.backends import EngineOptions, kv_paging, note_float32_arithmetic, refuse_kv_options
+from ..runtime.backends import (EngineOptions, kv_paging, note_float32_arithmetic, refuse_kv_options,
+                               use_kv_channels)
 from ..runtime.engines import make_engine as make_torch_engine
 from ..runtime.model_loader import LoadedModel
+from ..runtime.quantized_model import kv_channel_scales
 
 CPU_ENGINES = ("auto", "native", "onnx", "torch")
 
@@ -61,7 +63,8 @@ def make_engine(loaded: LoadedModel, options: EngineOptions):
 
         note_float32_arithmetic("native", loaded, "its kernels are float32 with int8 activation codes; the "
                                 "embedding table is held in the dtype")
-        return NativeEngine(*native_state(loaded), None, *kv_paging(options), options.kv_dtype)
+        channels = use_kv_channels(options, bool(kv_channel_scales(loaded.model, loaded.family)), loaded.source)
+        return NativeEngine(*native_state(loaded), None, *kv_paging(options), options.kv_dtype, channels)
     if choice == "onnx":
         from ..npu_backend.backend import make_npu_engine
 
@@ -70,4 +73,7 @@ def make_engine(loaded: LoadedModel, options: EngineOptions):
     if not options.flash_attention:
         refuse_kv_options("the transformers engine (--engine torch without --flash_attention)", options)
         return make_torch_engine(loaded, False)
-    return make_torch_engine(loaded, True, *kv_paging(options), KVPrecision(options.kv_dtype))
+    channels = kv_channel_scales(loaded.model, loaded.family)
+    use = use_kv_channels(options, bool(channels), loaded.source)
+    return make_torch_engine(loaded, True, *kv_paging(options),
+                             KVPrecision(options.kv_dtype, channels if use else None))

@@ -23,6 +23,7 @@ import torch
 
 from ..runtime.chunked_prefill import DEFAULT_PREFILL_CHUNK
 from ..errors import UserError
+from ..kernels.kv_quant import KEY_SCALE, VALUE_SCALE
 from . import native_build
 from .kv_cache import ContiguousKV, PagedKV
 
@@ -41,10 +42,12 @@ class NativeEngine:
     prefill_chunk = DEFAULT_PREFILL_CHUNK["native"]
 
     def __init__(self, tensors: dict[str, torch.Tensor], spec: dict, threads: int | None = None,
-                 kv_block_size: int | None = None, kv_max_blocks: int | None = None, kv_dtype: str = "fp32") -> None:
+                 kv_block_size: int | None = None, kv_max_blocks: int | None = None, kv_dtype: str = "fp32",
+                 kv_channels: bool = False) -> None:
         """tensors, spec: a native state (cpu_backend/native_state.py). kv_block_size: a paged KV cache of blocks of
         that many tokens, at most kv_max_blocks of them (cpu_backend/kv_cache.py); None: a contiguous cache.
-        kv_dtype: the cache's element type (fp32, bf16, fp16, int8; kernels/kv_quant.py)."""
+        kv_dtype: the cache's element type (fp32, bf16, fp16, int8; kernels/kv_quant.py); kv_channels: an int8
+        cache takes the state's calibrated channel scales (else scales per token and KV head)."""
         ext = native_build.load()
         self.isa = ext.isa()
         self.profile_phases: list[str] = ext.profile_phases()     # per-layer steps Decoder.take_profile() times
@@ -64,6 +67,10 @@ class NativeEngine:
                                    [t[f"{L}.down.lines"], t[f"{L}.down.meta"]], *spec["groups"][i],
                                    spec["windows"][i])
             set_static_act_scales(self.decoder, i, {k: t.get(f"{L}.{k}.act_scale") for k in LINEAR_GROUPS})
+            if kv_channels:
+                if f"{L}.{KEY_SCALE}" not in t:
+                    raise ValueError("kv_channels: the native state has no calibrated KV cache scales")
+                self.decoder.set_kv_channel_scales(i, t[f"{L}.{KEY_SCALE}"], t[f"{L}.{VALUE_SCALE}"])
         self.norm_weight, self.norm_eps = t["norm"], spec["norm_eps"]
         self.embed = t["embed"]                                                  # (V, D), the model's dtype
         head = spec["lm_head"]

@@ -10,7 +10,9 @@ State = (tensors, spec):
            "norm" float32 (D,); per layer i: "layers.{i}.input_norm", "layers.{i}.post_norm" float32 (D,) and
            "layers.{i}.{qkv,o,gate_up,down}.{lines,meta}" uint8 (cpu_backend/native_pack.py) plus
            "layers.{i}.qkv.bias" float32 when the model has q/k/v biases, "layers.{i}.{qkv,o,gate_up,down}.act_scale"
-           float32 (1,) in per-tensor W8A8 checkpoints (the static int8 input scale); "lm_head.lines"/"lm_head.meta"
+           float32 (1,) in per-tensor W8A8 checkpoints (the static int8 input scale), "layers.{i}.k_channel_scale" and
+           "layers.{i}.v_channel_scale" float32 (kv_heads * head_dim,) in checkpoints with calibrated int8 KV cache
+           scales (kernels/kv_quant.py); "lm_head.lines"/"lm_head.meta"
            (quantized) or "lm_head.weight" float32 (V, D); "lm_head.bias" float32 when present.
 
 Cache: `$EDGEAWQ_CACHE/native/<key>` (key from format version and the source fingerprint) holding
@@ -34,6 +36,7 @@ from ..checkpoints.directory import atomic_directory
 from ..errors import UserError
 from ..progress import bar
 from ..kernels.formats import native_format, unpack
+from ..kernels.kv_quant import KEY_SCALE, VALUE_SCALE
 from .native_pack import layout_problem, pack_native
 from ..kernels.qlinear import QLinearPerGrp
 from ..runtime.fusion import head_dim, layer_windows, linear_groups, rope_half_tables
@@ -41,6 +44,7 @@ from ..runtime.model_identity import cache_root, fingerprint_of
 from ..runtime.memory import release_free_memory
 from ..runtime.model_loader import LoadedModel
 from ..runtime.module_paths import get_module
+from ..runtime.quantized_model import kv_channel_scales
 
 FORMAT = "edgeawq-native"
 FORMAT_VERSION = 3                      # 2: dense 2- and 3-bit lines; 3: RoPE rows to the context limit
@@ -132,6 +136,8 @@ def build_state(loaded: LoadedModel) -> tuple[dict[str, torch.Tensor], dict]:
                                         "embed": get_module(m, f.embed).weight.detach(),
                                         "norm": norm.weight.detach().float()}
     groups = []
+    for i, (k, v) in kv_channel_scales(m, f).items():          # calibrated int8 KV cache scales (--calibrate_kv)
+        tensors[f"layers.{i}.{KEY_SCALE}"], tensors[f"layers.{i}.{VALUE_SCALE}"] = k.clone(), v.clone()
     with torch.no_grad():
         for i, layer in enumerate(bar(layers, "packing for the native engine", unit="layer")):
             packed, layer_groups = pack_layer(layer, f)

@@ -8,12 +8,17 @@ round-tripped values in its float cache, so both attend over the same numbers.
   (x * (1 / s)) (0 when s is 0), x_hat = q * s.
 * int8 with calibrated per-channel scales c (kv_heads * head_dim,) of the layer (`--calibrate_kv`):
   q = clamp(round-half-even(x / c), -127, 127), x_hat = q * c.
+
+Calibrated scales are checkpoint tensors `<layers>.{i}.<attn>.k_channel_scale` and `.v_channel_scale`, float32
+(kv_heads * head_dim,), channel c of KV head h at h * head_dim + c (how awq/kv_calibration.py chooses them is
+documented there); quantization_config["kv_cache"] records the calibration.
 """
 from __future__ import annotations
 
 import torch
 
 KV_DTYPES = ("fp32", "bf16", "fp16", "int8")
+KEY_SCALE, VALUE_SCALE = "k_channel_scale", "v_channel_scale"   # calibrated scales, under a layer's attention module
 STORAGE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
 
 

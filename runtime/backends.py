@@ -38,6 +38,8 @@ class EngineOptions:
     kv_max_blocks: int | None = None     # the paged cache's pool (None = batch x context, resident only as used)
     kv_dtype: str = "fp32"               # cpu native (all) and torch --flash_attention (all, as round-tripped
                                          # values): fp32, bf16, fp16, int8 (kernels/kv_quant.py)
+    kv_scales: str = "auto"              # int8 KV: per_token, calibrated (the checkpoint's --calibrate_kv channel
+                                         # scales) or auto (calibrated when the checkpoint has them)
 
 
 DEFAULT_KV_BLOCK = 64          # tokens per KV cache block (benchmarks/kv_block_size.py)
@@ -52,14 +54,36 @@ def kv_paging(options: EngineOptions) -> tuple[int | None, int | None]:
     return block, options.kv_max_blocks
 
 
+KV_SCALES = ("auto", "per_token", "calibrated")
+
+
+def use_kv_channels(options: EngineOptions, calibrated: bool, source) -> bool:
+    """Whether an int8 KV cache takes the checkpoint's calibrated channel scales (`calibrated`: it has them):
+    --kv_scales auto takes them when present; per_token never; calibrated always (a UserError without them, or
+    with another --kv_dtype)."""
+    if options.kv_scales not in KV_SCALES:
+        raise UserError(f"--kv_scales {options.kv_scales!r} is not known.", f"Use one of: {', '.join(KV_SCALES)}.")
+    if options.kv_scales != "auto" and options.kv_dtype != "int8":
+        raise UserError(f"--kv_scales {options.kv_scales} chooses the scales of an int8 KV cache, and --kv_dtype is "
+                        f"{options.kv_dtype}.", "Add --kv_dtype int8, or drop --kv_scales.")
+    if options.kv_scales == "calibrated" and not calibrated:
+        raise UserError(f"--kv_scales calibrated needs calibrated KV cache scales, and {source} has none.",
+                        "Quantize the model with `run_awq quantize --calibrate_kv`, or use --kv_scales per_token.")
+    return options.kv_dtype == "int8" and calibrated and options.kv_scales != "per_token"
+
+
 def refuse_kv_options(engine: str, options: EngineOptions) -> None:
-    """--kv_block_size / --kv_max_blocks / --kv_dtype on an engine whose KV cache is neither paged nor of a chosen
-    precision (transformers, onnx, npu, tt, mesh runs): a UserError naming the flag."""
+    """--kv_block_size / --kv_max_blocks / --kv_dtype / --kv_scales on an engine whose KV cache is neither paged nor
+    of a chosen precision (transformers, onnx, npu, tt, mesh runs): a UserError naming the flag."""
     if options.kv_block_size is not None or options.kv_max_blocks is not None:
         flag = "--kv_block_size" if options.kv_block_size is not None else "--kv_max_blocks"
         raise UserError(f"{flag} sizes a paged KV cache, which {engine} does not have.",
                         "Paged KV caches run on --engine native and on --engine torch --flash_attention; drop the "
                         "flag for this engine.")
+    if options.kv_scales != "auto":
+        raise UserError(f"--kv_scales {options.kv_scales} chooses the scales of the int8 KV cache of the native engine "
+                        f"and of --engine torch --flash_attention, which {engine} does not have.",
+                        "Drop --kv_scales for this engine, or run --engine native.")
     if options.kv_dtype != "fp32":
         raise UserError(f"--kv_dtype {options.kv_dtype} sets the KV cache of the native engine and of --engine "
                         f"torch --flash_attention; {engine} keeps its own (the tt target: through --tt_precision).",

@@ -22,11 +22,12 @@ from ..checkpoints.directory import verify_manifest
 from ..checkpoints.hf_files import CheckedTensors
 from ..checkpoints.tokenizer_files import load_tokenizer, meta_eos_ids
 from ..errors import UserError
+from ..kernels.kv_quant import KEY_SCALE, VALUE_SCALE
 from ..kernels.qlinear import QLinearPerGrp
 from .config_check import check_config
 from .families import FAMILIES, Family, supported_types
 from .module_paths import get_module, set_module
-from .quantized_model import QuantLayout, install_qlinears
+from .quantized_model import QuantLayout, install_kv_scales, install_qlinears
 
 # quantization_config["quant_method"] -> reader: check(folder, qconfig); to_native(qconfig, family) -> native
 # qconfig; translate(state, qconfig, family, folder) -> state with native tensor names and layouts
@@ -263,7 +264,9 @@ def build_from_state_dict(config, family: Family, state: dict[str, torch.Tensor]
     model = build_skeleton(config, family, source)
     if layout is not None:
         install_qlinears(model, family, layout, act_dtype)
-    keep = (".packed", ".scales", ".zeros", ".mins", ".act_scale")
+        if layout.kv_channels:
+            install_kv_scales(model, family, config)
+    keep = (".packed", ".scales", ".zeros", ".mins", ".act_scale", "." + KEY_SCALE, "." + VALUE_SCALE)
     state = {k: (v.to(dtype) if v.is_floating_point() and not k.endswith(keep) else v) for k, v in state.items()
              if not k.endswith(IGNORED_KEYS)}
     try:

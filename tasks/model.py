@@ -16,7 +16,7 @@ def load(path: str | Path | None = None, target: str = "cpu", *, engine: str = "
          act_dtype: str = "bf16", flash_attention: bool = False, ep: str | None = None, strict_ep: bool = False,
          onnx_dir: str | Path | None = None, accuracy_level: int = 4, tt_precision: str = "performance",
          tt_device: str = "auto", prefill_chunk: int | None = None, kv_block_size: int | None = None,
-         kv_max_blocks: int | None = None, kv_dtype: str = "fp32") -> "Model":
+         kv_max_blocks: int | None = None, kv_dtype: str = "fp32", kv_scales: str = "auto") -> "Model":
     """Load a checkpoint (None or an alias: an embedded model) and build its engine on `target` (cpu, npu, tt); the
     keyword arguments are the flags of `run_awq decode`."""
     from ..runtime.backends import EngineOptions
@@ -26,7 +26,7 @@ def load(path: str | Path | None = None, target: str = "cpu", *, engine: str = "
                             onnx_dir=Path(onnx_dir) if onnx_dir is not None else None, accuracy_level=accuracy_level,
                             tt_precision=tt_precision, tt_device=tt_device, flash_attention=flash_attention,
                             prefill_chunk=check_prefill_chunk(prefill_chunk), kv_block_size=kv_block_size,
-                            kv_max_blocks=kv_max_blocks, kv_dtype=kv_dtype)
+                            kv_max_blocks=kv_max_blocks, kv_dtype=kv_dtype, kv_scales=kv_scales)
     return load_with_options(path, target, options, dtype, act_dtype)
 
 

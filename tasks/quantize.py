@@ -174,7 +174,7 @@ def quantize_task(model_path: str | None, out: str, w_bit: int | None, group_siz
                   duo_scaling: bool, export: str = "native", max_shard_bytes: int = 512 * 2**20,
                   progress: bool = True, overwrite: bool = False, search_tokens: int = DEFAULT_SEARCH_TOKENS,
                   search_dtype: str = "auto", gptq_damp: float | None = None, act_order: bool = False,
-                  sq_alpha: float | None = None, act_quant: str | None = None) -> dict:
+                  sq_alpha: float | None = None, act_quant: str | None = None, calibrate_kv: bool = False) -> dict:
     """Quantize the float model at `model_path` into a checkpoint folder `out` (replacing only an earlier
     checkpoint of this tool there, or anything but protected places with `overwrite`: checkpoints/output_path.py).
     `search_tokens`: calibration tokens (whole samples) the scale-search loss is measured on (0: all);
@@ -182,10 +182,17 @@ def quantize_task(model_path: str | None, out: str, w_bit: int | None, group_siz
     the CPU has AVX512-BF16 or AMX, else fp32). `algorithm` gptq / awq+gptq round with GPTQ (`gptq_damp`, default
     0.01, and `act_order`: refused with the other algorithms) over the same calibration data. `w_bit`, `group_size`
     None: not given (4 and 128; SmoothQuant's int8 per channel). `algorithm` smoothquant: W8A8 with `sq_alpha`
-    (default 0.5) and `act_quant` per_token (default) or per_tensor. Returns the summary printed as JSON."""
+    (default 0.5) and `act_quant` per_token (default) or per_tensor. `calibrate_kv`: also store int8 KV cache channel
+    scales from the calibration data (awq/kv_calibration.py). Returns the summary printed as JSON."""
     spec = _weight_spec(algorithm, w_bit, group_size, zero_point, lm_head)
     if export == "awq":
         check_exportable(spec.bits, spec.group_size, lm_head)
+    if calibrate_kv and (export != "native" or algorithm == "import"):
+        raise UserError("--calibrate_kv stores KV cache scales in the native checkpoint format"
+                        f"{', which --export awq does not have' if export != 'native' else ''}"
+                        f"{'; --algorithm import runs no calibration' if algorithm == 'import' else ''}.",
+                        "Drop --calibrate_kv, or quantize to the native format with a calibrating algorithm "
+                        "(awq, gptq, awq+gptq, smoothquant or pergrp).")
     gptq = _gptq_options(algorithm, gptq_damp, act_order)
     smooth = _smooth_options(algorithm, sq_alpha, act_quant)
     awq_mode = _awq_mode(algorithm, awq_mode, awq_cache, dump_awq)
@@ -209,14 +216,14 @@ def quantize_task(model_path: str | None, out: str, w_bit: int | None, group_siz
     # stops the run before the checkpoint appears, without a second pass over the weights.
     torch.manual_seed(seed)
     search = awq_mode == "run"
-    calibrate = search or gptq is not None or smooth is not None
+    calibrate = search or gptq is not None or smooth is not None or calibrate_kv
     calib = calibration_blocks(src.tokenizer, calib_dataset, n_samples, seqlen, seed) if calibrate else None
     precomputed = load_llm_awq_cache(awq_cache) if awq_mode == "load" else None
     dtype = resolve_search_dtype(search_dtype)
     options = AwqOptions(spec, search=search, duo_scaling=duo_scaling, dtype=dtype, gptq=gptq, smooth=smooth,
                          search_samples=search_sample_indices(n_samples, seqlen, search_tokens))
-    job = QuantizeJob(options, calib, precomputed, lm_head,
-                      lm_head_group_size, progress=progress)
+    job = QuantizeJob(options, calib, precomputed, lm_head, lm_head_group_size, progress=progress,
+                      calibrate_kv=calibrate_kv)
     config = src.config.to_dict()
     if not config.get("architectures"):       # e.g. a GGUF source: transformers, vLLM and the genai builder need it
         config["architectures"] = [src.family.model_class]
@@ -238,6 +245,9 @@ def quantize_task(model_path: str | None, out: str, w_bit: int | None, group_siz
             "mode": smooth.act_quant, "alpha": smooth.alpha,
             "calib_dataset": calib_dataset or "shipped corpus train split", "n_samples": n_samples, "seqlen": seqlen,
             "seed": seed},
+        "kv_cache": None if not calibrate_kv else {
+            "dtype": "int8", "scales": "per_channel", "calib_dataset": calib_dataset or "shipped corpus train split",
+            "n_samples": n_samples, "seqlen": seqlen, "seed": seed},
         "lm_head": lm_head, "lm_head_group_size": lm_head_group_size if lm_head else None,
         "quantized_modules": list(src.family.linears), "fused_layout": False,
         "source_model": str(src.folder),

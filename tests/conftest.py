@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 
+from edgeawq.cpu_backend import native_build
 from edgeawq.default_models import DEFAULT_MODELS
 
 # One build of the native kernels for every test and subprocess (tests point EDGEAWQ_CACHE at temporary folders);
@@ -59,6 +60,16 @@ def write_model(path: Path, config, seed: int = 0, **save_kwargs) -> Path:
         if (TOKENIZER_SOURCE / f).exists():
             shutil.copy(TOKENIZER_SOURCE / f, path / f)
     return path
+
+
+# The native kernel builds this machine can run (the AVX2 one everywhere it builds at all).
+ISAS = [isa for isa, need in native_build.CPU_FLAGS.items() if need <= native_build.cpu_flags()]
+
+
+def use_isa(monkeypatch, isa: str) -> None:
+    """Native engines built from now on run the `isa` kernels (the AVX2 ones on an AVX-512 machine too)."""
+    load = native_build.load
+    monkeypatch.setattr(native_build, "load", lambda which=None: load(which or isa))
 
 
 @pytest.fixture(scope="session")

@@ -685,6 +685,77 @@ inline void weighted_sum_any(const float* p, const typename KvElem<KIND>::type* 
     }
 }
 
+// ---- prefill attention micro-kernels (a tile of queries against 16 keys / a run of value rows) -------------
+// Register blocking: QB query vectors share every key load (KB x 16 keys per step); QV queries x CB 16-dim chunks share every value load.
+#if EDGEAWQ_AVX512
+constexpr int kScoreQB = 8, kScoreKB = 2, kValueQV = 4, kValueCB = 4;
+#else
+constexpr int kScoreQB = 4, kScoreKB = 1, kValueQV = 2, kValueCB = 2;
+#endif
+
+// dst[q * ldd + 16 b + 0:16] = (sum_i Q[q * hd + i] * key_i[b][0:16]) * mult[b][0:16] for q < QB, b < KB; kt[b]: 16
+// keys transposed (hd rows of 16 stored values: see Decoder::set_cache).
+template <int KIND, int QB, int KB>
+inline void score_keys(const float* Q, int64_t hd, const typename KvElem<KIND>::type* const* kt, const v16f* mult,
+                       float* dst, int64_t ldd) {
+    v16f a[QB][KB];
+    for (int q = 0; q < QB; ++q)
+        for (int k = 0; k < KB; ++k) a[q][k] = splat(0.f);
+    for (int64_t i = 0; i < hd; ++i) {
+        v16f key[KB];
+        for (int k = 0; k < KB; ++k) key[k] = load_kv16<KIND>(kt[k] + 16 * i);
+        for (int q = 0; q < QB; ++q) {
+            const float x = Q[q * hd + i];
+            for (int k = 0; k < KB; ++k) a[q][k] += key[k] * x;
+        }
+    }
+    for (int q = 0; q < QB; ++q)
+        for (int k = 0; k < KB; ++k) store16(dst + q * ldd + 16 * k, a[q][k] * mult[k]);
+}
+
+// acc[q * lda + 16 c0 ...] (CB chunks of 16 dims) += sum_{j < n} P[q * ldp + j] * value_j[16 c0 ...] for q < QV;
+// value row j at rows16[j / 16] + (j % 16) * hd (rows of hd stored values, 16 consecutive rows per pointer).
+template <int KIND, int QV, int CB>
+inline void add_values(const float* P, int64_t ldp, const typename KvElem<KIND>::type* const* rows16, int64_t n,
+                       int64_t hd, int64_t c0, float* acc, int64_t lda) {
+    v16f a[QV][CB];
+    for (int q = 0; q < QV; ++q)
+        for (int c = 0; c < CB; ++c) a[q][c] = load16(acc + q * lda + 16 * (c0 + c));
+    for (int64_t j = 0; j < n; ++j) {
+        const auto* v = rows16[j / 16] + (j % 16) * hd + 16 * c0;
+        v16f x[CB];
+        for (int c = 0; c < CB; ++c) x[c] = load_kv16<KIND>(v + 16 * c);
+        for (int q = 0; q < QV; ++q) {
+            const float p = P[q * ldp + j];
+            for (int c = 0; c < CB; ++c) a[q][c] += x[c] * p;
+        }
+    }
+    for (int q = 0; q < QV; ++q)
+        for (int c = 0; c < CB; ++c) store16(acc + q * lda + 16 * (c0 + c), a[q][c]);
+}
+
+// max(p[0:n]) (n >= 1), 16 lanes at a time.
+inline float max_of(const float* p, int64_t n) {
+    float mx = -INFINITY;
+    int64_t j = 0;
+    if (n >= 16) {
+        v16f m = load16(p);
+        for (j = 16; j + 16 <= n; j += 16) {
+            const v16f x = load16(p + j);
+            m = x > m ? x : m;
+        }
+        for (int t = 0; t < 16; ++t) mx = std::max(mx, m[t]);
+    }
+    for (; j < n; ++j) mx = std::max(mx, p[j]);
+    return mx;
+}
+
+// Per-thread scratch of the tiled prefill attention.
+struct TileScratch {
+    std::vector<float> q, p, acc, mx, sum, vscale;
+    std::vector<const void*> rows16;
+};
+
 // Steps of one decoder layer as --profile reports them (each projection includes quantizing its input; the
 // residual adds are in o_proj and down_proj).
 constexpr int kPhases = 9;
@@ -985,13 +1056,41 @@ class Decoder {
         return s;
     }
 
-    // One task per (token, KV head): the q heads sharing that KV head together. Scores 16 keys at a time from
-    // the transposed key blocks (no horizontal sums); softmax in fp32; values accumulated 16 dims at a time, block
-    // by block of the cache. int8: the keys' channel scales multiply q, their slot scales the 16 scores; the
-    // values' slot scales multiply the probabilities, their channel scales the output.
+    // Attention of the call's M tokens, each against its row's cached slots up to its own (within the layer's
+    // window), written to out (M, heads * head_dim). Tokens are taken in tiles: runs of consecutive tokens of one
+    // row at consecutive slots, at most max(1, kTileQueries / group) tokens. One task per (KV head, tile), KV head
+    // major, so each thread's share spans every tile (the tiles late in a prompt read the most keys). A tile of one
+    // token (decode) takes attend_token, a longer one (prefill) attend_tile.
+    static constexpr int64_t kTileQueries = 64;
     template <int KIND>
     void attention(const float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot, size_t li,
                    float* out) {
+        const int64_t most = std::max<int64_t>(1, kTileQueries / (nh_ / kvh_));
+        std::vector<int64_t> first, count;                                  // the tiles
+        for (int64_t m = 0; m < M; ++m) {
+            if (!first.empty() && count.back() < most && row[m] == row[m - 1] && slot[m] == slot[m - 1] + 1)
+                ++count.back();
+            else { first.push_back(m); count.push_back(1); }
+        }
+        const int64_t nt = (int64_t)first.size();
+        pool_.run(nt * kvh_, [&](int64_t b, int64_t e) {
+            std::vector<float> scores;
+            TileScratch w;
+            for (int64_t task = b; task < e; ++task) {
+                const int64_t kv = task / nt, t = task % nt;
+                if (count[t] == 1) attend_token<KIND>(qkv, ld, first[t], row, slot, kv, li, scores, out);
+                else attend_tile<KIND>(qkv, ld, first[t], count[t], row[first[t]], slot[first[t]], kv, li, w, out);
+            }
+        });
+    }
+
+    // Token m, KV head kv: the q heads sharing that KV head together. Scores 16 keys at a time from the transposed
+    // key blocks (no horizontal sums); softmax in fp32; values accumulated 16 dims at a time, block by block of the
+    // cache. int8: the keys' channel scales multiply q, their slot scales the 16 scores; the values' slot scales
+    // multiply the probabilities, their channel scales the output.
+    template <int KIND>
+    void attend_token(const float* qkv, int64_t ld, int64_t m, const int64_t* row, const int64_t* slot, int64_t kv,
+                      size_t li, std::vector<float>& scores, float* out) {
         using T = typename KvElem<KIND>::type;
         const int64_t bs = values_[li].size(2), nb = table_.size(1), S = nb * bs, group = nh_ / kvh_,
                       chunks = hd_ / 16, window = layers_[li].window;
@@ -1004,71 +1103,186 @@ class Decoder {
         const float* kc = KIND == kKvI8 && L.k_channel.defined() ? L.k_channel.data_ptr<float>() : nullptr;
         const float* vc = KIND == kKvI8 && L.v_channel.defined() ? L.v_channel.data_ptr<float>() : nullptr;
         const float scale = 1.f / std::sqrt((float)hd_);
-        pool_.run(M * kvh_, [&](int64_t b, int64_t e) {
-            std::vector<float> scores(group * S), qs(kc ? group * hd_ : 0);
-            for (int64_t task = b; task < e; ++task) {
-                const int64_t m = task / kvh_, kv = task % kvh_;
-                const int64_t hi = slot[m], lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;
-                const int64_t b0 = lo / 16, b1 = hi / 16;                       // 16-key chunks touched
-                const float* q = qkv + m * ld + kv * group * hd_;                // the group's q heads, adjacent
-                if (kc) {                                                        // q * the keys' channel scales
-                    for (int64_t h = 0; h < group; ++h)
-                        for (int64_t i = 0; i < hd_; ++i) qs[h * hd_ + i] = q[h * hd_ + i] * kc[kv * hd_ + i];
-                    q = qs.data();
+        scores.resize(group * S + (kc ? group * hd_ : 0));
+        float* qs = scores.data() + group * S;
+        const int64_t hi = slot[m], lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;
+        const int64_t b0 = lo / 16, b1 = hi / 16;                       // 16-key chunks touched
+        const float* q = qkv + m * ld + kv * group * hd_;                // the group's q heads, adjacent
+        if (kc) {                                                        // q * the keys' channel scales
+            for (int64_t h = 0; h < group; ++h)
+                for (int64_t i = 0; i < hd_; ++i) qs[h * hd_ + i] = q[h * hd_ + i] * kc[kv * hd_ + i];
+            q = qs;
+        }
+        const int32_t* rt = tab + row[m] * nb;                           // the row's blocks
+        for (int64_t blk = b0; blk <= b1; ++blk) {
+            const int64_t s0 = 16 * blk, base = (rt[s0 / bs] * kvh_ + kv) * bs + s0 % bs;
+            const T* kt = K + ((rt[s0 / bs] * kvh_ + kv) * (bs / 16) + (s0 % bs) / 16) * hd_ * 16;
+            for (int64_t h = 0; h < group; ++h) {
+                const float* qh = q + h * hd_;
+                v16f s0 = splat(0.f), s1 = splat(0.f);
+                for (int64_t i = 0; i < hd_; i += 2) {
+                    s0 += load_kv16<KIND>(kt + 16 * i) * qh[i];
+                    s1 += load_kv16<KIND>(kt + 16 * (i + 1)) * qh[i + 1];
                 }
-                const int32_t* rt = tab + row[m] * nb;                           // the row's blocks
-                for (int64_t blk = b0; blk <= b1; ++blk) {
-                    const int64_t s0 = 16 * blk, base = (rt[s0 / bs] * kvh_ + kv) * bs + s0 % bs;
-                    const T* kt = K + ((rt[s0 / bs] * kvh_ + kv) * (bs / 16) + (s0 % bs) / 16) * hd_ * 16;
-                    for (int64_t h = 0; h < group; ++h) {
-                        const float* qh = q + h * hd_;
-                        v16f s0 = splat(0.f), s1 = splat(0.f);
-                        for (int64_t i = 0; i < hd_; i += 2) {
-                            s0 += load_kv16<KIND>(kt + 16 * i) * qh[i];
-                            s1 += load_kv16<KIND>(kt + 16 * (i + 1)) * qh[i + 1];
-                        }
-                        v16f sc = (s0 + s1) * scale;
-                        if constexpr (KIND == kKvI8) sc *= load16(ks + base);
-                        store16(scores.data() + h * S + 16 * blk, sc);
+                v16f sc = (s0 + s1) * scale;
+                if constexpr (KIND == kKvI8) sc *= load16(ks + base);
+                store16(scores.data() + h * S + 16 * blk, sc);
+            }
+        }
+        for (int64_t h = 0; h < group; ++h) {
+            float* sc = scores.data() + h * S;
+            float mx = -INFINITY;
+            for (int64_t j = lo; j <= hi; ++j) mx = std::max(mx, sc[j]);
+            v16f tot = splat(0.f);
+            int64_t j = lo;
+            for (; j + 16 <= hi + 1; j += 16) {
+                const v16f p = exp16(load16(sc + j) - mx);
+                store16(sc + j, p);
+                tot += p;
+            }
+            float total = 0.f;
+            for (int t = 0; t < 16; ++t) total += tot[t];
+            for (; j <= hi; ++j) { sc[j] = std::exp(sc[j] - mx); total += sc[j]; }
+            float* o = out + m * nh_ * hd_ + (kv * group + h) * hd_;
+            std::fill(o, o + hd_, 0.f);
+            for (int64_t j0 = lo; j0 <= hi;) {                             // one cache block at a time
+                const int64_t j1 = std::min(hi + 1, (j0 / bs + 1) * bs);
+                const int64_t base = (rt[j0 / bs] * kvh_ + kv) * bs + j0 % bs;
+                const T* Vb = V + base * hd_;
+                if constexpr (KIND == kKvI8)
+                    for (int64_t t = 0; t < j1 - j0; ++t) sc[j0 + t] *= vs[base + t];
+                switch (chunks) {
+                    case 4: weighted_sum<KIND, 4>(sc + j0, Vb, j1 - j0, o); break;
+                    case 8: weighted_sum<KIND, 8>(sc + j0, Vb, j1 - j0, o); break;
+                    default: weighted_sum_any<KIND>(sc + j0, Vb, j1 - j0, chunks, o);
+                }
+                j0 = j1;
+            }
+            const float inv = 1.f / total;
+            if (vc)
+                for (int64_t i = 0; i < hd_; ++i) o[i] *= inv * vc[kv * hd_ + i];
+            else
+                for (int64_t i = 0; i < hd_; ++i) o[i] *= inv;
+        }
+    }
+
+    // Tokens m0..m0+n-1 of row r at slots s..s+n-1, KV head kv: their n * group query vectors (query t * group + h =
+    // token t, head h of the group) against the row's keys, kSegment slots at a time with an online softmax (a
+    // running max and sum per query, the output rescaled when the max grows). Segments start at multiples of
+    // kSegment, so a query's result depends neither on its tile nor on the cache's block size. Scale factors as in
+    // attend_token.
+    static constexpr int64_t kSegment = 256;
+    template <int KIND>
+    void attend_tile(const float* qkv, int64_t ld, int64_t m0, int64_t n, int64_t r, int64_t s, int64_t kv,
+                     size_t li, TileScratch& w, float* out) {
+        using T = typename KvElem<KIND>::type;
+        const int64_t bs = values_[li].size(2), nb = table_.size(1), group = nh_ / kvh_, nq = n * group,
+                      chunks = hd_ / 16, window = layers_[li].window;
+        const int32_t* rt = table_.data_ptr<int32_t>() + r * nb;             // the row's blocks
+        const T* K = (const T*)keys_[li].data_ptr();
+        const T* V = (const T*)values_[li].data_ptr();
+        const float* ks = KIND == kKvI8 ? key_scales_[li].data_ptr<float>() : nullptr;
+        const float* vs = KIND == kKvI8 ? value_scales_[li].data_ptr<float>() : nullptr;
+        const Layer& L = layers_[li];
+        const float* kc = KIND == kKvI8 && L.k_channel.defined() ? L.k_channel.data_ptr<float>() : nullptr;
+        const float* vc = KIND == kKvI8 && L.v_channel.defined() ? L.v_channel.data_ptr<float>() : nullptr;
+        const float scale = 1.f / std::sqrt((float)hd_);
+        w.q.resize(nq * hd_); w.p.resize(nq * kSegment); w.acc.assign(nq * hd_, 0.f);
+        w.mx.assign(nq, -INFINITY); w.sum.assign(nq, 0.f); w.vscale.resize(kSegment); w.rows16.resize(kSegment / 16);
+        for (int64_t t = 0; t < n; ++t)                                      // Q (nq, hd), * key channel scales
+            for (int64_t h = 0; h < group; ++h) {
+                const float* q = qkv + (m0 + t) * ld + (kv * group + h) * hd_;
+                float* d = w.q.data() + (t * group + h) * hd_;
+                for (int64_t i = 0; i < hd_; ++i) d[i] = kc ? q[i] * kc[kv * hd_ + i] : q[i];
+            }
+        const int64_t last = s + n - 1, first = window > 0 ? std::max<int64_t>(0, s - window + 1) : 0;
+        for (int64_t seg = first / kSegment * kSegment; seg <= last; seg += kSegment) {
+            const int64_t c0 = std::max(seg, first / 16 * 16);               // 16-aligned slots [c0, c1)
+            const int64_t c1 = std::min(seg + kSegment, (last / 16 + 1) * 16), len = c1 - c0;
+            const T** rows16 = (const T**)w.rows16.data();
+            const T* kt[kScoreKB];                                           // scores (nq, len)
+            v16f mult[kScoreKB];
+            for (int64_t j = c0; j < c1;) {                                  // kScoreKB x 16 keys at a time
+                const int64_t kb = std::min<int64_t>(kScoreKB, (c1 - j) / 16);
+                for (int64_t k = 0; k < kb; ++k, j += 16) {
+                    const int64_t blk = rt[j / bs], base = (blk * kvh_ + kv) * bs + j % bs;
+                    kt[k] = K + ((blk * kvh_ + kv) * (bs / 16) + (j % bs) / 16) * hd_ * 16;
+                    rows16[(j - c0) / 16] = V + base * hd_;
+                    mult[k] = splat(scale);
+                    if constexpr (KIND == kKvI8) {
+                        mult[k] *= load16(ks + base);
+                        store16(w.vscale.data() + (j - c0), load16(vs + base));
                     }
                 }
-                for (int64_t h = 0; h < group; ++h) {
-                    float* sc = scores.data() + h * S;
-                    float mx = -INFINITY;
-                    for (int64_t j = lo; j <= hi; ++j) mx = std::max(mx, sc[j]);
-                    v16f tot = splat(0.f);
-                    int64_t j = lo;
-                    for (; j + 16 <= hi + 1; j += 16) {
-                        const v16f p = exp16(load16(sc + j) - mx);
-                        store16(sc + j, p);
-                        tot += p;
-                    }
-                    float total = 0.f;
-                    for (int t = 0; t < 16; ++t) total += tot[t];
-                    for (; j <= hi; ++j) { sc[j] = std::exp(sc[j] - mx); total += sc[j]; }
-                    float* o = out + m * nh_ * hd_ + (kv * group + h) * hd_;
-                    std::fill(o, o + hd_, 0.f);
-                    for (int64_t j0 = lo; j0 <= hi;) {                             // one cache block at a time
-                        const int64_t j1 = std::min(hi + 1, (j0 / bs + 1) * bs);
-                        const int64_t base = (rt[j0 / bs] * kvh_ + kv) * bs + j0 % bs;
-                        const T* Vb = V + base * hd_;
-                        if constexpr (KIND == kKvI8)
-                            for (int64_t t = 0; t < j1 - j0; ++t) sc[j0 + t] *= vs[base + t];
-                        switch (chunks) {
-                            case 4: weighted_sum<KIND, 4>(sc + j0, Vb, j1 - j0, o); break;
-                            case 8: weighted_sum<KIND, 8>(sc + j0, Vb, j1 - j0, o); break;
-                            default: weighted_sum_any<KIND>(sc + j0, Vb, j1 - j0, chunks, o);
-                        }
-                        j0 = j1;
-                    }
-                    const float inv = 1.f / total;
-                    if (vc)
-                        for (int64_t i = 0; i < hd_; ++i) o[i] *= inv * vc[kv * hd_ + i];
-                    else
-                        for (int64_t i = 0; i < hd_; ++i) o[i] *= inv;
+                float* dst = w.p.data() + (j - 16 * kb - c0);
+                int64_t q = 0;
+                if (kb == kScoreKB)
+                    for (; q + kScoreQB <= nq; q += kScoreQB)
+                        score_keys<KIND, kScoreQB, kScoreKB>(w.q.data() + q * hd_, hd_, kt, mult, dst + q * kSegment,
+                                                             kSegment);
+                for (; q < nq; ++q)
+                    for (int64_t k = 0; k < kb; ++k)
+                        score_keys<KIND, 1, 1>(w.q.data() + q * hd_, hd_, kt + k, mult + k, dst + q * kSegment + 16 * k,
+                                               kSegment);
+            }
+            for (int64_t q = 0; q < nq; ++q) {                               // online softmax, query by query
+                const int64_t hi = s + q / group, lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;
+                const int64_t a = std::max(lo, c0), b = std::min(hi, c1 - 1); // the query's slots here: [a, b]
+                float* p = w.p.data() + q * kSegment;
+                if (a > b) { std::fill(p, p + len, 0.f); continue; }
+                const float mx = std::max(w.mx[q], max_of(p + (a - c0), b + 1 - a));
+                const float corr = std::exp(w.mx[q] - mx);                     // 0 on the first segment
+                w.mx[q] = mx;
+                std::fill(p, p + (a - c0), 0.f);
+                std::fill(p + (b + 1 - c0), p + len, 0.f);
+                v16f tot = splat(0.f);
+                int64_t j = a - c0;
+                for (; j + 16 <= b + 1 - c0; j += 16) {
+                    const v16f e = exp16(load16(p + j) - mx);
+                    tot += e;
+                    store16(p + j, KIND == kKvI8 ? e * load16(w.vscale.data() + j) : e);
+                }
+                float total = 0.f;
+                for (int t = 0; t < 16; ++t) total += tot[t];
+                for (; j <= b - c0; ++j) {
+                    const float e = std::exp(p[j] - mx);
+                    total += e;
+                    p[j] = KIND == kKvI8 ? e * w.vscale[j] : e;
+                }
+                w.sum[q] = w.sum[q] * corr + total;
+                if (corr != 1.f) {
+                    float* o = w.acc.data() + q * hd_;
+                    for (int64_t i = 0; i < hd_; ++i) o[i] *= corr;
                 }
             }
-        });
+            // acc (nq, hd) += P V over the rows up to the last query's slot (the slots after the call's last token
+            // are unwritten: a paged pool is not zeroed, and 0 * NaN is NaN)
+            auto rows = [&](int64_t q_end) { return std::min(c1, s + (q_end - 1) / group + 1) - c0; };
+            int64_t q = 0;
+            for (; q + kValueQV <= nq; q += kValueQV)
+                if (rows(q + kValueQV) > 0) add_value_rows<KIND, kValueQV>(w, q, rows(q + kValueQV), chunks, rows16);
+            for (; q < nq; ++q)
+                if (rows(q + 1) > 0) add_value_rows<KIND, 1>(w, q, rows(q + 1), chunks, rows16);
+        }
+        for (int64_t q = 0; q < nq; ++q) {
+            const int64_t t = q / group, h = q % group;
+            float* o = out + (m0 + t) * nh_ * hd_ + (kv * group + h) * hd_;
+            const float* a = w.acc.data() + q * hd_;
+            const float inv = 1.f / w.sum[q];
+            for (int64_t i = 0; i < hd_; ++i) o[i] = a[i] * inv * (vc ? vc[kv * hd_ + i] : 1.f);
+        }
+    }
+
+    template <int KIND, int QV>
+    static void add_value_rows(TileScratch& w, int64_t q, int64_t len, int64_t chunks,
+                               const typename KvElem<KIND>::type* const* rows16) {
+        const int64_t hd = 16 * chunks;
+        int64_t c = 0;
+        for (; c + kValueCB <= chunks; c += kValueCB)
+            add_values<KIND, QV, kValueCB>(w.p.data() + q * kSegment, kSegment, rows16, len, hd, c,
+                                           w.acc.data() + q * hd, hd);
+        for (; c < chunks; ++c)
+            add_values<KIND, QV, 1>(w.p.data() + q * kSegment, kSegment, rows16, len, hd, c, w.acc.data() + q * hd, hd);
     }
 
     int64_t D_, nh_, kvh_, hd_, F_;

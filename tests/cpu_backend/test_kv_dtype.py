@@ -14,23 +14,16 @@ from edgeawq.runtime.engines import StaticCacheEngine
 from edgeawq.runtime.generate import left_pad
 from edgeawq.runtime.model_loader import load_model
 
-from ..conftest import TINY, rtn_default_checkpoint, rtn_tiny
+from ..conftest import ISAS, TINY, rtn_default_checkpoint, rtn_tiny, use_isa
 from .test_kv_cache import run
 from .test_native_engine import native_math_forward
 
 DTYPES = ["fp32", "bf16", "fp16", "int8"]
-ISAS = [isa for isa, need in native_build.CPU_FLAGS.items() if need <= native_build.cpu_flags()]
 
 
 @pytest.fixture(scope="module")
 def quantized(checkpoints, tmp_path_factory) -> dict:
     return rtn_tiny(checkpoints, tmp_path_factory.mktemp("kvdtype"), ("llama3", "qwen2"))
-
-
-def use_isa(monkeypatch, isa: str) -> None:
-    """Engines built from now on run the `isa` kernels (the AVX2 ones on an AVX-512 machine too)."""
-    load = native_build.load
-    monkeypatch.setattr(native_build, "load", lambda which=None: load(which or isa))
 
 
 def native(path, **options):
@@ -145,7 +138,9 @@ def test_cache_storage_and_bytes(quantized):
 def test_kv_precision_accuracy_bounds_on_a_default_model(model, tmp_path):
     """Teacher-forced against the fp32 cache on 4 windows of 256 tokens (half prefilled, half decoded one token at a
     time): measured top-1 98.2-99.4%, top-5 100%, perplexity within 0.08%, mean logits PCC >= 0.99997 for bf16, fp16
-    and int8 (per token) on both models; an fp32 cache agrees on every position."""
+    and int8 (per token) on both models. An fp32 cache differs only in where the positions past the prefill are
+    computed (the reference prefills them in query tiles with an online softmax, the target decodes them one by one):
+    fp32 sums in another order, which flips an int8 activation code now and then (0.3% top-1 at near ties measured)."""
     from edgeawq.data_sources import corpus_split
     from edgeawq.evaluation.accuracy import teacher_forced_accuracy
     from edgeawq.evaluation.perplexity import eval_windows
@@ -154,7 +149,7 @@ def test_kv_precision_accuracy_bounds_on_a_default_model(model, tmp_path):
     loaded = load_model(str(path))
     windows = eval_windows(loaded.tokenizer, corpus_split("test").read_text(encoding="utf-8"), 256, 4, 2048)
     reference = native(path)
-    for kv_dtype, top1, ppl in [("fp32", 1.0, 1e-6), ("bf16", 0.97, 0.002), ("fp16", 0.97, 0.002),
+    for kv_dtype, top1, ppl in [("fp32", 0.99, 5e-4), ("bf16", 0.97, 0.002), ("fp16", 0.97, 0.002),
                                 ("int8", 0.97, 0.005)]:
         r = teacher_forced_accuracy(reference, native(path, kv_dtype=kv_dtype), windows, 128)
         assert r.top1 >= top1 and r.top5 >= 0.99 and abs(r.target_ppl / r.reference_ppl - 1) <= ppl, \
