@@ -660,32 +660,7 @@ QLinear make_linear(torch::Tensor lines, torch::Tensor meta, c10::optional<torch
     return w;
 }
 
-// out[0:16 CH] += sum_{j < n} p[j] * V[j, :] (V rows of 16 CH stored values); accumulators in registers.
-template <int KIND, int CH>
-inline void weighted_sum(const float* p, const typename KvElem<KIND>::type* V, int64_t n, float* out) {
-    v16f a[CH];
-    for (int c = 0; c < CH; ++c) a[c] = load16(out + 16 * c);
-    for (int64_t j = 0; j < n; ++j) {
-        const auto* v = V + j * 16 * CH;
-        for (int c = 0; c < CH; ++c) a[c] += load_kv16<KIND>(v + 16 * c) * p[j];
-    }
-    for (int c = 0; c < CH; ++c) store16(out + 16 * c, a[c]);
-}
-
-template <int KIND>
-inline void weighted_sum_any(const float* p, const typename KvElem<KIND>::type* V, int64_t n, int64_t chunks,
-                             float* out) {
-    for (int64_t c0 = 0; c0 < chunks; c0 += 4) {
-        const int64_t m = std::min<int64_t>(4, chunks - c0);
-        v16f a[4];
-        for (int64_t c = 0; c < m; ++c) a[c] = load16(out + 16 * (c0 + c));
-        for (int64_t j = 0; j < n; ++j)
-            for (int64_t c = 0; c < m; ++c) a[c] += load_kv16<KIND>(V + j * 16 * chunks + 16 * (c0 + c)) * p[j];
-        for (int64_t c = 0; c < m; ++c) store16(out + 16 * (c0 + c), a[c]);
-    }
-}
-
-// ---- prefill attention micro-kernels (a tile of queries against 16 keys / a run of value rows) -------------
+// ---- attention micro-kernels (a tile of queries against 16 keys / a run of value rows) ---------------------
 // Register blocking: QB query vectors share every key load (KB x 16 keys per step); QV queries x CB 16-dim chunks share every value load.
 #if EDGEAWQ_AVX512
 constexpr int kScoreQB = 8, kScoreKB = 2, kValueQV = 4, kValueCB = 4;
@@ -750,7 +725,7 @@ inline float max_of(const float* p, int64_t n) {
     return mx;
 }
 
-// Per-thread scratch of the tiled prefill attention.
+// Per-thread scratch of the tiled attention.
 struct TileScratch {
     std::vector<float> q, p, acc, mx, sum, vscale;
     std::vector<const void*> rows16;
@@ -1058,9 +1033,9 @@ class Decoder {
 
     // Attention of the call's M tokens, each against its row's cached slots up to its own (within the layer's
     // window), written to out (M, heads * head_dim). Tokens are taken in tiles: runs of consecutive tokens of one
-    // row at consecutive slots, at most max(1, kTileQueries / group) tokens. One task per (KV head, tile), KV head
-    // major, so each thread's share spans every tile (the tiles late in a prompt read the most keys). A tile of one
-    // token (decode) takes attend_token, a longer one (prefill) attend_tile.
+    // row at consecutive slots, at most max(1, kTileQueries / group) tokens (a decode step: one token per row). One
+    // task per (KV head, tile), KV head major, so each thread's share spans every tile (the tiles late in a prompt
+    // read the most keys).
     static constexpr int64_t kTileQueries = 64;
     template <int KIND>
     void attention(const float* qkv, int64_t ld, int64_t M, const int64_t* row, const int64_t* slot, size_t li,
@@ -1074,103 +1049,21 @@ class Decoder {
         }
         const int64_t nt = (int64_t)first.size();
         pool_.run(nt * kvh_, [&](int64_t b, int64_t e) {
-            std::vector<float> scores;
             TileScratch w;
             for (int64_t task = b; task < e; ++task) {
                 const int64_t kv = task / nt, t = task % nt;
-                if (count[t] == 1) attend_token<KIND>(qkv, ld, first[t], row, slot, kv, li, scores, out);
-                else attend_tile<KIND>(qkv, ld, first[t], count[t], row[first[t]], slot[first[t]], kv, li, w, out);
+                attend_tile<KIND>(qkv, ld, first[t], count[t], row[first[t]], slot[first[t]], kv, li, w, out);
             }
         });
-    }
-
-    // Token m, KV head kv: the q heads sharing that KV head together. Scores 16 keys at a time from the transposed
-    // key blocks (no horizontal sums); softmax in fp32; values accumulated 16 dims at a time, block by block of the
-    // cache. int8: the keys' channel scales multiply q, their slot scales the 16 scores; the values' slot scales
-    // multiply the probabilities, their channel scales the output.
-    template <int KIND>
-    void attend_token(const float* qkv, int64_t ld, int64_t m, const int64_t* row, const int64_t* slot, int64_t kv,
-                      size_t li, std::vector<float>& scores, float* out) {
-        using T = typename KvElem<KIND>::type;
-        const int64_t bs = values_[li].size(2), nb = table_.size(1), S = nb * bs, group = nh_ / kvh_,
-                      chunks = hd_ / 16, window = layers_[li].window;
-        const int32_t* tab = table_.data_ptr<int32_t>();
-        const T* K = (const T*)keys_[li].data_ptr();
-        const T* V = (const T*)values_[li].data_ptr();
-        const float* ks = KIND == kKvI8 ? key_scales_[li].data_ptr<float>() : nullptr;
-        const float* vs = KIND == kKvI8 ? value_scales_[li].data_ptr<float>() : nullptr;
-        const Layer& L = layers_[li];
-        const float* kc = KIND == kKvI8 && L.k_channel.defined() ? L.k_channel.data_ptr<float>() : nullptr;
-        const float* vc = KIND == kKvI8 && L.v_channel.defined() ? L.v_channel.data_ptr<float>() : nullptr;
-        const float scale = 1.f / std::sqrt((float)hd_);
-        scores.resize(group * S + (kc ? group * hd_ : 0));
-        float* qs = scores.data() + group * S;
-        const int64_t hi = slot[m], lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;
-        const int64_t b0 = lo / 16, b1 = hi / 16;                       // 16-key chunks touched
-        const float* q = qkv + m * ld + kv * group * hd_;                // the group's q heads, adjacent
-        if (kc) {                                                        // q * the keys' channel scales
-            for (int64_t h = 0; h < group; ++h)
-                for (int64_t i = 0; i < hd_; ++i) qs[h * hd_ + i] = q[h * hd_ + i] * kc[kv * hd_ + i];
-            q = qs;
-        }
-        const int32_t* rt = tab + row[m] * nb;                           // the row's blocks
-        for (int64_t blk = b0; blk <= b1; ++blk) {
-            const int64_t s0 = 16 * blk, base = (rt[s0 / bs] * kvh_ + kv) * bs + s0 % bs;
-            const T* kt = K + ((rt[s0 / bs] * kvh_ + kv) * (bs / 16) + (s0 % bs) / 16) * hd_ * 16;
-            for (int64_t h = 0; h < group; ++h) {
-                const float* qh = q + h * hd_;
-                v16f s0 = splat(0.f), s1 = splat(0.f);
-                for (int64_t i = 0; i < hd_; i += 2) {
-                    s0 += load_kv16<KIND>(kt + 16 * i) * qh[i];
-                    s1 += load_kv16<KIND>(kt + 16 * (i + 1)) * qh[i + 1];
-                }
-                v16f sc = (s0 + s1) * scale;
-                if constexpr (KIND == kKvI8) sc *= load16(ks + base);
-                store16(scores.data() + h * S + 16 * blk, sc);
-            }
-        }
-        for (int64_t h = 0; h < group; ++h) {
-            float* sc = scores.data() + h * S;
-            float mx = -INFINITY;
-            for (int64_t j = lo; j <= hi; ++j) mx = std::max(mx, sc[j]);
-            v16f tot = splat(0.f);
-            int64_t j = lo;
-            for (; j + 16 <= hi + 1; j += 16) {
-                const v16f p = exp16(load16(sc + j) - mx);
-                store16(sc + j, p);
-                tot += p;
-            }
-            float total = 0.f;
-            for (int t = 0; t < 16; ++t) total += tot[t];
-            for (; j <= hi; ++j) { sc[j] = std::exp(sc[j] - mx); total += sc[j]; }
-            float* o = out + m * nh_ * hd_ + (kv * group + h) * hd_;
-            std::fill(o, o + hd_, 0.f);
-            for (int64_t j0 = lo; j0 <= hi;) {                             // one cache block at a time
-                const int64_t j1 = std::min(hi + 1, (j0 / bs + 1) * bs);
-                const int64_t base = (rt[j0 / bs] * kvh_ + kv) * bs + j0 % bs;
-                const T* Vb = V + base * hd_;
-                if constexpr (KIND == kKvI8)
-                    for (int64_t t = 0; t < j1 - j0; ++t) sc[j0 + t] *= vs[base + t];
-                switch (chunks) {
-                    case 4: weighted_sum<KIND, 4>(sc + j0, Vb, j1 - j0, o); break;
-                    case 8: weighted_sum<KIND, 8>(sc + j0, Vb, j1 - j0, o); break;
-                    default: weighted_sum_any<KIND>(sc + j0, Vb, j1 - j0, chunks, o);
-                }
-                j0 = j1;
-            }
-            const float inv = 1.f / total;
-            if (vc)
-                for (int64_t i = 0; i < hd_; ++i) o[i] *= inv * vc[kv * hd_ + i];
-            else
-                for (int64_t i = 0; i < hd_; ++i) o[i] *= inv;
-        }
     }
 
     // Tokens m0..m0+n-1 of row r at slots s..s+n-1, KV head kv: their n * group query vectors (query t * group + h =
     // token t, head h of the group) against the row's keys, kSegment slots at a time with an online softmax (a
     // running max and sum per query, the output rescaled when the max grows). Segments start at multiples of
-    // kSegment, so a query's result depends neither on its tile nor on the cache's block size. Scale factors as in
-    // attend_token.
+    // kSegment and every query's sums run in the same order whatever its tile, so a query's result depends neither
+    // on its tile (a prompt's prefill equals its token-by-token decode) nor on the cache's block size. Scores 16 keys
+    // at a time from the transposed key blocks (no horizontal sums). int8: the keys' channel scales multiply q, their
+    // slot scales the scores; the values' slot scales multiply the probabilities, their channel scales the output.
     static constexpr int64_t kSegment = 256;
     template <int KIND>
     void attend_tile(const float* qkv, int64_t ld, int64_t m0, int64_t n, int64_t r, int64_t s, int64_t kv,
@@ -1215,15 +1108,19 @@ class Decoder {
                     }
                 }
                 float* dst = w.p.data() + (j - 16 * kb - c0);
+                const float* Q = w.q.data();
                 int64_t q = 0;
-                if (kb == kScoreKB)
+                if (kb == kScoreKB) {
                     for (; q + kScoreQB <= nq; q += kScoreQB)
-                        score_keys<KIND, kScoreQB, kScoreKB>(w.q.data() + q * hd_, hd_, kt, mult, dst + q * kSegment,
-                                                             kSegment);
+                        score_keys<KIND, kScoreQB, kScoreKB>(Q + q * hd_, hd_, kt, mult, dst + q * kSegment, kSegment);
+                    for (; q + 4 <= nq; q += 4)                              // a decode step's group of 4 heads
+                        score_keys<KIND, 4, kScoreKB>(Q + q * hd_, hd_, kt, mult, dst + q * kSegment, kSegment);
+                    for (; q < nq; ++q)
+                        score_keys<KIND, 1, kScoreKB>(Q + q * hd_, hd_, kt, mult, dst + q * kSegment, kSegment);
+                }
                 for (; q < nq; ++q)
                     for (int64_t k = 0; k < kb; ++k)
-                        score_keys<KIND, 1, 1>(w.q.data() + q * hd_, hd_, kt + k, mult + k, dst + q * kSegment + 16 * k,
-                                               kSegment);
+                        score_keys<KIND, 1, 1>(Q + q * hd_, hd_, kt + k, mult + k, dst + q * kSegment + 16 * k, kSegment);
             }
             for (int64_t q = 0; q < nq; ++q) {                               // online softmax, query by query
                 const int64_t hi = s + q / group, lo = window > 0 ? std::max<int64_t>(0, hi - window + 1) : 0;

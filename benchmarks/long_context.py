@@ -1,0 +1,178 @@
+"""Long context: the native engine against llama.cpp's llama-bench at cache depths up to 32k, in one interleaved run.
+
+Per shape (random weights: ours w4 g128 with lm_head w4 g128; llama.cpp a Q4_0 GGUF of the shape, written as in
+benchmarks/cpu_vs_peers.py) and depth D (tokens already in the KV cache):
+* prefill tok/s of a --prompt-token prompt fed after the D cached tokens (llama-bench `-p 512 -d D`: pp512 @ dD);
+* decode: ms per token over --new_tokens tokens generated after the D cached tokens (llama-bench `-n N -d D`);
+* memory: peak RSS of the process (wait4), split into weights (ours: the packed Linears, the lm_head and the
+  embedding table; llama.cpp: the GGUF file, memory-mapped and read whole) and the KV cache (ours: the blocks the
+  paged cache holds at the end; llama.cpp: its f16 cache of D + prompt + new slots, computed: llama-bench sizes the
+  context to the test).
+Ours runs with --kv_dtype fp16 (the element type of llama.cpp's default cache; --kv_dtypes adds others) and fills the
+first D slots with random keys and values (benchmarks/decode_at_depth.py: time does not depend on the values), so
+it skips the D-token prefill that llama-bench runs (untimed) before each test.
+Flatness per engine: decode ms/token at the deepest depth over that at the shallowest (1.0 = no slowdown).
+Each round runs every (depth, engine) once, engines in rotating order, each measurement in its own process
+(2 threads). JSON lines, then a markdown table.
+
+Usage: python benchmarks/long_context.py [--plan llama-3.2-1b:512,2048,8192,32768 llama-2-7b:512,2048]
+       [--rounds 1] [--prompt 512] [--new_tokens 64] [--work runs/peers] [--out F.jsonl]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from cpu_vs_peers import THREADS, LlamaCpp, run_rss
+from jsonl_io import append_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ours_child(args) -> dict:
+    """One measurement in this process: prefill and decode at depth, memory."""
+    import numpy as np
+    import torch
+
+    from decode_at_depth import decode_tok_s, fill
+    from edgeawq.evaluation.benchmark import peak_rss_bytes
+    from edgeawq.kernels.quantizer import QuantSpec
+    from edgeawq.runtime.backends import BACKENDS, EngineOptions
+    from edgeawq.runtime.chunked_prefill import forward_chunked
+    from edgeawq.runtime.random_model import random_quantized_model
+
+    torch.set_num_threads(THREADS)
+    loaded = random_quantized_model(args.shape, QuantSpec(4, 128).validate(), torch.bfloat16, torch.float32,
+                                    lm_head_group_size=128)
+    vocab = loaded.config.vocab_size
+    engine = BACKENDS["cpu"].make_engine(loaded, EngineOptions(engine="native", kv_dtype=args.kv_dtype))
+    depth, prompt = args.depth, args.prompt
+    engine.start(1, depth + prompt + args.new_tokens)
+    fill(engine, depth)
+    ids = torch.randint(3, vocab, (1, prompt), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(1, depth + prompt, dtype=torch.long)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        forward_chunked(engine, ids, torch.arange(depth, depth + prompt)[None], mask)
+        prefill_s = time.perf_counter() - t0
+    engine.lengths = np.array([depth], np.int64)                  # decode from depth D (the prompt's slots reused)
+    tok_s = decode_tok_s(engine, depth, args.new_tokens + 1, vocab)
+    weights = engine.weight_bytes + engine.embed.numel() * engine.embed.element_size()
+    return {"prefill_tok_s": prompt / prefill_s, "decode_ms_per_token": 1000 / tok_s,
+            "weights_bytes": weights, "kv_bytes": engine.kv.resident_bytes, "child_peak_rss_bytes": peak_rss_bytes()}
+
+
+class Ours:
+    def __init__(self, shape: str, kv_dtype: str) -> None:
+        self.shape, self.kv_dtype, self.name = shape, kv_dtype, f"ours ({kv_dtype} KV)"
+
+    def measure(self, depth: int, prompt: int, new: int) -> dict:
+        out, rss = run_rss([sys.executable, __file__, "--child", "--shape", self.shape, "--kv_dtype", self.kv_dtype,
+                            "--depth", str(depth), "--prompt", str(prompt), "--new_tokens", str(new)])
+        row = json.loads(out.strip().splitlines()[-1])
+        return {**row, "peak_rss_bytes": rss}
+
+
+class LlamaBench:
+    def __init__(self, shape: str, work: Path) -> None:
+        self.peer = LlamaCpp(shape, work)
+        self.name = "llama.cpp"
+
+    def available(self) -> str | None:
+        return self.peer.available()
+
+    def prepare(self) -> None:
+        self.peer.prepare()
+
+    def measure(self, depth: int, prompt: int, new: int) -> dict:
+        from edgeawq.runtime.random_model import read_shape
+
+        out, rss = run_rss([self.peer.exe, "-m", str(self.peer.gguf), "-t", str(THREADS), "-r", "1", "-o", "jsonl",
+                            "-p", str(prompt), "-n", str(new), "-d", str(depth)])
+        rows = [json.loads(line) for line in out.strip().splitlines() if line.startswith("{")]
+        pp = next(r for r in rows if r["n_prompt"] == prompt and r["n_gen"] == 0)
+        tg = next(r for r in rows if r["n_gen"] == new and r["n_prompt"] == 0)
+        c = read_shape(self.peer.shape)
+        kv_heads = c.get("num_key_value_heads", c["num_attention_heads"])
+        head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+        slots = depth + max(prompt, new)                                # the larger of the two tests' contexts
+        return {"prefill_tok_s": pp["avg_ts"], "decode_ms_per_token": 1000 / tg["avg_ts"],
+                "weights_bytes": self.peer.gguf.stat().st_size,
+                "kv_bytes": 2 * c["num_hidden_layers"] * kv_heads * head_dim * 2 * slots, "peak_rss_bytes": rss,
+                "flash_attn": pp.get("flash_attn"), "type_k": pp.get("type_k")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plan", nargs="+", default=["llama-3.2-1b:512,2048,8192,32768", "llama-2-7b:512,2048"],
+                    help="shape:depth,depth,...")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--new_tokens", type=int, default=64)
+    ap.add_argument("--kv_dtypes", nargs="+", default=["fp16"])
+    ap.add_argument("--engines", nargs="+", default=["ours", "llama.cpp"])
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "peers")
+    ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--shape", help=argparse.SUPPRESS)
+    ap.add_argument("--depth", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--kv_dtype", default="fp16", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(ours_child(args)))
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows, table = [], []
+    for item in args.plan:
+        shape, depths = item.split(":")
+        depths = [int(d) for d in depths.split(",")]
+        engines = [Ours(shape, d) for d in args.kv_dtypes] if "ours" in args.engines else []
+        if "llama.cpp" in args.engines:
+            peer = LlamaBench(shape, args.work)
+            reason = peer.available()
+            if reason:
+                rows.append({"shape": shape, "engine": "llama.cpp", "skipped": reason})
+                print(json.dumps(rows[-1]), flush=True)
+            else:
+                peer.prepare()
+                engines.append(peer)
+        samples = {(e.name, d): [] for e in engines for d in depths}
+        for r in range(args.rounds):
+            for depth in depths:
+                for e in engines[r % len(engines):] + engines[:r % len(engines)]:
+                    samples[(e.name, depth)].append(e.measure(depth, args.prompt, args.new_tokens))
+        medians = {}
+        for (name, depth), runs in samples.items():
+            row = {"shape": shape, "engine": name, "depth": depth, "prompt": args.prompt, "new_tokens": args.new_tokens,
+                   "threads": THREADS, "rounds": len(runs),
+                   "prefill_tok_s": round(statistics.median(s["prefill_tok_s"] for s in runs), 2),
+                   "decode_ms_per_token": round(statistics.median(s["decode_ms_per_token"] for s in runs), 2),
+                   "samples": runs,
+                   **{k: max(s[k] for s in runs) for k in ("peak_rss_bytes", "weights_bytes", "kv_bytes")}}
+            medians[(name, depth)] = row
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        for e in engines:
+            first, last = medians[(e.name, depths[0])], medians[(e.name, depths[-1])]
+            rows.append({"shape": shape, "engine": e.name, "flatness": f"decode ms/token at {depths[-1]} over {depths[0]}",
+                         "ratio": round(last["decode_ms_per_token"] / first["decode_ms_per_token"], 3)})
+            print(json.dumps(rows[-1]), flush=True)
+        table.append((shape, depths, engines, medians))
+    append_jsonl(args.out, rows)
+    mb = 2 ** 20
+    print("\n| shape | depth | engine | prefill tok/s (512 more) | decode ms/token | peak RSS MB (weights + KV) |")
+    print("|---|---|---|---|---|---|")
+    for shape, depths, engines, medians in table:
+        for depth in depths:
+            for e in engines:
+                m = medians[(e.name, depth)]
+                print(f"| {shape} | {depth} | {e.name} | {m['prefill_tok_s']:.1f} | {m['decode_ms_per_token']:.1f} | "
+                      f"{m['peak_rss_bytes'] / mb:.0f} ({m['weights_bytes'] / mb:.0f} + {m['kv_bytes'] / mb:.0f}) |")
+
+
+if __name__ == "__main__":
+    main()
