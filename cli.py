@@ -48,7 +48,7 @@ def _prepare_libraries() -> None:
 
 def _engine_options(target: str, engine: str, ep, strict_ep: bool, onnx_dir, accuracy_level: int, tt_precision: str,
                     tt_device: str, prefill_chunk: int | None, kv_block_size: int | None, kv_max_blocks: int | None,
-                    kv_dtype: str, kv_scales: str = "auto", flash_attention: bool = False, **_ignored):
+                    kv_dtype: str, kv_scales: str = "per_token", flash_attention: bool = False, **_ignored):
     from pathlib import Path
 
     from .runtime.backends import EngineOptions

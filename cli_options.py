@@ -104,11 +104,11 @@ run_options = _stack(
                  help="Element type of the KV cache (cpu native; the torch engine with --flash_attention holds the "
                       "same values): bf16 / fp16 halve it, int8 (codes with a scale per token and KV head) quarters "
                       "it. Accuracy and speed per type: README, \"Long context\"."),
-    click.option("--kv_scales", type=click.Choice(["auto", "per_token", "calibrated"]), default="auto",
+    click.option("--kv_scales", type=click.Choice(["per_token", "calibrated"]), default="per_token",
                  show_default=True,
-                 help="Scales of an int8 KV cache: one per token and KV head, or the checkpoint's calibrated scale "
-                      "per channel (run_awq quantize --calibrate_kv); auto = calibrated when the checkpoint has "
-                      "them."),
+                 help="Scales of an int8 KV cache: one per token and KV head, or that after dividing the channels by "
+                      "the checkpoint's calibrated scales (run_awq quantize --calibrate_kv; measured no better yet: "
+                      "README, \"Long context\")."),
 )
 
 seed_option = click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
@@ -189,7 +189,7 @@ awq_options = _stack(
                       "from the calibration data.  [default: per_token; smoothquant only]"),
     click.option("--calibrate_kv", is_flag=True,
                  help="Also store calibrated int8 KV cache scales (one per key and value channel and layer, from "
-                      "the calibration data) for --kv_dtype int8 (used unless --kv_scales per_token)."),
+                      "the calibration data) for --kv_dtype int8 --kv_scales calibrated)."),
     click.option("--act_order", is_flag=True,
                  help="GPTQ: quantize columns by decreasing Hessian diagonal (groups fixed from the original "
                       "weights first, so they stay consecutive channels and need no g_idx)."),

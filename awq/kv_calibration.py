@@ -2,12 +2,14 @@
 one per value channel, from the float layer's keys and values over the calibration set.
 
 Format (kernels/kv_quant.py): float32 (kv_heads * head_dim,) per layer and tensor, channel c of KV head h at
-h * head_dim + c; a cached value x is stored as q = clamp(round-half-even(x / scale), -127, 127).
+h * head_dim + c. An int8 cache divides each cached key / value by them channel-wise, then scales it per token and KV
+head (kernels/kv_quant.py), so what counts is the channels' relative range: they equalize outlier channels.
 * values: scale[c] = max |v_c| / 127 over every calibration token.
 * keys are cached after RoPE, which rotates each pair of channels (c, c + head_dim / 2) by an angle that depends on
   the position; the pair's norm does not. So both channels of a pair get max sqrt(k_c^2 + k_{c+half}^2) / 127 over
-  every calibration token (the keys before RoPE): no position, however far past the calibration length, rotates a
-  key past its channel's range.
+  every calibration token (the keys before RoPE): the same scale on both channels of a pair keeps the division
+  equivariant with RoPE's rotation, and no position, however far past the calibration length, rotates a key past
+  its channel's range.
 A channel that is zero on every token gets the smallest positive float32 (its codes are 0).
 """
 from __future__ import annotations

@@ -38,7 +38,7 @@ def checkpoint(model: str, work: Path) -> Path:
     return out
 
 
-CACHES = {"fp32": ("fp32", "auto"), "bf16": ("bf16", "auto"), "fp16": ("fp16", "auto"),
+CACHES = {"fp32": ("fp32", "per_token"), "bf16": ("bf16", "per_token"), "fp16": ("fp16", "per_token"),
           "int8": ("int8", "per_token"), "int8-calibrated": ("int8", "calibrated")}   # name -> (kv_dtype, kv_scales)
 
 

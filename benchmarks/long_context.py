@@ -145,6 +145,8 @@ def main() -> None:
             for depth in depths:
                 for e in engines[r % len(engines):] + engines[:r % len(engines)]:
                     samples[(e.name, depth)].append(e.measure(depth, args.prompt, args.new_tokens))
+                    print(json.dumps({"shape": shape, "engine": e.name, "depth": depth, "round": r,
+                                      "sample": samples[(e.name, depth)][-1]}), file=sys.stderr, flush=True)
         medians = {}
         for (name, depth), runs in samples.items():
             row = {"shape": shape, "engine": name, "depth": depth, "prompt": args.prompt, "new_tokens": args.new_tokens,

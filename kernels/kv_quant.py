@@ -6,8 +6,10 @@ round-tripped values in its float cache, so both attend over the same numbers.
 * fp32: unchanged.  bf16 / fp16: rounded to the type (nearest even), back to float.
 * int8, per (token, KV head), the default: s = max|x| / 127 over the head's head_dim values, q = round-half-even
   (x * (1 / s)) (0 when s is 0), x_hat = q * s.
-* int8 with calibrated per-channel scales c (kv_heads * head_dim,) of the layer (`--calibrate_kv`):
-  q = clamp(round-half-even(x / c), -127, 127), x_hat = q * c.
+* int8 with calibrated per-channel scales c (kv_heads * head_dim,) of the layer (`--calibrate_kv`): the channels are
+  divided by c first, then scaled per (token, KV head) as above: y = x / c, s = max|y| / 127, q = round-half-even
+  (y * (1 / s)), x_hat = q * s * c. (c equalizes the channels' ranges, so an outlier channel does not coarsen the
+  others' step; a static scale alone, x_hat = clamp(round(x / c)) * c, measured worse than per token.)
 
 Calibrated scales are checkpoint tensors `<layers>.{i}.<attn>.k_channel_scale` and `.v_channel_scale`, float32
 (kv_heads * head_dim,), channel c of KV head h at h * head_dim + c (how awq/kv_calibration.py chooses them is
@@ -31,12 +33,12 @@ def kv_round_trip(x: torch.Tensor, kv_dtype: str, channel: torch.Tensor | None =
     if kv_dtype != "int8":
         raise ValueError(f"unknown KV dtype {kv_dtype!r}")
     xf = x.float()
-    if channel is not None:
-        c = channel.float().view(1, x.shape[1], 1, x.shape[3])                    # (1, kv_heads, 1, head_dim)
-        return (torch.round(xf / c).clamp(-127, 127) * c).to(x.dtype)
-    s = xf.abs().amax(-1, keepdim=True) / 127                                     # (B, kv_heads, T, 1)
+    c = None if channel is None else channel.float().view(1, x.shape[1], 1, x.shape[3])   # (1, kv_heads, 1, head_dim)
+    y = xf if c is None else xf / c
+    s = y.abs().amax(-1, keepdim=True) / 127                                      # (B, kv_heads, T, 1)
     inv = torch.where(s > 0, 1 / s, torch.zeros_like(s))
-    return (torch.round(xf * inv) * s).to(x.dtype)
+    q = torch.round(y * inv) * s
+    return (q if c is None else q * c).to(x.dtype)
 
 
 def kv_bytes_per_token(kv_dtype: str, layers: int, kv_heads: int, head_dim: int) -> int:

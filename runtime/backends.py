@@ -38,8 +38,8 @@ class EngineOptions:
     kv_max_blocks: int | None = None     # the paged cache's pool (None = batch x context, resident only as used)
     kv_dtype: str = "fp32"               # cpu native (all) and torch --flash_attention (all, as round-tripped
                                          # values): fp32, bf16, fp16, int8 (kernels/kv_quant.py)
-    kv_scales: str = "auto"              # int8 KV: per_token, calibrated (the checkpoint's --calibrate_kv channel
-                                         # scales) or auto (calibrated when the checkpoint has them)
+    kv_scales: str = "per_token"         # int8 KV: per_token, or calibrated (the checkpoint's --calibrate_kv channel
+                                         # scales; README "Long context": not better than per_token yet)
 
 
 DEFAULT_KV_BLOCK = 64          # tokens per KV cache block (benchmarks/kv_block_size.py)
@@ -54,22 +54,23 @@ def kv_paging(options: EngineOptions) -> tuple[int | None, int | None]:
     return block, options.kv_max_blocks
 
 
-KV_SCALES = ("auto", "per_token", "calibrated")
+KV_SCALES = ("per_token", "calibrated")
 
 
 def use_kv_channels(options: EngineOptions, calibrated: bool, source) -> bool:
     """Whether an int8 KV cache takes the checkpoint's calibrated channel scales (`calibrated`: it has them):
-    --kv_scales auto takes them when present; per_token never; calibrated always (a UserError without them, or
-    with another --kv_dtype)."""
+    --kv_scales calibrated (a UserError without them, or with another --kv_dtype); per_token (the default) never."""
     if options.kv_scales not in KV_SCALES:
         raise UserError(f"--kv_scales {options.kv_scales!r} is not known.", f"Use one of: {', '.join(KV_SCALES)}.")
-    if options.kv_scales != "auto" and options.kv_dtype != "int8":
+    if options.kv_scales == "per_token":
+        return False
+    if options.kv_dtype != "int8":
         raise UserError(f"--kv_scales {options.kv_scales} chooses the scales of an int8 KV cache, and --kv_dtype is "
                         f"{options.kv_dtype}.", "Add --kv_dtype int8, or drop --kv_scales.")
-    if options.kv_scales == "calibrated" and not calibrated:
+    if not calibrated:
         raise UserError(f"--kv_scales calibrated needs calibrated KV cache scales, and {source} has none.",
-                        "Quantize the model with `run_awq quantize --calibrate_kv`, or use --kv_scales per_token.")
-    return options.kv_dtype == "int8" and calibrated and options.kv_scales != "per_token"
+                        "Quantize the model with `run_awq quantize --calibrate_kv`, or drop --kv_scales.")
+    return True
 
 
 def refuse_kv_options(engine: str, options: EngineOptions) -> None:
@@ -80,7 +81,7 @@ def refuse_kv_options(engine: str, options: EngineOptions) -> None:
         raise UserError(f"{flag} sizes a paged KV cache, which {engine} does not have.",
                         "Paged KV caches run on --engine native and on --engine torch --flash_attention; drop the "
                         "flag for this engine.")
-    if options.kv_scales != "auto":
+    if options.kv_scales != "per_token":
         raise UserError(f"--kv_scales {options.kv_scales} chooses the scales of the int8 KV cache of the native engine "
                         f"and of --engine torch --flash_attention, which {engine} does not have.",
                         "Drop --kv_scales for this engine, or run --engine native.")

@@ -16,7 +16,7 @@ def load(path: str | Path | None = None, target: str = "cpu", *, engine: str = "
          act_dtype: str = "bf16", flash_attention: bool = False, ep: str | None = None, strict_ep: bool = False,
          onnx_dir: str | Path | None = None, accuracy_level: int = 4, tt_precision: str = "performance",
          tt_device: str = "auto", prefill_chunk: int | None = None, kv_block_size: int | None = None,
-         kv_max_blocks: int | None = None, kv_dtype: str = "fp32", kv_scales: str = "auto") -> "Model":
+         kv_max_blocks: int | None = None, kv_dtype: str = "fp32", kv_scales: str = "per_token") -> "Model":
     """Load a checkpoint (None or an alias: an embedded model) and build its engine on `target` (cpu, npu, tt); the
     keyword arguments are the flags of `run_awq decode`."""
     from ..runtime.backends import EngineOptions

@@ -829,8 +829,9 @@ class Decoder {
     }
 
     // Static per-channel scales of an int8 cache (calibrated; checkpoint tensors): layer i's keys and values,
-    // float32 (kv_heads * head_dim,) each. A layer with them stores q = round(x / channel) (clamped to +-127) with
-    // slot scale 1; without them, per (slot, KV head) q = round(x / s), s = max|x| / 127.
+    // float32 (kv_heads * head_dim,) each. A layer with them divides each key / value by them channel-wise before its
+    // scale per (slot, KV head) is taken (y = x / channel, s = max|y| / 127, q = round(y / s)): channels of outlier
+    // range no longer set the step of the others.
     void set_kv_channel_scales(int64_t i, torch::Tensor keys, torch::Tensor values) {
         TORCH_CHECK(i >= 0 && i < (int64_t)layers_.size(), "layer index out of range");
         for (const auto* s : {&keys, &values})
@@ -1017,17 +1018,16 @@ class Decoder {
     }
 
     // x (head_dim,) -> codes q (as floats, in [-127, 127]) and the slot scale s, x[i] ~ q[i] * s * channel[i]:
-    // with channel scales, y = x / channel, s = 1, q = clamp(round(y)); else s = max|x| / 127, q = round(x / s)
-    // (all 0 when x is 0). Rounding half to even.
+    // y = x / channel (channel = 1 without channel scales), s = max|y| / 127, q = round(y * (1 / s)) (all 0 when y
+    // is 0). Rounding half to even.
     float quantize_kv(const float* x, const float* channel, float* q) const {
-        if (channel) {
-            for (int64_t i = 0; i < hd_; ++i) q[i] = std::min(127.f, std::max(-127.f, std::nearbyint(x[i] / channel[i])));
-            return 1.f;
-        }
         float amax = 0.f;
-        for (int64_t i = 0; i < hd_; ++i) amax = std::max(amax, std::fabs(x[i]));
+        for (int64_t i = 0; i < hd_; ++i) {
+            q[i] = channel ? x[i] / channel[i] : x[i];
+            amax = std::max(amax, std::fabs(q[i]));
+        }
         const float s = amax / 127.f, inv = s > 0.f ? 1.f / s : 0.f;
-        for (int64_t i = 0; i < hd_; ++i) q[i] = std::nearbyint(x[i] * inv);
+        for (int64_t i = 0; i < hd_; ++i) q[i] = std::nearbyint(q[i] * inv);
         return s;
     }
 

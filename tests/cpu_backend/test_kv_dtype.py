@@ -49,9 +49,15 @@ def test_round_trip_formats():
     assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.abs().max() <= 127.001
     zero = torch.zeros(1, 1, 2, 16)
     assert torch.equal(kv_round_trip(zero, "int8"), zero)
-    channel = torch.full((3 * 16,), 0.01)
-    clipped = kv_round_trip(x, "int8", channel)
-    assert clipped.abs().max() <= 1.27 + 1e-6 and torch.allclose(clipped, (x / 0.01).round().clamp(-127, 127) * 0.01)
+    outlier = torch.randn(2, 3, 5, 16)
+    outlier[..., 3] *= 100                                                         # one channel of 100x the range
+    channel = outlier.abs().amax((0, 2)).flatten() / 127                           # its calibrated ranges
+    smoothed, per_token = kv_round_trip(outlier, "int8", channel), kv_round_trip(outlier, "int8")
+    y = outlier / channel.view(1, 3, 1, 16)                                        # divided channel-wise, then per token
+    s = y.abs().amax(-1, keepdim=True) / 127
+    assert torch.allclose(smoothed, torch.round(y / s) * s * channel.view(1, 3, 1, 16), rtol=1e-5, atol=1e-6)
+    rest = [i for i in range(16) if i != 3]                                        # the other channels' error: smaller
+    assert (smoothed - outlier)[..., rest].abs().mean() < 0.2 * (per_token - outlier)[..., rest].abs().mean()
 
 
 @pytest.mark.parametrize("isa", ISAS)
