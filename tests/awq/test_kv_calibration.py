@@ -90,7 +90,8 @@ def test_engines_take_the_calibrated_scales(calibrated, family, monkeypatch):
     got = {s: forced(engine(path, "native", s), prompts(), 12) for s in ("calibrated", "per_token")}
     monkeypatch.setattr(QLinearPerGrp, "forward", native_math_forward)
     reference = engine(path, "torch", "calibrated")
-    channels = kv_channel_scales(load_model(str(path), "fp32", "fp32").model, load_model(str(path)).family)
+    loaded = load_model(str(path), "fp32", "fp32")
+    channels = kv_channel_scales(loaded.model, loaded.family)
     assert len(channels) == 2 and reference.kv_precision.channels.keys() == channels.keys()
     want = forced(reference, prompts(), 12)
     assert pcc(got["calibrated"], want) >= 0.9999
