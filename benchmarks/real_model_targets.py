@@ -9,8 +9,8 @@ Targets: cpu native (int8 activations), cpu onnx and npu (`--ep CPU`; the export
 accuracy_level 4), tt performance and tt accuracy (Tenstorrent numerics emulated on the CPU).
 
 * perplexity: the first --max_windows windows of 512 tokens of the shipped test split, no BOS, one forward per
-  window on each engine; relative difference to the reference (goal for cpu and npu: <= 0.5%) and last-token
-  logits PCC (evaluation/parity.window_parity);
+  window on each engine; relative difference to the reference (goal for cpu and npu: <= 0.5%), its standard
+  error over the windows, and last-token logits PCC (evaluation/parity.window_parity);
 * tt table: teacher-forced top-1 / top-5 agreement with the reference and logits PCC on the same windows, the last
   --decode_tokens positions of each window through the decode path (evaluation/accuracy.teacher_forced_accuracy);
 * chat: greedy answers (chat template, --new_tokens tokens, stop at EOS) to 5 instruct prompts on torch, native,
@@ -157,6 +157,7 @@ def main() -> None:
         win = window_parity(reference, target, windows)
         row = {"measure": "perplexity", "engine": name, "reference_ppl": round(win.reference_ppl, 4),
                "target_ppl": round(win.target_ppl, 4), "ppl_rel_diff": round(win.ppl_rel_diff, 6),
+               "ppl_rel_diff_se": round(win.ppl_rel_diff_se, 6),
                "min_last_token_pcc": round(win.min_last_token_pcc, 6), "windows": win.windows, "seqlen": win.seqlen}
         emit(row)
         if name.startswith("tt"):

@@ -4,11 +4,15 @@ perplexity. Used by the npu parity tests and benchmarks/npu_parity.py.
 * `greedy_parity`: greedy decode of each prompt on both engines, teacher-forced on the reference's tokens; the
   first position where the argmaxes differ is reported with the PCC of the two logit vectors there.
 * `window_parity`: per perplexity window, the last-token logits PCC and both engines' summed NLL; perplexity of
-  each engine over all windows (the protocol of docs/quantization.md, "Perplexity" and "Benchmark").
+  each engine over all windows (the protocol of docs/quantization.md, "Perplexity" and "Benchmark"), and the
+  standard error of their ratio from the windows' paired NLL differences (int8 activations make an engine's NLL
+  wander around the reference's by ~1% per 256-token window on a real model: a few windows measure a relative
+  difference only to a few tenths of a percent).
 """
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -74,23 +78,29 @@ class WindowParity:
     ppl_rel_diff: float             # |target - reference| / reference
     min_last_token_pcc: float
     mean_last_token_pcc: float
+    ppl_rel_diff_se: float          # standard error of ppl_rel_diff over the windows (paired NLL differences)
 
 
 @torch.no_grad()
 def window_parity(reference, target, windows: torch.Tensor) -> WindowParity:
     nll = {0: 0.0, 1: 0.0}
-    pccs = []
+    pccs, paired = [], []                                                  # paired: per window, mean NLL difference
     for w in windows:
         ids = w[None]                                                      # (1, T)
         T = ids.shape[1]
         logits = []
+        sums = []
         for k, e in enumerate((reference, target)):
             e.start(1, T)
             out = forward_chunked(e, ids, torch.arange(T)[None], torch.ones_like(ids), last_only=False)[0].float()  # (T, V)
-            nll[k] += F.cross_entropy(out[:-1], ids[0, 1:], reduction="sum").item()
+            sums.append(F.cross_entropy(out[:-1], ids[0, 1:], reduction="sum").item())
+            nll[k] += sums[-1]
             logits.append(out[-1])
         pccs.append(pcc(*logits))
+        paired.append((sums[1] - sums[0]) / (T - 1))
     n = windows.shape[0] * (windows.shape[1] - 1)
     ref_ppl, tgt_ppl = math.exp(nll[0] / n), math.exp(nll[1] / n)
+    # tgt / ref = exp(mean paired difference): its standard error, to first order, is the paired differences' one
+    se = tgt_ppl / ref_ppl * statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else math.inf
     return WindowParity(windows.shape[0], windows.shape[1], ref_ppl, tgt_ppl, abs(tgt_ppl - ref_ppl) / ref_ppl,
-                        min(pccs), sum(pccs) / len(pccs))
+                        min(pccs), sum(pccs) / len(pccs), se)
