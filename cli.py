@@ -19,7 +19,7 @@ from .cli_options import (awq_options, benchmark_options, dataset_option, debug_
                           weight_spec_options)
 from .errors import UserError
 
-TASKS = ("quantize", "export", "decode", "benchmark", "benchmark_long", "perplexity", "accuracy")
+TASKS = ("quantize", "export", "decode", "serve", "chat", "benchmark", "benchmark_long", "perplexity", "accuracy")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
@@ -187,6 +187,79 @@ def decode(model_path, target, engine, dtype, act_dtype, flash_attention, ep, st
                   engine_options=options, overwrite=overwrite)
     _run_task("edgeawq.tasks.decode:decode_task", kwargs, mesh_shape, pp, tt_mesh, threads_per_rank,
               collective_timeout, debug)
+
+
+max_seq_len_option = click.option(
+    "--max_seq_len", type=click.IntRange(min=2), default=None,
+    help="Context length per sequence (prompt + new tokens), at most the model context. Default: min(model context, "
+         "2048).")
+
+
+@cli.command(cls=Subcommand, context_settings=CONTEXT)
+@model_option(" A quantized checkpoint the native engine runs.")
+@run_options
+@max_seq_len_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (loopback by default; 0.0.0.0 exposes the server to the network).")
+@click.option("--port", type=int, default=8000, show_default=True, help="TCP port (0 = a free one, printed).")
+@click.option("--api_key", default=None, envvar="EDGEAWQ_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every request.")
+@click.option("--max_batch", type=int, default=8, show_default=True,
+              help="Sequences decoded at once (rows of the running batch); more requests wait in the queue.")
+@click.option("--max_queue", type=int, default=64, show_default=True,
+              help="Requests that may wait for a row; one more gets HTTP 429.")
+@click.option("--model_name", default=None, help="The model id clients give (default: the checkpoint folder's name).")
+@click.option("--max_body_bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
+              help="Largest request body accepted (HTTP 413 above).")
+@debug_option
+def serve(model_path, target, engine, dtype, max_seq_len, host, port, api_key, max_batch, max_queue, model_name,
+          max_body_bytes, debug, **run_flags) -> None:
+    """Serve a checkpoint over an OpenAI-compatible HTTP API with continuous batching.
+
+    \b
+    POST /v1/completions, POST /v1/chat/completions (streaming with "stream": true), GET /v1/models, GET /health.
+    Example:
+      run_awq serve --model runs/default-w4g128 --port 8000
+      curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
+           -d '{"model": "default-w4g128", "prompt": "The hacker ethic", "max_tokens": 32}'
+    """
+    from .tasks.serve import check_serving_flags, serve_task
+
+    options = _engine_options(target, engine, **run_flags)
+    check_serving_flags(target, options, max_batch, max_queue)
+    _prepare_libraries()
+    serve_task(model_path, options, dtype, max_seq_len, host, port, api_key, max_batch, max_queue, model_name,
+               max_body_bytes)
+
+
+@cli.command(cls=Subcommand, context_settings=CONTEXT)
+@model_option(" A quantized checkpoint the native engine runs, with a chat template.")
+@run_options
+@max_seq_len_option
+@click.option("--max_new_tokens", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Longest reply (a reply also ends at the end-of-turn token).")
+@click.option("--temperature", type=click.FloatRange(0.0, 2.0), default=0.7, show_default=True, help="0 = greedy.")
+@click.option("--top_p", type=float, default=0.95, show_default=True, help="Nucleus sampling mass, in (0, 1].")
+@click.option("--top_k", type=int, default=0, show_default=True, help="Keep the k most likely tokens; 0 = all.")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=None, help="Seed of the sampler (default: random).")
+@click.option("--system", default=None, help="A system message that starts the conversation.")
+@debug_option
+def chat(model_path, target, engine, dtype, max_seq_len, max_new_tokens, temperature, top_p, top_k, seed, system,
+         debug, **run_flags) -> None:
+    """Chat with a checkpoint in the terminal (replies stream; history kept within the context).
+
+    \b
+    Commands: /reset forgets the conversation, /exit (or Ctrl-D) leaves; Ctrl-C stops a reply.
+    Example:
+      run_awq chat --model runs/smollm2-w4g64
+    """
+    from .tasks.chat import chat_task
+    from .tasks.serve import check_serving_flags
+
+    options = _engine_options(target, engine, **run_flags)
+    check_serving_flags(target, options, 1, 0)
+    _prepare_libraries()
+    chat_task(model_path, options, dtype, max_seq_len, max_new_tokens, temperature, top_p, top_k, seed, system)
 
 
 @cli.command(cls=Subcommand, context_settings=CONTEXT)

@@ -40,6 +40,9 @@ def set_static_act_scales(decoder, i: int, scales: dict[str, torch.Tensor | None
 
 class NativeEngine:
     prefill_chunk = DEFAULT_PREFILL_CHUNK["native"]
+    # Rows are independent sequences: each call may feed any row any number of tokens (or none), a released row
+    # starts a new sequence at position 0, and a row's results depend only on its own tokens. serving/ needs this.
+    continuous_batching = True
 
     def __init__(self, tensors: dict[str, torch.Tensor], spec: dict, threads: int | None = None,
                  kv_block_size: int | None = None, kv_max_blocks: int | None = None, kv_dtype: str = "fp32",

@@ -1,0 +1,244 @@
+"""Continuous batching: requests join and leave one engine's running batch between decode steps.
+
+One worker thread owns the engine (every engine call happens on it). The engine is started once with `slots` rows
+and a paged KV cache; a request holds one row from admission to its end:
+
+* admission (FIFO): a waiting request takes the lowest free row when its KV blocks fit: every admitted request
+  reserves ceil((prompt + max_tokens) / block_size) blocks, so a running request never meets an out-of-blocks error
+  (the cache's `--kv_max_blocks` bounds how many run at once instead). Beyond the free rows, at most `max_queue`
+  requests wait; one more is refused at once (`QueueFull`, HTTP 429).
+* one step = one engine call over all rows: each decoding row feeds its last token; prefilling rows feed their
+  prompt's next chunk (`prefill_chunk` tokens; chunk boundaries fixed by the prompt alone), oldest first, while the
+  step holds at most `prefill_chunk` prompt tokens (the first prefilling row always goes). Idle rows feed nothing.
+  So decoding requests wait at most one chunk's prefill per step for a newcomer, and a long prompt never stops them.
+* a row's logits are sampled with the request's own sampler (its own seeded generator); its text goes through a
+  `TextStream` (stop strings); the row ends at end of sequence, a stop string, max_tokens, or cancellation (a client
+  that went away: its row and blocks are freed before the next step), and is released to the cache.
+
+Greedy output does not depend on the other requests: the native engine computes every row from that row's
+tokens only (its int8 matmuls and attention are per row; the float lm_head always sees all `slots` rows, and a
+GEMM of fixed shape gives a row the same result whatever the other rows hold), a request's prompt chunks do not
+depend on the batch, and its sampler is its own.
+
+Events go to `Ticket.deliver` (called on the worker thread): ("text", str), then one ("done", finish_reason,
+usage) or ("error", message).
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..runtime.sampling import Sampler, SamplingConfig
+from .text_stream import TextStream
+
+
+class QueueFull(Exception):
+    pass
+
+
+@dataclass
+class Ticket:
+    """One request inside the scheduler."""
+    prompt: list[int]
+    max_tokens: int
+    sampling: SamplingConfig
+    stream: TextStream
+    deliver: Callable[[tuple], None]
+    id: int = 0
+    slot: int = -1
+    fed: int = 0                            # tokens of this request in the KV cache
+    generated: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    finished: bool = False
+    submitted: float = 0.0
+    first_token: float | None = None
+
+    def __post_init__(self) -> None:
+        self.sampler = Sampler(self.sampling)             # the request's own generator, seeded by its seed
+
+    def usage(self) -> dict:
+        return {"prompt_tokens": len(self.prompt), "completion_tokens": len(self.generated),
+                "total_tokens": len(self.prompt) + len(self.generated)}
+
+
+def kv_blocks(engine) -> tuple[int, int] | None:
+    """(block_size, blocks in the pool) of an engine's paged KV cache; None when it is not paged."""
+    kv = getattr(engine, "kv", None)
+    if kv is None or not getattr(kv, "paged", False):
+        return None
+    return kv.block_size, len(kv.free) + kv.blocks_in_use
+
+
+class Scheduler:
+    def __init__(self, engine, stop_ids: set[int], slots: int, context: int, max_queue: int,
+                 prefill_chunk: int) -> None:
+        self.engine, self.stop_ids, self.slots, self.context = engine, stop_ids, slots, context
+        self.max_queue, self.prefill_chunk = max_queue, prefill_chunk
+        engine.start(slots, context)
+        self.blocks = kv_blocks(engine)             # (block size, pool blocks) or None
+        self.reserved = 0                           # blocks promised to admitted requests
+        self.waiting: list[Ticket] = []
+        self.rows: dict[int, Ticket] = {}           # slot -> running request
+        self.ids = itertools.count(1)
+        self.lock = threading.Condition()
+        self.closing = False
+        self.steps = 0
+        self.thread = threading.Thread(target=self._run, name="edgeawq-scheduler", daemon=True)
+        self.thread.start()
+
+    # ---- called from other threads ----
+    def blocks_for(self, tokens: int) -> int:
+        return 0 if self.blocks is None else -(-tokens // self.blocks[0])
+
+    def capacity_tokens(self) -> int:
+        """The most tokens (prompt + max_tokens) one request may hold: the context, and the whole pool."""
+        if self.blocks is None:
+            return self.context
+        return min(self.context, self.blocks[0] * self.blocks[1])
+
+    def submit(self, ticket: Ticket) -> Ticket:
+        with self.lock:
+            if self.closing:
+                raise QueueFull("the server is shutting down")
+            if len(self.waiting) >= self.max_queue + self.slots - len(self.rows):   # free rows take requests too
+                raise QueueFull(f"{len(self.waiting)} requests are already waiting (--max_queue {self.max_queue})")
+            ticket.id, ticket.submitted = next(self.ids), time.perf_counter()
+            self.waiting.append(ticket)
+            self.lock.notify()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        """The client went away: the request leaves the queue, or its row is freed before the next step."""
+        with self.lock:
+            if ticket.finished:
+                return
+            ticket.cancelled = True
+            if ticket in self.waiting:
+                self.waiting.remove(ticket)
+                ticket.finished = True
+            self.lock.notify()
+
+    def status(self) -> dict:
+        with self.lock:
+            out = {"running": len(self.rows), "waiting": len(self.waiting), "slots": self.slots,
+                   "context": self.context, "steps": self.steps}
+            if self.blocks is not None:
+                out.update(kv_block_size=self.blocks[0], kv_blocks=self.blocks[1], kv_blocks_reserved=self.reserved,
+                           kv_blocks_in_use=self.engine.kv.blocks_in_use)
+            return out
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+            self.lock.notify()
+        self.thread.join(timeout=30)
+
+    # ---- the worker thread ----
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                while not self.closing and not self.waiting and not self.rows:
+                    self.lock.wait()
+                if self.closing:
+                    break
+                gone = [t for t in self.rows.values() if t.cancelled]
+                for t in gone:
+                    self._release(t)
+                self._admit()
+                if not self.rows:
+                    continue
+                batch = sorted(self.rows.values(), key=lambda t: t.id)
+            try:
+                self._step(batch)
+            except Exception as exc:                  # a failing step ends its requests, never the server
+                self._fail(batch, exc)
+        with self.lock:
+            for t in list(self.rows.values()) + self.waiting:
+                t.finished = True
+                t.deliver(("error", "the server is shutting down"))
+
+    def _admit(self) -> None:
+        free = [s for s in range(self.slots) if s not in self.rows]
+        while self.waiting and free:
+            t = self.waiting[0]
+            need = self.blocks_for(len(t.prompt) + t.max_tokens)
+            if self.blocks is not None and self.reserved + need > self.blocks[1]:
+                break                                  # FIFO: wait until enough blocks are free
+            self.waiting.pop(0)
+            t.slot = free.pop(0)
+            self.reserved += need
+            self.rows[t.slot] = t
+
+    def _release(self, t: Ticket) -> None:
+        """(lock held) End t's row: its cache blocks go back to the pool."""
+        self.engine.release_row(t.slot)
+        del self.rows[t.slot]
+        self.reserved -= self.blocks_for(len(t.prompt) + t.max_tokens)
+        t.finished = True
+
+    def _step(self, batch: list[Ticket]) -> None:
+        feeds: dict[int, list[int]] = {}
+        budget, prefilling = self.prefill_chunk, False
+        for t in batch:
+            if t.fed < len(t.prompt):                 # prompt chunks at fixed boundaries: fed is a multiple of chunk
+                n = min(self.prefill_chunk, len(t.prompt) - t.fed)
+                if prefilling and n > budget:
+                    continue
+                feeds[t.slot] = t.prompt[t.fed:t.fed + n]
+                budget, prefilling = budget - n, True
+            else:
+                feeds[t.slot] = [t.generated[-1]]
+        T = max(len(f) for f in feeds.values())
+        ids = torch.zeros(self.slots, T, dtype=torch.long)             # (slots, T), left-padded
+        mask = torch.zeros(self.slots, T, dtype=torch.long)
+        positions = torch.zeros(self.slots, T, dtype=torch.long)
+        for slot, f in feeds.items():
+            t = self.rows[slot]
+            ids[slot, T - len(f):] = torch.tensor(f)
+            mask[slot, T - len(f):] = 1
+            positions[slot, T - len(f):] = torch.arange(t.fed, t.fed + len(f))
+        logits = self.engine.forward(ids, positions, mask, last_only=True)[:, 0]   # (slots, V)
+        self.steps += 1
+        now = time.perf_counter()
+        for slot, f in feeds.items():
+            t = self.rows[slot]
+            t.fed += len(f)
+            if t.fed < len(t.prompt):
+                continue                              # more prompt to come
+            token = int(t.sampler(logits[slot][None])[0])
+            if t.first_token is None:
+                t.first_token = now
+            self._take(t, token)
+
+    def _take(self, t: Ticket, token: int) -> None:
+        if token in self.stop_ids:
+            return self._end(t, "stop")
+        t.generated.append(token)
+        piece = t.stream.push(token)
+        if piece:
+            t.deliver(("text", piece))
+        if t.stream.stopped:
+            return self._end(t, "stop")
+        if len(t.generated) >= t.max_tokens:
+            return self._end(t, "length")
+
+    def _end(self, t: Ticket, reason: str) -> None:
+        rest = t.stream.finish()
+        if rest:
+            t.deliver(("text", rest))
+        with self.lock:
+            self._release(t)
+        t.deliver(("done", reason, t.usage()))
+
+    def _fail(self, batch: list[Ticket], exc: Exception) -> None:
+        with self.lock:
+            for t in batch:
+                if self.rows.get(t.slot) is t:
+                    self._release(t)
+                    t.deliver(("error", f"the engine failed on this batch: {exc}"))
+            self.engine.start(self.slots, self.context)                 # a clean cache for what comes next
