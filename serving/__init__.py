@@ -1,0 +1,1 @@
+"""`run_awq serve` and `run_awq chat`: OpenAI-compatible HTTP serving with continuous batching (docs/serving.md)."""
