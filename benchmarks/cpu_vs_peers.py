@@ -4,7 +4,7 @@ For each shape (default: llama-3.2-1b, llama-2-7b) at w4 g128, random weights (s
 * ours: `run_awq --task benchmark --random_weights --lm_head --dtype bf16` (RTN w4 g128, lm_head w4 g128 like the
   genai builder's; the cpu target's default engine, the native one (docs/native_engine.md); weights packed once
   into the cache, reused after);
-* llama.cpp: `llama-bench` (built by scripts/build_llama_bench.sh; or $LLAMA_BENCH, or on PATH) on a Q4_0 GGUF of
+* llama.cpp: `llama-bench` (built by scripts/build_llama_cpp.sh; or $LLAMA_BENCH, or on PATH) on a Q4_0 GGUF of
   the shape written with the `gguf` package (every matrix Q4_0, output included);
 * onnxruntime-genai: the builder's int4 output (block 128, accuracy_level 4) of the same random model exported as
   AutoAWQ (benchmarks/peers/genai_model.py); timed by benchmarks/peers/genai_runner.py.
@@ -104,7 +104,7 @@ class LlamaCpp:
         self.exe = next((c for c in candidates if c and Path(c).is_file()), None)
 
     def available(self) -> str | None:
-        return None if self.exe else "llama-bench not found (bash scripts/build_llama_bench.sh builds it)"
+        return None if self.exe else "llama-bench not found (bash scripts/build_llama_cpp.sh builds it)"
 
     def prepare(self) -> None:
         if self.shape != REAL and not self.gguf.exists():
