@@ -138,7 +138,7 @@ def make_app(service: Service) -> Starlette:
                 pass
 
         ticket = Ticket(prompt, max_tokens, SamplingConfig(req.temperature, req.top_p, req.top_k, seed),
-                        TextStream(service.tokenizer, req.stop), deliver)
+                        TextStream(service.tokenizer, req.stop), deliver, ignore_eos=req.ignore_eos)
         try:
             service.scheduler.submit(ticket)
         except QueueFull as exc:

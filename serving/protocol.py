@@ -7,7 +7,8 @@ implement set to anything but its neutral value (e.g. `n` other than 1, `logprob
 
 Fields of both endpoints: model (str), max_tokens (int >= 1; chat also max_completion_tokens), temperature
 ([0, 2], default 1 as in OpenAI's API; 0 = greedy), top_p ((0, 1]), top_k (int >= 0, 0 = off; vLLM's and llama.cpp's
-extension), seed (int in [0, 2**64)), stop (str or list of at most 4 non-empty str), n (1), stream (bool),
+extension), ignore_eos (bool: generate max_tokens whatever the model says; vLLM's and llama.cpp's extension, for
+load tests), seed (int in [0, 2**64)), stop (str or list of at most 4 non-empty str), n (1), stream (bool),
 stream_options ({"include_usage": bool}), user (str), presence_penalty / frequency_penalty (0), logit_bias
 (null or {}), logprobs (null / false). /v1/completions: prompt (str, or a list of one str, or a list of token ids),
 echo (false), suffix (null), best_of (1); max_tokens defaults to 16 as in OpenAI's API. /v1/chat/completions:
@@ -51,6 +52,7 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
+    ignore_eos: bool = False
 
 
 def parse_json(raw: bytes) -> dict:
@@ -126,7 +128,7 @@ def _stop(body: dict) -> list[str]:
 
 
 COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream", "stream_options",
-          "user", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs"}
+          "user", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "ignore_eos"}
 COMPLETION_FIELDS = COMMON | {"prompt", "echo", "suffix", "best_of"}
 CHAT_FIELDS = COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
 ROLES = ("system", "user", "assistant")
@@ -157,7 +159,7 @@ def _common(body: dict, allowed: set[str], kind: str) -> GenerationRequest:
         kind=kind, model=model, max_tokens=_int(body, "max_tokens", 1), top_k=_int(body, "top_k", 0) or 0,
         temperature=1.0 if temperature is None else temperature, top_p=1.0 if top_p is None else top_p,
         seed=_int(body, "seed", 0, MAX_SEED), stop=_stop(body), stream=_bool(body, "stream"),
-        include_usage=bool(options and _bool(options, "include_usage")))
+        include_usage=bool(options and _bool(options, "include_usage")), ignore_eos=_bool(body, "ignore_eos"))
 
 
 def completion_request(body: dict) -> GenerationRequest:

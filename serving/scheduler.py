@@ -57,6 +57,7 @@ class Ticket:
     finished: bool = False
     submitted: float = 0.0
     first_token: float | None = None
+    ignore_eos: bool = False                # end only at max_tokens or a stop string
 
     def __post_init__(self) -> None:
         self.sampler = Sampler(self.sampling)             # the request's own generator, seeded by its seed
@@ -216,7 +217,7 @@ class Scheduler:
             self._take(t, token)
 
     def _take(self, t: Ticket, token: int) -> None:
-        if token in self.stop_ids:
+        if token in self.stop_ids and not t.ignore_eos:
             return self._end(t, "stop")
         t.generated.append(token)
         piece = t.stream.push(token)

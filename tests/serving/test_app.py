@@ -158,6 +158,12 @@ def test_concurrent_clients_get_their_solo_answers(server):
     assert wait_idle(server)["kv_blocks_in_use"] == 0
 
 
+def test_ignore_eos_generates_max_tokens(server):
+    out = server.client.completions.create(model=MODEL, prompt="x", max_tokens=50, temperature=1.0, seed=3,
+                                           extra_body={"ignore_eos": True})
+    assert out.usage.completion_tokens == 50 and out.choices[0].finish_reason == "length"
+
+
 def test_seeded_sampling_repeats(server):
     ask = lambda: server.client.completions.create(model=MODEL, prompt="A", max_tokens=12, temperature=0.9,
                                                    top_p=0.95, seed=11, extra_body={"top_k": 40}).choices[0].text

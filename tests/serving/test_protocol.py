@@ -62,6 +62,7 @@ def test_chat_fields():
     ({"model": "m", "prompt": "x", "stream": "yes"}, "stream"),
     ({"model": "m", "prompt": "x", "stream_options": {"other": 1}}, "stream_options"),
     ({"model": "m", "prompt": "x", "user": 5}, "user"),
+    ({"model": "m", "prompt": "x", "ignore_eos": 1}, "ignore_eos"),
     ({"model": "m", "prompt": "x", "bogus": 1}, "bogus"),
     ({"model": "m", "prompt": "x", "messages": []}, "messages"),
 ])
