@@ -223,12 +223,11 @@ def serve(model_path, target, engine, dtype, max_seq_len, host, port, api_key, m
       curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
            -d '{"model": "default-w4g128", "prompt": "The hacker ethic", "max_tokens": 32}'
     """
-    from .tasks.serve import check_serving_flags, serve_task
+    from .tasks.serve import serve_task
 
     options = _engine_options(target, engine, **run_flags)
-    check_serving_flags(target, options, max_batch, max_queue)
     _prepare_libraries()
-    serve_task(model_path, options, dtype, max_seq_len, host, port, api_key, max_batch, max_queue, model_name,
+    serve_task(target, model_path, options, dtype, max_seq_len, host, port, api_key, max_batch, max_queue, model_name,
                max_body_bytes)
 
 
@@ -254,12 +253,10 @@ def chat(model_path, target, engine, dtype, max_seq_len, max_new_tokens, tempera
       run_awq chat --model runs/smollm2-w4g64
     """
     from .tasks.chat import chat_task
-    from .tasks.serve import check_serving_flags
 
-    options = _engine_options(target, engine, **run_flags)
-    check_serving_flags(target, options, 1, 0)
     _prepare_libraries()
-    chat_task(model_path, options, dtype, max_seq_len, max_new_tokens, temperature, top_p, top_k, seed, system)
+    chat_task(target, model_path, _engine_options(target, engine, **run_flags), dtype, max_seq_len, max_new_tokens,
+              temperature, top_p, top_k, seed, system)
 
 
 @cli.command(cls=Subcommand, context_settings=CONTEXT)

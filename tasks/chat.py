@@ -8,6 +8,7 @@ Ctrl-C during a reply stops it (what was said stays in the history); at the prom
 from __future__ import annotations
 
 import queue
+import secrets
 import sys
 
 from ..errors import UserError
@@ -37,15 +38,14 @@ def fit_history(tokenizer, messages: list[dict], room: int) -> tuple[list[dict],
             del keep[first]
 
 
-def chat_task(model_path: str | None, options: EngineOptions, dtype: str, max_seq_len: int | None,
+def chat_task(target: str, model_path: str | None, options: EngineOptions, dtype: str, max_seq_len: int | None,
               max_new_tokens: int, temperature: float, top_p: float, top_k: int, seed: int | None,
               system: str | None) -> None:
     from ..serving.scheduler import Ticket
     from ..serving.text_stream import TextStream
-    import secrets
 
     SamplingConfig(temperature, top_p, top_k, seed or 0).validate()
-    model, scheduler = serving_model(model_path, options, dtype, max_seq_len, 1, 1)
+    model, scheduler = serving_model(model_path, options, dtype, max_seq_len, 1, 1, target)
     tokenizer = model.tokenizer
     if not getattr(tokenizer, "chat_template", None):
         scheduler.close()

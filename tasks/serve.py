@@ -29,11 +29,11 @@ def check_serving_flags(target: str, options: EngineOptions, slots: int, max_que
 
 
 def serving_model(model_path: str | None, options: EngineOptions, dtype: str, max_seq_len: int | None,
-                  slots: int, max_queue: int):
+                  slots: int, max_queue: int, target: str = "cpu"):
     """Load the checkpoint on the native engine and start a scheduler of `slots` rows -> (Model, Scheduler)."""
     from ..serving.scheduler import Scheduler
 
-    check_serving_flags("cpu", options, slots, max_queue)
+    check_serving_flags(target, options, slots, max_queue)
     model = load_with_options(model_path, "cpu", replace(options, engine="native"), dtype)
     engine = model.engine
     if not getattr(engine, "continuous_batching", False):
@@ -62,18 +62,18 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_task(model_path: str | None, engine_options: EngineOptions, dtype: str, max_seq_len: int | None,
-               host: str, port: int, api_key: str | None, max_batch: int, max_queue: int, model_name: str | None,
-               max_body_bytes: int) -> None:
+def serve_task(target: str, model_path: str | None, engine_options: EngineOptions, dtype: str,
+               max_seq_len: int | None, host: str, port: int, api_key: str | None, max_batch: int, max_queue: int,
+               model_name: str | None, max_body_bytes: int) -> None:
     import uvicorn
 
     from ..serving.app import Service, ServiceConfig, make_app
 
-    check_serving_flags("cpu", engine_options, max_batch, max_queue)
+    check_serving_flags(target, engine_options, max_batch, max_queue)     # before the port is taken
     if api_key is not None and not api_key.strip():
         raise UserError("--api_key is empty.", "Give a non-empty key, or drop --api_key for no authentication.")
     sock = listen(host, port)
-    model, scheduler = serving_model(model_path, engine_options, dtype, max_seq_len, max_batch, max_queue)
+    model, scheduler = serving_model(model_path, engine_options, dtype, max_seq_len, max_batch, max_queue, target)
     name = model_name or model.loaded.source.name
     service = Service(model.tokenizer, scheduler, ServiceConfig(name, api_key, max_body_bytes))
     server = uvicorn.Server(uvicorn.Config(make_app(service), log_level="warning", access_log=False))

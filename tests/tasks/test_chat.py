@@ -37,6 +37,13 @@ def test_history_drops_the_oldest_turns_and_keeps_the_system_message():
         fit_history(tok, [{"role": "user", "content": "long " * 500}], 120)
 
 
+@pytest.mark.parametrize("args, words", [(["--target", "tt"], "native engine"), (["--top_p", "0"], "--top_p"),
+                                         (["--max_new_tokens", "4000"], "--max_new_tokens")])
+def test_bad_chat_flags_exit_2(cli, rtn_llama3, args, words):
+    code, out, err = cli(["chat", "--model", str(rtn_llama3), *args])
+    assert code == 2 and words in err and "Traceback" not in err
+
+
 class Terminal:
     def __init__(self, args, env):
         self.master, slave = pty.openpty()
