@@ -113,7 +113,10 @@ def make_app(service: Service) -> Starlette:
 
     async def health(request: Request) -> Response:
         check_key(request)
-        return JSONResponse({"status": "ok", "model": cfg.model_id, **service.scheduler.status()})
+        status = service.scheduler.status()
+        alive = status.pop("alive")
+        return JSONResponse({"status": "ok" if alive else "error", "model": cfg.model_id, **status},
+                            status_code=200 if alive else 503)
 
     async def models(request: Request) -> Response:
         check_key(request)

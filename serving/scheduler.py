@@ -126,7 +126,8 @@ class Scheduler:
 
     def status(self) -> dict:
         with self.lock:
-            out = {"running": len(self.rows), "waiting": len(self.waiting), "slots": self.slots,
+            out = {"alive": self.thread.is_alive(), "running": len(self.rows), "waiting": len(self.waiting),
+                   "slots": self.slots,
                    "context": self.context, "steps": self.steps}
             if self.blocks is not None:
                 out.update(kv_block_size=self.blocks[0], kv_blocks=self.blocks[1], kv_blocks_reserved=self.reserved,
@@ -142,22 +143,22 @@ class Scheduler:
     # ---- the worker thread ----
     def _run(self) -> None:
         while True:
-            with self.lock:
-                while not self.closing and not self.waiting and not self.rows:
-                    self.lock.wait()
-                if self.closing:
-                    break
-                gone = [t for t in self.rows.values() if t.cancelled]
-                for t in gone:
-                    self._release(t)
-                self._admit()
-                if not self.rows:
-                    continue
-                batch = sorted(self.rows.values(), key=lambda t: t.id)
+            batch: list[Ticket] = []
             try:
+                with self.lock:
+                    while not self.closing and not self.waiting and not self.rows:
+                        self.lock.wait()
+                    if self.closing:
+                        break
+                    for t in [t for t in self.rows.values() if t.cancelled]:
+                        self._release(t)
+                    self._admit()
+                    if not self.rows:
+                        continue
+                    batch = sorted(self.rows.values(), key=lambda t: t.id)
                 self._step(batch)
             except Exception as exc:                  # a failing step ends its requests, never the server
-                self._fail(batch, exc)
+                self._fail(list(self.rows.values()), exc)
         with self.lock:
             for t in list(self.rows.values()) + self.waiting:
                 t.finished = True
@@ -237,9 +238,12 @@ class Scheduler:
         t.deliver(("done", reason, t.usage()))
 
     def _fail(self, batch: list[Ticket], exc: Exception) -> None:
+        """End `batch` (every running request) with an error and restart the cache."""
         with self.lock:
             for t in batch:
                 if self.rows.get(t.slot) is t:
-                    self._release(t)
+                    del self.rows[t.slot]
+                    self.reserved -= self.blocks_for(len(t.prompt) + t.max_tokens)
+                    t.finished = True
                     t.deliver(("error", f"the engine failed on this batch: {exc}"))
-            self.engine.start(self.slots, self.context)                 # a clean cache for what comes next
+            self.engine.start(self.slots, self.context)                   # a clean cache: every row free
