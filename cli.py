@@ -211,9 +211,12 @@ max_seq_len_option = click.option(
 @click.option("--model_name", default=None, help="The model id clients give (default: the checkpoint folder's name).")
 @click.option("--max_body_bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
               help="Largest request body accepted (HTTP 413 above).")
+@click.option("--threads", type=int, default=None,
+              help="Compute threads of the engine (default: all cores). The HTTP side needs CPU too: on a small "
+                   "model, fewer engine threads can serve more tokens/s (README, \"Serving\").")
 @debug_option
 def serve(model_path, target, engine, dtype, max_seq_len, host, port, api_key, max_batch, max_queue, model_name,
-          max_body_bytes, debug, **run_flags) -> None:
+          max_body_bytes, threads, debug, **run_flags) -> None:
     """Serve a checkpoint over an OpenAI-compatible HTTP API with continuous batching.
 
     \b
@@ -228,7 +231,7 @@ def serve(model_path, target, engine, dtype, max_seq_len, host, port, api_key, m
     options = _engine_options(target, engine, **run_flags)
     _prepare_libraries()
     serve_task(target, model_path, options, dtype, max_seq_len, host, port, api_key, max_batch, max_queue, model_name,
-               max_body_bytes)
+               max_body_bytes, threads)
 
 
 @cli.command(cls=Subcommand, context_settings=CONTEXT)

@@ -18,7 +18,9 @@ the servers must take in stride). Per run:
 * time to first token (request sent -> first token chunk) and inter-token latency (gaps between consecutive token
   chunks of a request; every placeholder token is visible text, so one chunk = one token): p50 / p95 / p99 ms;
 * errors (non-200 answers, error events, broken streams before the deadline): the goal is 0;
-* peak RSS of the server process (VmHWM, model loading included).
+* the server process's peak RSS (VmHWM, model loading included) and its RSS at the end of the run (VmRSS).
+TTFT and ITL count what arrived within the window (a request still waiting for its first token at the deadline
+adds no TTFT sample).
 JSON lines on stdout (one per run, then ours/llama.cpp ratios per clients count: output tok/s and p99 inter-token
 latency), a markdown table at the end; --out FILE appends the lines. Run it alone on the machine.
 
@@ -61,12 +63,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def rss_mb(pid: int, field: str = "VmHWM") -> float | None:
+    """VmHWM (peak resident set, loading included) or VmRSS (now) of a process, MB."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    m = re.search(r"VmHWM:\s+(\d+) kB", text)
+    m = re.search(field + r":\s+(\d+) kB", text)
     return round(int(m.group(1)) / 1024, 1) if m else None
 
 
@@ -163,11 +166,12 @@ class ServerProcess:
             self.proc.kill()
 
 
-def start_ours(ckpt: Path, slots: int, context: int, work: Path) -> ServerProcess:
+def start_ours(ckpt: Path, slots: int, context: int, work: Path, threads: int | None) -> ServerProcess:
     env = {**os.environ, "EDGEAWQ_CACHE": str(work / "cache")}
+    extra = ["--threads", str(threads)] if threads else []
     return ServerProcess("ours", [sys.executable, "-m", "edgeawq.cli", "serve", "--model", str(ckpt), "--port", "0",
                                   "--max_batch", str(slots), "--max_seq_len", str(context), "--model_name", "m",
-                                  "--max_queue", "256"], None, env)
+                                  "--max_queue", "256", *extra], None, env)
 
 
 def llama_server_exe() -> str | None:
@@ -242,7 +246,7 @@ class Client(threading.Thread):
                     else:
                         self.itl.append((now - last) * 1e3)
                     last, got = now, got + 1
-            self.tokens += got
+                    self.tokens += 1
             if finished:
                 self.completed += 1
             elif time.perf_counter() < self.deadline:
@@ -278,7 +282,8 @@ def run_load(server: ServerProcess, clients: int, seconds: float, prompt_tokens:
             "requests": sum(t.completed for t in threads),
             "ttft_ms": percentiles([x for t in threads for x in t.ttft]),
             "itl_ms": percentiles([x for t in threads for x in t.itl]),
-            "errors": len(errors), "error_samples": errors[:3], "peak_rss_mb": peak_rss_mb(server.proc.pid)}
+            "errors": len(errors), "error_samples": errors[:3], "peak_rss_mb": rss_mb(server.proc.pid),
+            "rss_mb": rss_mb(server.proc.pid, "VmRSS")}
 
 
 def main() -> None:
@@ -292,6 +297,8 @@ def main() -> None:
     ap.add_argument("--prompt_tokens", type=int, default=128)
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--servers", nargs="+", default=["ours", "llama.cpp"], choices=["ours", "llama.cpp"])
+    ap.add_argument("--our_threads", type=int, default=None,
+                    help="run_awq serve --threads (default: its own, all cores)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "serve_load")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -313,7 +320,8 @@ def main() -> None:
         servers = {}
         try:
             if "ours" in args.servers:
-                servers["ours"] = start_ours(our_checkpoint(model, args.work), args.slots, args.context, args.work)
+                servers["ours"] = start_ours(our_checkpoint(model, args.work), args.slots, args.context, args.work,
+                                             args.our_threads)
             if "llama.cpp" in args.servers:
                 if exe is None:
                     emit({"model": model, "server": "llama.cpp",
@@ -331,6 +339,7 @@ def main() -> None:
                         emit({"model": model, "server": s.name, "clients": clients, "round": rnd,
                               "seconds": args.seconds, "prompt_tokens": args.prompt_tokens,
                               "new_tokens": args.new_tokens, "slots": args.slots,
+                              **({"threads": args.our_threads} if s.name == "ours" and args.our_threads else {}),
                               **run_load(s, clients, args.seconds, args.prompt_tokens, args.new_tokens, vocab)})
         finally:
             for s in servers.values():
@@ -342,7 +351,7 @@ def summarize(rows: list[dict], emit) -> None:
     runs = [r for r in rows if "output_tok_s" in r]
     keys = sorted({(r["model"], r["clients"]) for r in runs}, key=lambda k: (k[0], k[1]))
     table = ["| model | clients | server | req/s | out tok/s | TTFT p50/p99 ms | ITL p50/p95/p99 ms | errors | "
-             "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+             "RSS / peak MB |", "|---|---|---|---|---|---|---|---|---|"]
     for model, clients in keys:
         per = {}
         for server in ("ours", "llama.cpp"):
@@ -356,7 +365,7 @@ def summarize(rows: list[dict], emit) -> None:
             table.append(f"| {model} | {clients} | {server} | {statistics.median(x['requests_per_s'] for x in mine)} "
                          f"| {tok} | {r['ttft_ms']['p50']} / {r['ttft_ms']['p99']} | {r['itl_ms']['p50']} / "
                          f"{r['itl_ms']['p95']} / {r['itl_ms']['p99']} | {sum(x['errors'] for x in mine)} | "
-                         f"{r['peak_rss_mb']} |")
+                         f"{r['rss_mb']} / {r['peak_rss_mb']} |")
         if len(per) == 2 and per["llama.cpp"][0] and per["llama.cpp"][1]:
             emit({"model": model, "clients": clients, "ratio": "ours / llama.cpp",
                   "output_tok_s": round(per["ours"][0] / per["llama.cpp"][0], 3),

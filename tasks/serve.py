@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 from dataclasses import replace
@@ -15,8 +16,11 @@ from .model import load_with_options
 MAX_SLOTS = 64
 
 
-def check_serving_flags(target: str, options: EngineOptions, slots: int, max_queue: int) -> None:
+def check_serving_flags(target: str, options: EngineOptions, slots: int, max_queue: int,
+                        threads: int | None = None) -> None:
     """Refuse what the scheduler cannot run, before a model is loaded."""
+    if threads is not None and not 1 <= threads <= os.cpu_count():
+        raise UserError(f"--threads {threads} is invalid.", f"Use 1 to {os.cpu_count()} (this machine's cores).")
     if target != "cpu" or options.engine not in ("auto", "native"):
         where = f"--target {target}" if target != "cpu" else f"--engine {options.engine}"
         raise UserError(f"Serving runs on the native engine (--target cpu --engine native); {where} cannot take "
@@ -29,11 +33,16 @@ def check_serving_flags(target: str, options: EngineOptions, slots: int, max_que
 
 
 def serving_model(model_path: str | None, options: EngineOptions, dtype: str, max_seq_len: int | None,
-                  slots: int, max_queue: int, target: str = "cpu"):
-    """Load the checkpoint on the native engine and start a scheduler of `slots` rows -> (Model, Scheduler)."""
+                  slots: int, max_queue: int, target: str = "cpu", threads: int | None = None):
+    """Load the checkpoint on the native engine (`threads` compute threads; None: torch's count, all cores) and
+    start a scheduler of `slots` rows -> (Model, Scheduler)."""
+    import torch
+
     from ..serving.scheduler import Scheduler
 
     check_serving_flags(target, options, slots, max_queue)
+    if threads is not None:
+        torch.set_num_threads(threads)
     model = load_with_options(model_path, "cpu", replace(options, engine="native"), dtype)
     engine = model.engine
     if not getattr(engine, "continuous_batching", False):
@@ -64,16 +73,17 @@ def listen(host: str, port: int) -> socket.socket:
 
 def serve_task(target: str, model_path: str | None, engine_options: EngineOptions, dtype: str,
                max_seq_len: int | None, host: str, port: int, api_key: str | None, max_batch: int, max_queue: int,
-               model_name: str | None, max_body_bytes: int) -> None:
+               model_name: str | None, max_body_bytes: int, threads: int | None = None) -> None:
     import uvicorn
 
     from ..serving.app import Service, ServiceConfig, make_app
 
-    check_serving_flags(target, engine_options, max_batch, max_queue)     # before the port is taken
+    check_serving_flags(target, engine_options, max_batch, max_queue, threads)     # before the port is taken
     if api_key is not None and not api_key.strip():
         raise UserError("--api_key is empty.", "Give a non-empty key, or drop --api_key for no authentication.")
     sock = listen(host, port)
-    model, scheduler = serving_model(model_path, engine_options, dtype, max_seq_len, max_batch, max_queue, target)
+    model, scheduler = serving_model(model_path, engine_options, dtype, max_seq_len, max_batch, max_queue, target,
+                                     threads)
     name = model_name or model.loaded.source.name
     service = Service(model.tokenizer, scheduler, ServiceConfig(name, api_key, max_body_bytes))
     server = uvicorn.Server(uvicorn.Config(make_app(service), log_level="warning", access_log=False))

@@ -24,6 +24,7 @@ openai = pytest.importorskip("openai")
     (["--max_queue", "-1"], "--max_queue"),
     (["--port", "70000"], "--port"),
     (["--api_key", " "], "--api_key"),
+    (["--threads", "0"], "--threads"),
     (["--max_new_tokens", "5"], "flag of"),
 ])
 def test_bad_flags_exit_2_with_a_paragraph(cli, rtn_llama3, args, words):
