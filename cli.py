@@ -212,8 +212,7 @@ max_seq_len_option = click.option(
 @click.option("--max_body_bytes", type=click.IntRange(min=1024), default=1 << 20, show_default=True,
               help="Largest request body accepted (HTTP 413 above).")
 @click.option("--threads", type=int, default=None,
-              help="Compute threads of the engine (default: all cores). The HTTP side needs CPU too: on a small "
-                   "model, fewer engine threads can serve more tokens/s (README, \"Serving\").")
+              help="Compute threads of the engine (default: all cores; the HTTP side shares them).")
 @debug_option
 def serve(model_path, target, engine, dtype, max_seq_len, host, port, api_key, max_batch, max_queue, model_name,
           max_body_bytes, threads, debug, **run_flags) -> None:

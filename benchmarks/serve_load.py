@@ -166,9 +166,11 @@ class ServerProcess:
             self.proc.kill()
 
 
-def start_ours(ckpt: Path, slots: int, context: int, work: Path, threads: int | None) -> ServerProcess:
+def start_ours(ckpt: Path, slots: int, context: int, work: Path, threads: int | None,
+               prefill_chunk: int | None) -> ServerProcess:
     env = {**os.environ, "EDGEAWQ_CACHE": str(work / "cache")}
-    extra = ["--threads", str(threads)] if threads else []
+    extra = (["--threads", str(threads)] if threads else []) + (
+        ["--prefill_chunk", str(prefill_chunk)] if prefill_chunk else [])
     return ServerProcess("ours", [sys.executable, "-m", "edgeawq.cli", "serve", "--model", str(ckpt), "--port", "0",
                                   "--max_batch", str(slots), "--max_seq_len", str(context), "--model_name", "m",
                                   "--max_queue", "256", *extra], None, env)
@@ -299,6 +301,8 @@ def main() -> None:
     ap.add_argument("--servers", nargs="+", default=["ours", "llama.cpp"], choices=["ours", "llama.cpp"])
     ap.add_argument("--our_threads", type=int, default=None,
                     help="run_awq serve --threads (default: its own, all cores)")
+    ap.add_argument("--our_prefill_chunk", type=int, default=None,
+                    help="run_awq serve --prefill_chunk (default: its own)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "serve_load")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -321,7 +325,7 @@ def main() -> None:
         try:
             if "ours" in args.servers:
                 servers["ours"] = start_ours(our_checkpoint(model, args.work), args.slots, args.context, args.work,
-                                             args.our_threads)
+                                             args.our_threads, args.our_prefill_chunk)
             if "llama.cpp" in args.servers:
                 if exe is None:
                     emit({"model": model, "server": "llama.cpp",
@@ -339,7 +343,8 @@ def main() -> None:
                         emit({"model": model, "server": s.name, "clients": clients, "round": rnd,
                               "seconds": args.seconds, "prompt_tokens": args.prompt_tokens,
                               "new_tokens": args.new_tokens, "slots": args.slots,
-                              **({"threads": args.our_threads} if s.name == "ours" and args.our_threads else {}),
+                              **({"threads": args.our_threads, "prefill_chunk": args.our_prefill_chunk}
+                                 if s.name == "ours" else {}),
                               **run_load(s, clients, args.seconds, args.prompt_tokens, args.new_tokens, vocab)})
         finally:
             for s in servers.values():

@@ -77,6 +77,7 @@ class NativeEngine:
         self.norm_weight, self.norm_eps = t["norm"], spec["norm_eps"]
         self.embed = t["embed"]                                                  # (V, D), the model's dtype
         head = spec["lm_head"]
+        self.head_kind = head["kind"]                                            # quantized, tied or float
         if head["kind"] == "quantized":
             self.head = ext.Linear(t["lm_head.lines"], t["lm_head.meta"], t.get("lm_head.bias"), head["N"],
                                    head["K"], head["group"], self.threads).forward
@@ -129,9 +130,13 @@ class NativeEngine:
         clock.lap("model.embed_tokens", "embedding")
         self.decoder.forward(h, tokens.rows, tokens.slots)
         clock.layers(self.decoder)
-        logits = self._logits(tokens.select(h, last_only))                         # (B or M, V)
+        # a quantized head computes each row alone: only the rows fed now need it (a batch of mostly idle rows
+        # costs no more than its fed rows); a float head (a PyTorch GEMM, whose row results depend on the row
+        # count) takes every row, so a row's logits do not depend on how many others were fed
+        fed_only = self.head_kind == "quantized"
+        logits = self._logits(tokens.select(h, last_only, fed_only))               # (B, n or M, V)
         clock.lap("lm_head", "final norm + lm_head")
-        return tokens.arrange(logits, last_only)
+        return tokens.arrange(logits, last_only, fed_only)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """x float32 (n, D) -> final RMSNorm -> lm_head -> (n, V)."""
@@ -166,14 +171,22 @@ class Compacted:
         self.lengths = lengths + new
         self.ends = np.cumsum(new)                                                # row b's tokens: [end-new, end)
 
-    def select(self, h: torch.Tensor, last_only: bool) -> torch.Tensor:
-        """Hidden states (M, D) -> those whose logits are wanted: each row's last token (B, D), or all (M, D)."""
-        return h[torch.from_numpy(np.maximum(self.ends - 1, 0))] if last_only else h
+    def select(self, h: torch.Tensor, last_only: bool, fed_only: bool = False) -> torch.Tensor:
+        """Hidden states (M, D) -> those whose logits are wanted: each row's last token (B, D), or all (M, D);
+        with fed_only (and last_only), only the rows fed in this call (n, D)."""
+        if not last_only:
+            return h
+        rows = np.nonzero(self.new)[0] if fed_only else np.arange(self.B)
+        return h[torch.from_numpy(np.maximum(self.ends[rows] - 1, 0))]
 
-    def arrange(self, logits: torch.Tensor, last_only: bool) -> torch.Tensor:
+    def arrange(self, logits: torch.Tensor, last_only: bool, fed_only: bool = False) -> torch.Tensor:
         """Logits of `select`ed tokens -> (B, 1, V), or (B, T, V) right-aligned (padding positions zero)."""
         new = self.new
         if last_only:
+            if fed_only:
+                out = torch.zeros(self.B, logits.shape[-1])
+                out[torch.from_numpy(np.nonzero(new)[0])] = logits
+                return out[:, None]
             if (new == 0).any():
                 logits[torch.from_numpy(new == 0)] = 0.0
             return logits[:, None]

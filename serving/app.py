@@ -191,9 +191,10 @@ def make_app(service: Service) -> Starlette:
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        message = (f"No route {request.method} {request.url.path}; this server has POST /v1/completions, POST "
-                   f"/v1/chat/completions, GET /v1/models and GET /health." if exc.status_code in (404, 405)
-                   else str(exc.detail))
+        routes = "POST /v1/completions, POST /v1/chat/completions, GET /v1/models and GET /health"
+        message = {404: f"No route {request.url.path}; this server has {routes}.",
+                   405: f"{request.method} is not allowed on {request.url.path}; this server has {routes}."
+                   }.get(exc.status_code, str(exc.detail))
         return error_response(ApiError(exc.status_code, message, code=code))
 
     async def server_error(request: Request, exc: Exception) -> Response:

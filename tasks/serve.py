@@ -9,11 +9,14 @@ from dataclasses import replace
 
 from ..errors import UserError
 from ..runtime.backends import EngineOptions
-from ..runtime.chunked_prefill import DEFAULT_PREFILL_CHUNK
 from ..runtime.generate import eos_ids, resolve_max_seq_len
 from .model import load_with_options
 
 MAX_SLOTS = 64
+# Prompt tokens per decode step while serving (--prefill_chunk): each step that carries a prompt chunk delays every
+# running request by that chunk's prefill. benchmarks/serve_load.py, 16 clients, 1B shape: chunks of 128 / 32 / 16
+# gave inter-token p99 1207 / 428 / 218 ms and 34 / 45 / 47 output tok/s (README, "Serving").
+SERVE_PREFILL_CHUNK = 16
 
 
 def check_serving_flags(target: str, options: EngineOptions, slots: int, max_queue: int,
@@ -50,7 +53,7 @@ def serving_model(model_path: str | None, options: EngineOptions, dtype: str, ma
                         "Serve a quantized checkpoint that the native engine runs (`run_awq decode --engine native` "
                         "says why it cannot).")
     context = resolve_max_seq_len(max_seq_len, model.loaded.config)
-    chunk = options.prefill_chunk if options.prefill_chunk else DEFAULT_PREFILL_CHUNK["native"]
+    chunk = options.prefill_chunk or SERVE_PREFILL_CHUNK
     scheduler = Scheduler(engine, eos_ids(model.tokenizer, model.loaded.config), slots, context, max_queue, chunk)
     return model, scheduler
 

@@ -46,10 +46,21 @@ def start(path, slots=4, chunk=16, max_queue=16, **kv):
     return scheduler
 
 
-@pytest.fixture
-def scheduler(rtn_llama3, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def head_w4(checkpoints, tmp_path_factory):
+    """The tiny llama3 with a quantized lm_head (the native engine computes it for the fed rows only)."""
+    from ..conftest import quantize_tiny
+
+    out = tmp_path_factory.mktemp("head") / "q"
+    quantize_tiny(checkpoints["llama3"], out, algorithm="pergrp", awq_mode="none", lm_head=True,
+                  lm_head_group_size=32)
+    return out
+
+
+@pytest.fixture(params=["float-head", "w4-head"])
+def scheduler(request, rtn_llama3, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEAWQ_CACHE", str(tmp_path / "cache"))
-    s = start(rtn_llama3)
+    s = start(rtn_llama3 if request.param == "float-head" else request.getfixturevalue("head_w4"))
     yield s
     s.close()
 
