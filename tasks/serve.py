@@ -14,8 +14,8 @@ from .model import load_with_options
 
 MAX_SLOTS = 64
 # Prompt tokens per decode step while serving (--prefill_chunk): each step that carries a prompt chunk delays every
-# running request by that chunk's prefill. benchmarks/serve_load.py, 16 clients, 1B shape: chunks of 128 / 32 / 16
-# gave inter-token p99 1207 / 428 / 218 ms and 34 / 45 / 47 output tok/s (README, "Serving").
+# running request by that chunk's prefill. benchmarks/serve_load.py, 16 clients, 1B shape: 128 tokens per step gave
+# an inter-token p99 of 1207 ms and 34 output tok/s, 16 tokens 204 ms and 47 tok/s (README, "Serving").
 SERVE_PREFILL_CHUNK = 16
 
 
