@@ -165,11 +165,13 @@ class Compacted:
         if int((lengths + new).max()) > capacity:
             raise ValueError(f"KV cache of {capacity} slots is full")
         self.B, self.T, self.new = B, T, new
-        self.ids = torch.cat([input_ids[b, T - new[b]:] for b in range(B)])       # (M,)
+        keep = np.arange(T)[None, :] >= (T - new)[:, None]                        # (B, T): each row's last new[b]
+        self.ids = input_ids[torch.from_numpy(keep)]                              # (M,), row by row
         self.rows = torch.from_numpy(np.repeat(np.arange(B), new))                # (M,)
-        self.slots = torch.from_numpy(np.concatenate([lengths[b] + np.arange(new[b]) for b in range(B)]))
-        self.lengths = lengths + new
         self.ends = np.cumsum(new)                                                # row b's tokens: [end-new, end)
+        starts = np.repeat(self.ends - new, new)                                  # (M,) its row's first token
+        self.slots = torch.from_numpy(np.repeat(lengths, new) + np.arange(int(self.ends[-1])) - starts)
+        self.lengths = lengths + new
 
     def select(self, h: torch.Tensor, last_only: bool, fed_only: bool = False) -> torch.Tensor:
         """Hidden states (M, D) -> those whose logits are wanted: each row's last token (B, D), or all (M, D);

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..runtime.sampling import Sampler, SamplingConfig
@@ -196,15 +197,17 @@ class Scheduler:
             else:
                 feeds[t.slot] = [t.generated[-1]]
         T = max(len(f) for f in feeds.values())
-        ids = torch.zeros(self.slots, T, dtype=torch.long)             # (slots, T), left-padded
-        mask = torch.zeros(self.slots, T, dtype=torch.long)
-        positions = torch.zeros(self.slots, T, dtype=torch.long)
+        ids = np.zeros((self.slots, T), np.int64)                      # (slots, T), left-padded
+        mask = np.zeros((self.slots, T), np.int64)
+        positions = np.zeros((self.slots, T), np.int64)
         for slot, f in feeds.items():
-            t = self.rows[slot]
-            ids[slot, T - len(f):] = torch.tensor(f)
-            mask[slot, T - len(f):] = 1
-            positions[slot, T - len(f):] = torch.arange(t.fed, t.fed + len(f))
-        logits = self.engine.forward(ids, positions, mask, last_only=True)[:, 0]   # (slots, V)
+            n = len(f)
+            ids[slot, T - n:] = f
+            mask[slot, T - n:] = 1
+            positions[slot, T - n:] = np.arange(self.rows[slot].fed, self.rows[slot].fed + n)
+        logits = self.engine.forward(torch.from_numpy(ids), torch.from_numpy(positions), torch.from_numpy(mask),
+                                     last_only=True)[:, 0]                                     # (slots, V)
+        greedy = logits.argmax(-1).tolist()          # what a temperature-0 sampler picks, for every row at once
         self.steps += 1
         now = time.perf_counter()
         for slot, f in feeds.items():
@@ -212,7 +215,7 @@ class Scheduler:
             t.fed += len(f)
             if t.fed < len(t.prompt):
                 continue                              # more prompt to come
-            token = int(t.sampler(logits[slot][None])[0])
+            token = greedy[slot] if t.sampling.temperature == 0 else int(t.sampler(logits[slot][None])[0])
             if t.first_token is None:
                 t.first_token = now
             self._take(t, token)
