@@ -92,7 +92,8 @@ run_options = _stack(
     click.option("--prefill_chunk", type=click.IntRange(min=0), default=None,
                  help="Feed prompts to the engine in chunks of this many tokens (results equal a one-call prefill; "
                       "activation memory grows with the chunk, not the prompt). 0 = one call. Default: the engine's "
-                      "measured choice (native 128, onnx 512, torch 1024, tt 256; README, \"Long context\")."),
+                      "measured choice (native 128, onnx 512, torch 1024, tt 256; README, \"Long context\"); serve and "
+                      "chat: 16 prompt tokens per decode step (docs/serving.md)."),
     click.option("--kv_block_size", type=click.IntRange(min=0), default=None,
                  help="cpu native and torch --flash_attention: KV cache blocks of this many tokens (a multiple of 16 "
                       "on native), handed out as sequences grow and freed when they end; 0 = one contiguous block "

@@ -53,7 +53,7 @@ def serving_model(model_path: str | None, options: EngineOptions, dtype: str, ma
                         "Serve a quantized checkpoint that the native engine runs (`run_awq decode --engine native` "
                         "says why it cannot).")
     context = resolve_max_seq_len(max_seq_len, model.loaded.config)
-    chunk = options.prefill_chunk or SERVE_PREFILL_CHUNK
+    chunk = SERVE_PREFILL_CHUNK if options.prefill_chunk is None else options.prefill_chunk or context  # 0: whole
     scheduler = Scheduler(engine, eos_ids(model.tokenizer, model.loaded.config), slots, context, max_queue, chunk)
     return model, scheduler
 

@@ -88,6 +88,17 @@ def test_a_request_gets_the_same_tokens_alone_and_batched(scheduler, sampling):
     assert st["kv_blocks_in_use"] == 0 and st["kv_blocks_reserved"] == 0
 
 
+def test_prefill_chunk_0_feeds_whole_prompts(rtn_llama3, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEAWQ_CACHE", str(tmp_path / "cache"))
+    s = start(rtn_llama3, chunk=0)
+    try:
+        assert s.prefill_chunk == 256
+        tokens, done = Run(s, PROMPTS[3], max_tokens=3).result()
+        assert done[0] == "done" and s.status()["steps"] <= 3                  # the 70-token prompt in one step
+    finally:
+        s.close()
+
+
 def test_usage_and_finish_reasons(scheduler):
     tokens, done = Run(scheduler, PROMPTS[1], max_tokens=5).result()
     assert done[0] == "done" and len(tokens) <= 5
