@@ -256,8 +256,7 @@ async def collect(service: Service, request: Request, ticket: Ticket, events: as
             done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
                 getter.cancel()
-                service.scheduler.cancel(ticket)
-                return Response(status_code=499)       # nobody is listening
+                return Response(status_code=499)       # nobody is listening (the finally cancels the request)
             event = getter.result()
             if event[0] == "text":
                 parts.append(event[1])

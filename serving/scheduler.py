@@ -16,8 +16,9 @@ and a paged KV cache; a request holds one row from admission to its end:
   that went away: its row and blocks are freed before the next step), and is released to the cache.
 
 Greedy output does not depend on the other requests: the native engine computes every row from that row's
-tokens only (its int8 matmuls and attention are per row; the float lm_head always sees all `slots` rows, and a
-GEMM of fixed shape gives a row the same result whatever the other rows hold), a request's prompt chunks do not
+tokens only (its int8 matmuls, attention and a quantized lm_head are per row; a float lm_head always sees all
+`slots` rows, and a GEMM of fixed shape gives a row the same result whatever the other rows hold), a request's
+prompt chunks do not
 depend on the batch, and its sampler is its own.
 
 Events go to `Ticket.deliver` (called on the worker thread): ("text", str), then one ("done", finish_reason,
@@ -180,6 +181,10 @@ class Scheduler:
     def _release(self, t: Ticket) -> None:
         """(lock held) End t's row: its cache blocks go back to the pool."""
         self.engine.release_row(t.slot)
+        self._forget(t)
+
+    def _forget(self, t: Ticket) -> None:
+        """(lock held) t no longer holds a row or a block reservation."""
         del self.rows[t.slot]
         self.reserved -= self.blocks_for(len(t.prompt) + t.max_tokens)
         t.finished = True
@@ -245,8 +250,6 @@ class Scheduler:
         with self.lock:
             for t in batch:
                 if self.rows.get(t.slot) is t:
-                    del self.rows[t.slot]
-                    self.reserved -= self.blocks_for(len(t.prompt) + t.max_tokens)
-                    t.finished = True
+                    self._forget(t)
                     t.deliver(("error", f"the engine failed on this batch: {exc}"))
             self.engine.start(self.slots, self.context)                   # a clean cache: every row free
