@@ -167,10 +167,10 @@ class ServerProcess:
 
 
 def start_ours(ckpt: Path, slots: int, context: int, work: Path, threads: int | None,
-               prefill_chunk: int | None) -> ServerProcess:
+               prefill_chunk: int | None, kv_dtype: str) -> ServerProcess:
     env = {**os.environ, "EDGEAWQ_CACHE": str(work / "cache")}
     extra = (["--threads", str(threads)] if threads else []) + (
-        ["--prefill_chunk", str(prefill_chunk)] if prefill_chunk else [])
+        ["--prefill_chunk", str(prefill_chunk)] if prefill_chunk else []) + ["--kv_dtype", kv_dtype]
     return ServerProcess("ours", [sys.executable, "-m", "edgeawq.cli", "serve", "--model", str(ckpt), "--port", "0",
                                   "--max_batch", str(slots), "--max_seq_len", str(context), "--model_name", "m",
                                   "--max_queue", "256", *extra], None, env)
@@ -303,6 +303,8 @@ def main() -> None:
                     help="run_awq serve --threads (default: its own, all cores)")
     ap.add_argument("--our_prefill_chunk", type=int, default=None,
                     help="run_awq serve --prefill_chunk (default: its own)")
+    ap.add_argument("--our_kv_dtype", default="fp16", choices=["fp32", "bf16", "fp16", "int8"],
+                    help="run_awq serve --kv_dtype (default fp16: llama-server's default KV cache type, f16)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "serve_load")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -325,7 +327,7 @@ def main() -> None:
         try:
             if "ours" in args.servers:
                 servers["ours"] = start_ours(our_checkpoint(model, args.work), args.slots, args.context, args.work,
-                                             args.our_threads, args.our_prefill_chunk)
+                                             args.our_threads, args.our_prefill_chunk, args.our_kv_dtype)
             if "llama.cpp" in args.servers:
                 if exe is None:
                     emit({"model": model, "server": "llama.cpp",
@@ -343,7 +345,8 @@ def main() -> None:
                         emit({"model": model, "server": s.name, "clients": clients, "round": rnd,
                               "seconds": args.seconds, "prompt_tokens": args.prompt_tokens,
                               "new_tokens": args.new_tokens, "slots": args.slots,
-                              **({"threads": args.our_threads, "prefill_chunk": args.our_prefill_chunk}
+                              **({"threads": args.our_threads, "prefill_chunk": args.our_prefill_chunk,
+                                  "kv_dtype": args.our_kv_dtype}
                                  if s.name == "ours" else {}),
                               **run_load(s, clients, args.seconds, args.prompt_tokens, args.new_tokens, vocab)})
         finally:

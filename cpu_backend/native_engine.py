@@ -161,16 +161,22 @@ class Compacted:
     def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: np.ndarray,
                  capacity: int) -> None:
         B, T = input_ids.shape
-        new = attention_mask[:, -T:].sum(1).numpy()                               # (B,) real tokens per row
+        new = attention_mask[:, -T:].numpy().sum(1)                               # (B,) real tokens per row
         if int((lengths + new).max()) > capacity:
             raise ValueError(f"KV cache of {capacity} slots is full")
         self.B, self.T, self.new = B, T, new
-        keep = np.arange(T)[None, :] >= (T - new)[:, None]                        # (B, T): each row's last new[b]
-        self.ids = input_ids[torch.from_numpy(keep)]                              # (M,), row by row
-        self.rows = torch.from_numpy(np.repeat(np.arange(B), new))                # (M,)
         self.ends = np.cumsum(new)                                                # row b's tokens: [end-new, end)
-        starts = np.repeat(self.ends - new, new)                                  # (M,) its row's first token
-        self.slots = torch.from_numpy(np.repeat(lengths, new) + np.arange(int(self.ends[-1])) - starts)
+        if T == 1:                                                                # a decode step: a row's token
+            fed = np.flatnonzero(new)                                             # is its one column
+            self.ids = input_ids[:, 0][torch.from_numpy(fed)] if len(fed) < B else input_ids[:, 0]
+            self.rows = torch.from_numpy(fed)                                     # (M,)
+            self.slots = torch.from_numpy(lengths[fed])                           # (M,)
+        else:
+            keep = np.arange(T)[None, :] >= (T - new)[:, None]                    # (B, T): each row's last new[b]
+            self.ids = torch.from_numpy(input_ids.numpy()[keep])                  # (M,), row by row
+            self.rows = torch.from_numpy(np.repeat(np.arange(B), new))            # (M,)
+            starts = np.repeat(self.ends - new, new)                              # (M,) its row's first token
+            self.slots = torch.from_numpy(np.repeat(lengths, new) + np.arange(int(self.ends[-1])) - starts)
         self.lengths = lengths + new
 
     def select(self, h: torch.Tensor, last_only: bool, fed_only: bool = False) -> torch.Tensor:
@@ -186,9 +192,10 @@ class Compacted:
         new = self.new
         if last_only:
             if fed_only:
+                if new.all():
+                    return logits[:, None]
                 out = torch.zeros(self.B, logits.shape[-1])
-                out[torch.from_numpy(np.nonzero(new)[0])] = logits
-                return out[:, None]
+                return out.index_copy_(0, torch.from_numpy(np.flatnonzero(new)), logits)[:, None]
             if (new == 0).any():
                 logits[torch.from_numpy(new == 0)] = 0.0
             return logits[:, None]

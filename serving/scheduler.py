@@ -9,8 +9,11 @@ and a paged KV cache; a request holds one row from admission to its end:
   requests wait; one more is refused at once (`QueueFull`, HTTP 429).
 * one step = one engine call over all rows: each decoding row feeds its last token; prefilling rows feed their
   prompt's next chunk (`prefill_chunk` tokens; chunk boundaries fixed by the prompt alone), oldest first, while the
-  step holds at most `prefill_chunk` prompt tokens (the first prefilling row always goes). Idle rows feed nothing.
-  So decoding requests wait at most one chunk's prefill per step for a newcomer, and a long prompt never stops them.
+  step's prompt tokens stay within a budget (the first prefilling row always goes). Idle rows feed nothing. The
+  budget comes from the measured cost of the steps (serving/step_cost.py): a step carrying prompt chunks takes at
+  most about twice the time of the same step without them. So a newcomer's prompt at most doubles the time between
+  two tokens of a running request, and a long prompt never stops them; on a model whose steps cost mostly a fixed
+  overhead, several chunks go per step and rows do not sit idle waiting for their prompt.
 * a row's logits are sampled with the request's own sampler (its own seeded generator); its text goes through a
   `TextStream` (stop strings); the row ends at end of sequence, a stop string, max_tokens, or cancellation (a client
   that went away: its row and blocks are freed before the next step), and is released to the cache.
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 
 from ..runtime.sampling import Sampler, SamplingConfig
+from .step_cost import StepCost
 from .text_stream import TextStream
 
 
@@ -79,9 +83,13 @@ def kv_blocks(engine) -> tuple[int, int] | None:
 
 class Scheduler:
     def __init__(self, engine, stop_ids: set[int], slots: int, context: int, max_queue: int,
-                 prefill_chunk: int) -> None:
+                 prefill_chunk: int, step_prompt_tokens: int | None = None) -> None:
+        """step_prompt_tokens: the most prompt tokens one step carries (at least one chunk always goes); None:
+        chosen per step from the measured cost of steps (serving/step_cost.py)."""
         self.engine, self.stop_ids, self.slots, self.context = engine, stop_ids, slots, context
         self.max_queue, self.prefill_chunk = max_queue, prefill_chunk
+        self.step_prompt_tokens = step_prompt_tokens
+        self.cost = StepCost()
         engine.start(slots, context)
         self.blocks = kv_blocks(engine)             # (block size, pool blocks) or None
         self.reserved = 0                           # blocks promised to admitted requests
@@ -190,8 +198,9 @@ class Scheduler:
         t.finished = True
 
     def _step(self, batch: list[Ticket]) -> None:
+        started = time.perf_counter()
         feeds: dict[int, list[int]] = {}
-        budget, prefilling = self.prefill_chunk, False
+        budget, prefilling = self._prompt_budget(batch), False
         for t in batch:
             if t.fed < len(t.prompt):                 # prompt chunks at fixed boundaries: fed is a multiple of chunk
                 n = min(self.prefill_chunk, len(t.prompt) - t.fed)
@@ -215,6 +224,7 @@ class Scheduler:
         greedy = logits.argmax(-1).tolist()          # what a temperature-0 sampler picks, for every row at once
         self.steps += 1
         now = time.perf_counter()
+        self.cost.add(sum(len(f) for f in feeds.values()), now - started)
         for slot, f in feeds.items():
             t = self.rows[slot]
             t.fed += len(f)
@@ -224,6 +234,12 @@ class Scheduler:
             if t.first_token is None:
                 t.first_token = now
             self._take(t, token)
+
+    def _prompt_budget(self, batch: list[Ticket]) -> int:
+        if self.step_prompt_tokens is not None:
+            return self.step_prompt_tokens
+        decoding = sum(t.fed >= len(t.prompt) for t in batch)
+        return self.cost.prompt_budget(decoding, self.prefill_chunk, self.slots * self.prefill_chunk)
 
     def _take(self, t: Ticket, token: int) -> None:
         if token in self.stop_ids and not t.ignore_eos:

@@ -74,11 +74,27 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def http_server(app):
+    """The uvicorn server of an ASGI app: httptools' parser, no access log."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, http="httptools"))
+
+
+def run_loop(main) -> None:
+    """Run the server's coroutine on uvloop (libuv), or on asyncio's own loop where uvloop does not exist."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def serve_task(target: str, model_path: str | None, engine_options: EngineOptions, dtype: str,
                max_seq_len: int | None, host: str, port: int, api_key: str | None, max_batch: int, max_queue: int,
                model_name: str | None, max_body_bytes: int, threads: int | None = None) -> None:
-    import uvicorn
-
     from ..serving.app import Service, ServiceConfig, make_app
 
     check_serving_flags(target, engine_options, max_batch, max_queue, threads)     # before the port is taken
@@ -89,13 +105,13 @@ def serve_task(target: str, model_path: str | None, engine_options: EngineOption
                                      threads)
     name = model_name or model.loaded.source.name
     service = Service(model.tokenizer, scheduler, ServiceConfig(name, api_key, max_body_bytes))
-    server = uvicorn.Server(uvicorn.Config(make_app(service), log_level="warning", access_log=False))
+    server = http_server(make_app(service))
     bound = sock.getsockname()
     print(f"serving {name} on http://{host}:{bound[1]}/v1 ({model.engine.name}, {max_batch} sequences at once, "
           f"context {scheduler.context} tokens{', API key required' if api_key else ''}); Ctrl-C stops it",
           file=sys.stderr, flush=True)
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        run_loop(server.serve(sockets=[sock]))
     finally:
         scheduler.close()
         sock.close()

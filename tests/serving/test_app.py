@@ -2,7 +2,6 @@
 bad request a 4xx with an OpenAI error body (and the server still serving), API keys, queue limits, disconnects."""
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import socket
@@ -27,10 +26,8 @@ class Server:
     """`run_awq serve`'s app on a free loopback port, in a thread."""
 
     def __init__(self, path, api_key=KEY, slots=4, max_queue=16, max_body_bytes=1 << 20, context=256):
-        import uvicorn
-
         from edgeawq.serving.app import Service, ServiceConfig, make_app
-        from edgeawq.tasks.serve import listen, serving_model
+        from edgeawq.tasks.serve import http_server, listen, run_loop, serving_model
 
         self.sock = listen("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
@@ -38,8 +35,8 @@ class Server:
                                               max_queue)
         self.tokenizer = model.tokenizer
         app = make_app(Service(model.tokenizer, self.scheduler, ServiceConfig(MODEL, api_key, max_body_bytes)))
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])), daemon=True)
+        self.server = http_server(app)
+        self.thread = threading.Thread(target=lambda: run_loop(self.server.serve(sockets=[self.sock])), daemon=True)
         self.thread.start()
         while not self.server.started:
             time.sleep(0.01)

@@ -5,7 +5,7 @@ import pytest
 
 from edgeawq.checkpoints.tokenizer_files import load_tokenizer
 from edgeawq.default_models import resolve
-from edgeawq.serving.text_stream import TextStream
+from edgeawq.serving.text_stream import TextStream, window_decoder
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,22 @@ def test_a_split_multibyte_character_is_never_released_half(tok):
     s = TextStream(tok, [])
     pieces = [s.push(t) for t in ids]
     assert all("\ufffd" not in p for p in pieces) and "".join(pieces) + s.finish() == "🙂"
+
+
+def test_the_window_decoder_gives_what_the_tokenizer_decode_gives(tok):
+    ids = tok("Zürich , naïve  café: 東京 🙂! x  .")["input_ids"]            # with the begin-of-sequence token
+    special = [tok.eos_token_id, *ids[3:9], tok.bos_token_id]
+    decode = window_decoder(tok)
+    for window in (ids, ids[1:], ids[2:5], ids[5:6], special, []):
+        assert decode(window) == tok.decode(window, skip_special_tokens=True)
+
+
+def test_a_tokenizer_that_cleans_up_spaces_decodes_through_transformers(tok):
+    class Cleaning:                                 # what decode calls; the Rust path would skip the clean-up
+        backend_tokenizer = tok.backend_tokenizer
+        clean_up_tokenization_spaces = True
+
+        def decode(self, ids, skip_special_tokens=False):
+            return "cleaned"
+
+    assert window_decoder(Cleaning())([5, 6]) == "cleaned"
