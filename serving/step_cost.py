@@ -20,23 +20,35 @@ from collections import deque
 
 class StepCost:
     def __init__(self, window: int = 128, min_steps: int = 16) -> None:
-        self.samples: deque[tuple[int, float]] = deque(maxlen=window)   # (tokens fed, seconds)
-        self.min_steps = min_steps
+        self.samples: deque[tuple[int, float]] = deque()                # (tokens fed, seconds), the last `window`
+        self.window, self.min_steps = window, min_steps
+        self.sums = [0.0, 0.0, 0.0, 0.0]                                # sum x, y, x*x, x*y over the samples
 
     def add(self, tokens: int, seconds: float) -> None:
+        """One step's size and time (O(1): running sums over the window)."""
         self.samples.append((tokens, seconds))
+        self._count(tokens, seconds, 1.0)
+        if len(self.samples) > self.window:
+            self._count(*self.samples.popleft(), -1.0)
+
+    def _count(self, x: float, y: float, sign: float) -> None:
+        s = self.sums
+        s[0] += sign * x
+        s[1] += sign * y
+        s[2] += sign * x * x
+        s[3] += sign * x * y
 
     def fit(self) -> tuple[float, float] | None:
         """(fixed seconds, seconds per token) by least squares, or None (too few steps, or all of one size)."""
         n = len(self.samples)
         if n < self.min_steps:
             return None
-        mx = sum(x for x, _ in self.samples) / n
-        my = sum(y for _, y in self.samples) / n
-        sxx = sum((x - mx) ** 2 for x, _ in self.samples)
-        if sxx <= 1e-9 * n:
+        sx, sy, sxx, sxy = self.sums
+        mx, my = sx / n, sy / n
+        var = sxx / n - mx * mx                                         # token counts are small integers: exact
+        if var <= 1e-6:
             return None
-        per_token = sum((x - mx) * (y - my) for x, y in self.samples) / sxx
+        per_token = (sxy / n - mx * my) / var
         return my - per_token * mx, per_token
 
     def prompt_budget(self, decoding: int, floor: int, ceiling: int) -> int:
