@@ -2,16 +2,18 @@
 
 Models (--models): `default` (the embedded default-llama's shape) and `llama-3.2-1b`; speed does not depend on the
 weights' values, and llama.cpp's are random:
-* ours: the embedded default-llama's own weights, or scripts/make_random_checkpoint.py's, with a placeholder tokenizer whose vocabulary covers every id ("<unk>",
-  "<s>", "</s>", "t3" ... a tokenizers WordLevel file), quantized RTN w4 g128 with lm_head w4 g128; served by
-  `run_awq serve --max_batch S --max_seq_len C` (native engine, paged KV, its defaults otherwise);
+* ours: the embedded default-llama's own weights, or scripts/make_random_checkpoint.py's, with a placeholder
+  tokenizer whose vocabulary covers every id ("<unk>", "<s>", "</s>", "t3" ... a tokenizers WordLevel file),
+  quantized RTN w4 g128 with lm_head w4 g128; served by `run_awq serve --max_batch S --max_seq_len C --kv_dtype
+  fp16` (native engine, paged KV; a 16-bit KV cache as llama-server's default f16 one; its defaults otherwise);
 * llama.cpp: a Q4_0 GGUF of the shape with the same placeholder vocabulary (benchmarks/peers/gguf_q4_0.py),
   served by `llama-server -np S -c S*C -t 2` (built by scripts/build_llama_cpp.sh; or $LLAMA_SERVER, or on PATH).
 Both servers run at once (one idles while the other is measured), bound to 127.0.0.1.
 
 Load, per --clients count and server (the server order alternates per round): closed loop for --seconds; each client
 streams /v1/completions requests one after another: prompt = --prompt_tokens random token ids (the same list per
-client and request index for both servers), max_tokens --new_tokens, temperature 0, ignore_eos (both servers
+cell, client and request index for both servers; no prompt repeats across cells, so llama-server's prompt cache
+never skips a prefill), max_tokens --new_tokens, temperature 0, ignore_eos (both servers
 generate exactly max_tokens). At the deadline clients hang up on requests still running (a disconnect, which
 the servers must take in stride). Per run:
 * requests/s (completed within the window), output tokens/s (every token streamed within the window / seconds);
@@ -194,15 +196,15 @@ def start_llama(exe: str, gguf: Path, slots: int, context: int) -> ServerProcess
 # ---- the load ----
 class Client(threading.Thread):
     def __init__(self, index: int, port: int, deadline: float, prompt_tokens: int, new_tokens: int, vocab: int,
-                 start: float) -> None:
+                 run: int) -> None:
         super().__init__(daemon=True)
-        self.index, self.port, self.deadline, self.start_at = index, port, deadline, start
+        self.index, self.port, self.deadline, self.run_id = index, port, deadline, run
         self.prompt_tokens, self.new_tokens, self.vocab = prompt_tokens, new_tokens, vocab
         self.completed, self.tokens, self.errors = 0, 0, []
         self.ttft, self.itl = [], []
 
     def prompt(self, request: int) -> list[int]:
-        rng = random.Random(self.index * 100003 + request)
+        rng = random.Random((self.run_id * 1009 + self.index) * 100003 + request)
         return [rng.randrange(3, self.vocab) for _ in range(self.prompt_tokens)]
 
     def run(self) -> None:
@@ -263,16 +265,18 @@ class Client(threading.Thread):
 
 
 def warm(port: int, vocab: int) -> None:
-    c = Client(0, port, time.perf_counter() + 600, 16, 4, vocab, 0.0)
+    c = Client(0, port, time.perf_counter() + 600, 16, 4, vocab, 999)
     c.one(c.prompt(999))
     if c.errors:
         raise RuntimeError(f"warm-up failed: {c.errors}")
 
 
 def run_load(server: ServerProcess, clients: int, seconds: float, prompt_tokens: int, new_tokens: int,
-             vocab: int) -> dict:
+             vocab: int, run: int) -> dict:
+    """One load run; `run` numbers the (round, clients) cell: its prompts are its own, the same for both servers
+    (a prompt seen in an earlier cell would let llama-server reuse its cached prefill; ours has no prompt cache)."""
     start = time.perf_counter()
-    threads = [Client(i, server.port, start + seconds, prompt_tokens, new_tokens, vocab, start)
+    threads = [Client(i, server.port, start + seconds, prompt_tokens, new_tokens, vocab, run)
                for i in range(clients)]
     for t in threads:
         t.start()
@@ -348,7 +352,8 @@ def main() -> None:
                               **({"threads": args.our_threads, "prefill_chunk": args.our_prefill_chunk,
                                   "kv_dtype": args.our_kv_dtype}
                                  if s.name == "ours" else {}),
-                              **run_load(s, clients, args.seconds, args.prompt_tokens, args.new_tokens, vocab)})
+                              **run_load(s, clients, args.seconds, args.prompt_tokens, args.new_tokens, vocab,
+                                         rnd * len(args.clients) + args.clients.index(clients))})
         finally:
             for s in servers.values():
                 s.stop()

@@ -5,17 +5,21 @@ A step that feeds n tokens (one per decoding row plus prompt chunks) takes about
 rows), `per_token` the work of one more token. `StepCost` fits the two by least squares over the last `window`
 steps (their sizes vary as requests come and go, which is what makes the fit possible).
 
-The rule (`prompt_budget`): a step carrying prompt tokens may take at most twice the time of the same step without
-them, `fixed + per_token * (decoding + p) <= 2 * (fixed + per_token * decoding)`, so
-`p <= fixed / per_token + decoding`. Where the fixed cost dominates (a small model: a 4 M parameter model's step of
-16 rows costs ~1.5 ms whatever it feeds) prompts go in several chunks per step and the rows stay busy; where every
-token costs (a 1B model on two cores) a step carries one chunk, and the time between two tokens of a running
-request at most doubles while a newcomer's prompt goes in. The result is clamped to [`floor`, `ceiling`]; until the
-fit has enough varied steps (or when it is degenerate) the budget is `floor`.
+The rule (`prompt_budget`): a step carrying prompt tokens may take at most 1.5 times the time of the same step
+without them, `fixed + per_token * (decoding + p) <= 1.5 * (fixed + per_token * decoding)`, so
+`p <= (fixed / per_token + decoding) / 2`. Where the fixed cost dominates (a small model: a 4 M parameter model's
+step of 16 rows costs ~2 ms whatever it feeds) prompts go in several chunks per step and the rows stay busy; where
+every token costs (a 1B model on two cores) a step carries one chunk, and the time between two tokens of a running
+request grows by at most half while a newcomer's prompt goes in (benchmarks/serve_load.py: a factor 2 let the 1B
+shape take two chunks a step, and its inter-token p99 at 16 clients went from about 300 to 551 ms). The result is
+clamped to [`floor`, `ceiling`]; until the fit has enough varied steps, or when it finds no positive cost per
+token (noise), the budget is `floor`.
 """
 from __future__ import annotations
 
 from collections import deque
+
+SLACK = 0.5          # a step with prompt chunks may take (1 + SLACK) times the step without them
 
 
 class StepCost:
@@ -54,9 +58,7 @@ class StepCost:
     def prompt_budget(self, decoding: int, floor: int, ceiling: int) -> int:
         """Prompt tokens a step with `decoding` decode rows may carry (see the module docstring)."""
         fitted = self.fit()
-        if fitted is None:
+        if fitted is None or fitted[1] <= 0:
             return floor
         fixed, per_token = fitted
-        if per_token <= 0:                           # more tokens cost nothing measurable
-            return ceiling
-        return max(floor, min(ceiling, int(max(fixed, 0.0) / per_token) + decoding))
+        return max(floor, min(ceiling, int(SLACK * (max(fixed, 0.0) / per_token + decoding))))
