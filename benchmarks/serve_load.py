@@ -20,7 +20,8 @@ the servers must take in stride). Per run:
 * time to first token (request sent -> first token chunk) and inter-token latency (gaps between consecutive token
   chunks of a request; every placeholder token is visible text, so one chunk = one token): p50 / p95 / p99 ms;
 * errors (non-200 answers, error events, broken streams before the deadline): the goal is 0;
-* the server process's peak RSS (VmHWM, model loading included) and its RSS at the end of the run (VmRSS).
+* the server process's peak RSS (VmHWM, model loading included) and its RSS at the end of the run (VmRSS);
+* ours: the prompt tokens per step its scheduler allowed last, and its fitted step cost (GET /health).
 TTFT and ITL count what arrived within the window (a request still waiting for its first token at the deadline
 adds no TTFT sample).
 JSON lines on stdout (one per run, then ours/llama.cpp ratios per clients count: output tok/s and p99 inter-token
@@ -160,6 +161,14 @@ class ServerProcess:
         except OSError:
             return False
 
+    def health(self) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", "/health")
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -292,6 +301,12 @@ def run_load(server: ServerProcess, clients: int, seconds: float, prompt_tokens:
             "rss_mb": rss_mb(server.proc.pid, "VmRSS")}
 
 
+def step_costs(server: ServerProcess) -> dict:
+    """Our scheduler's prompt tokens per step and its fitted step cost (serving/step_cost.py) after a run."""
+    h = server.health()
+    return {k: h.get(k) for k in ("prompt_tokens_per_step", "step_fixed_ms", "step_per_token_ms")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["default", "llama-3.2-1b"])
@@ -353,7 +368,8 @@ def main() -> None:
                                   "kv_dtype": args.our_kv_dtype}
                                  if s.name == "ours" else {}),
                               **run_load(s, clients, args.seconds, args.prompt_tokens, args.new_tokens, vocab,
-                                         rnd * len(args.clients) + args.clients.index(clients))})
+                                         rnd * len(args.clients) + args.clients.index(clients)),
+                              **(step_costs(s) if s.name == "ours" else {})})
         finally:
             for s in servers.values():
                 s.stop()
@@ -371,11 +387,12 @@ def summarize(rows: list[dict], emit) -> None:
             mine = [r for r in runs if (r["model"], r["clients"], r["server"]) == (model, clients, server)]
             if not mine:
                 continue
-            tok = statistics.median(r["output_tok_s"] for r in mine)
+            tok = round(statistics.median(r["output_tok_s"] for r in mine), 2)
             p99 = statistics.median(r["itl_ms"]["p99"] or 0 for r in mine)
             per[server] = (tok, p99)
             r = mine[0]
-            table.append(f"| {model} | {clients} | {server} | {statistics.median(x['requests_per_s'] for x in mine)} "
+            req_s = round(statistics.median(x["requests_per_s"] for x in mine), 3)
+            table.append(f"| {model} | {clients} | {server} | {req_s} "
                          f"| {tok} | {r['ttft_ms']['p50']} / {r['ttft_ms']['p99']} | {r['itl_ms']['p50']} / "
                          f"{r['itl_ms']['p95']} / {r['itl_ms']['p99']} | {sum(x['errors'] for x in mine)} | "
                          f"{r['rss_mb']} / {r['peak_rss_mb']} |")

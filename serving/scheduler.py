@@ -90,6 +90,7 @@ class Scheduler:
         self.max_queue, self.prefill_chunk = max_queue, prefill_chunk
         self.step_prompt_tokens = step_prompt_tokens
         self.cost = StepCost()
+        self.last_budget = prefill_chunk if step_prompt_tokens is None else step_prompt_tokens
         engine.start(slots, context)
         self.blocks = kv_blocks(engine)             # (block size, pool blocks) or None
         self.reserved = 0                           # blocks promised to admitted requests
@@ -138,7 +139,10 @@ class Scheduler:
         with self.lock:
             out = {"alive": self.thread.is_alive(), "running": len(self.rows), "waiting": len(self.waiting),
                    "slots": self.slots,
-                   "context": self.context, "steps": self.steps}
+                   "context": self.context, "steps": self.steps, "prompt_tokens_per_step": self.last_budget}
+            fitted = self.cost.fit()
+            if fitted is not None:                    # the step cost model (serving/step_cost.py)
+                out.update(step_fixed_ms=round(fitted[0] * 1e3, 3), step_per_token_ms=round(fitted[1] * 1e3, 4))
             if self.blocks is not None:
                 out.update(kv_block_size=self.blocks[0], kv_blocks=self.blocks[1], kv_blocks_reserved=self.reserved,
                            kv_blocks_in_use=self.engine.kv.blocks_in_use)
@@ -198,7 +202,7 @@ class Scheduler:
         t.finished = True
 
     def _step(self, batch: list[Ticket]) -> None:
-        started = time.perf_counter()
+        started = time.thread_time()                 # CPU time of this thread: waits for the GIL do not count
         feeds: dict[int, list[int]] = {}
         budget, prefilling = self._prompt_budget(batch), False
         for t in batch:
@@ -224,7 +228,7 @@ class Scheduler:
         greedy = logits.argmax(-1).tolist()          # what a temperature-0 sampler picks, for every row at once
         self.steps += 1
         now = time.perf_counter()
-        self.cost.add(sum(len(f) for f in feeds.values()), now - started)
+        self.cost.add(sum(len(f) for f in feeds.values()), time.thread_time() - started)
         for slot, f in feeds.items():
             t = self.rows[slot]
             t.fed += len(f)
@@ -239,7 +243,8 @@ class Scheduler:
         if self.step_prompt_tokens is not None:
             return self.step_prompt_tokens
         decoding = sum(t.fed >= len(t.prompt) for t in batch)
-        return self.cost.prompt_budget(decoding, self.prefill_chunk, self.slots * self.prefill_chunk)
+        self.last_budget = self.cost.prompt_budget(decoding, self.prefill_chunk, self.slots * self.prefill_chunk)
+        return self.last_budget
 
     def _take(self, t: Ticket, token: int) -> None:
         if token in self.stop_ids and not t.ignore_eos:

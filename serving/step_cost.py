@@ -1,25 +1,25 @@
 """How many prompt tokens a decode step may carry: a cost model of the engine's steps, fitted as they run.
 
-A step that feeds n tokens (one per decoding row plus prompt chunks) takes about `fixed + per_token * n` seconds:
-`fixed` is what every call pays whatever it feeds (Python around the engine, thread wake-ups, the lm_head of the
-rows), `per_token` the work of one more token. `StepCost` fits the two by least squares over the last `window`
-steps (their sizes vary as requests come and go, which is what makes the fit possible).
+A step that feeds n tokens (one per decoding row plus prompt chunks) costs about `fixed + per_token * n` seconds of
+the scheduler thread's CPU time (CPU time, not wall time: under load the thread also waits for the GIL while the
+event loop streams tokens, and those waits grow with the traffic, not with the step's tokens): `fixed` is what every
+call pays whatever it feeds (Python around the engine, thread hand-offs, sampling), `per_token` the work of one more
+token. `StepCost` fits the two by least squares over the last `window` steps (their sizes vary as requests come and
+go, which is what makes the fit possible).
 
-The rule (`prompt_budget`): a step carrying prompt tokens may take at most 1.5 times the time of the same step
-without them, `fixed + per_token * (decoding + p) <= 1.5 * (fixed + per_token * decoding)`, so
-`p <= (fixed / per_token + decoding) / 2`. Where the fixed cost dominates (a small model: a 4 M parameter model's
-step of 16 rows costs ~2 ms whatever it feeds) prompts go in several chunks per step and the rows stay busy; where
-every token costs (a 1B model on two cores) a step carries one chunk, and the time between two tokens of a running
-request grows by at most half while a newcomer's prompt goes in (benchmarks/serve_load.py: a factor 2 let the 1B
-shape take two chunks a step, and its inter-token p99 at 16 clients went from about 300 to 551 ms). The result is
-clamped to [`floor`, `ceiling`]; until the fit has enough varied steps, or when it finds no positive cost per
-token (noise), the budget is `floor`.
+The rule (`prompt_budget`): a step carrying prompt tokens may cost at most twice the same step without them,
+`fixed + per_token * (decoding + p) <= 2 * (fixed + per_token * decoding)`, so `p <= fixed / per_token + decoding`.
+Where the fixed cost weighs (the 4.2 M default model: about 1.1 ms per step and 43 us per token under 16 clients)
+two or more chunks go per step, and rows do not sit idle waiting for their prompts: with one chunk per step, 16
+clients of 128-token prompts and 64 new tokens get at most 8 new tokens per step (each request needs 8 steps of
+prompt). Where every token costs (the 1B shape on two cores: about 86 ms per step and 5.7 ms per token) a step
+carries one chunk, and the time between two tokens of a running request grows by less than half while a newcomer's
+prompt goes in. The result is clamped to [`floor`, `ceiling`]; until the fit has enough varied steps, or when it
+finds no positive cost per token (noise), the budget is `floor`.
 """
 from __future__ import annotations
 
 from collections import deque
-
-SLACK = 0.5          # a step with prompt chunks may take (1 + SLACK) times the step without them
 
 
 class StepCost:
@@ -61,4 +61,4 @@ class StepCost:
         if fitted is None or fitted[1] <= 0:
             return floor
         fixed, per_token = fitted
-        return max(floor, min(ceiling, int(SLACK * (max(fixed, 0.0) / per_token + decoding))))
+        return max(floor, min(ceiling, int(max(fixed, 0.0) / per_token) + decoding))

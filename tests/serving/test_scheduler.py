@@ -65,6 +65,17 @@ def scheduler(request, rtn_llama3, tmp_path, monkeypatch):
     s.close()
 
 
+def test_status_reports_the_step_cost_model_once_fitted(scheduler):
+    st = scheduler.status()
+    assert st["prompt_tokens_per_step"] == 16 and "step_fixed_ms" not in st     # no steps yet: one chunk
+    runs = [Run(scheduler, p * 3) for p in PROMPTS]                            # prompts of several chunks
+    for r in runs:
+        r.result()
+    st = idle(scheduler)
+    assert st["steps"] >= 16 and st["prompt_tokens_per_step"] >= 16
+    assert "step_fixed_ms" in st and "step_per_token_ms" in st                 # steps of varied sizes: a fit
+
+
 def idle(scheduler, timeout=30):
     end = time.time() + timeout
     while time.time() < end:
