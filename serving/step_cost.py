@@ -9,12 +9,12 @@ go, which is what makes the fit possible).
 
 The rule (`prompt_budget`): a step carrying prompt tokens may cost at most twice the same step without them,
 `fixed + per_token * (decoding + p) <= 2 * (fixed + per_token * decoding)`, so `p <= fixed / per_token + decoding`.
-Where the fixed cost weighs (the 4.2 M default model: about 1.1 ms per step and 43 us per token under 16 clients)
-two or more chunks go per step, and rows do not sit idle waiting for their prompts: with one chunk per step, 16
-clients of 128-token prompts and 64 new tokens get at most 8 new tokens per step (each request needs 8 steps of
-prompt). Where every token costs (the 1B shape on two cores: about 86 ms per step and 5.7 ms per token) a step
-carries one chunk, and the time between two tokens of a running request grows by less than half while a newcomer's
-prompt goes in. The result is clamped to [`floor`, `ceiling`]; until the fit has enough varied steps, or when it
+Where the fixed cost weighs (the 4.2 M default model: about 1.2 ms per step and 0.04-0.05 ms per token under 16
+clients) two or more chunks go per step, and rows do not sit idle waiting for their prompts: with one chunk per
+step, 16 clients of 128-token prompts and 64 new tokens get at most 8 new tokens per step (each request needs 8
+steps of prompt). Where every token costs (the 1B shape on two cores: 5-13 ms per token in a step of about 200 ms)
+a step carries one chunk, and the time between two tokens of a running request grows by about half while a
+newcomer's prompt goes in. The result is clamped to [`floor`, `ceiling`]; until the fit has enough varied steps, or when it
 finds no positive cost per token (noise), the budget is `floor`.
 """
 from __future__ import annotations
