@@ -83,14 +83,11 @@ def kv_blocks(engine) -> tuple[int, int] | None:
 
 class Scheduler:
     def __init__(self, engine, stop_ids: set[int], slots: int, context: int, max_queue: int,
-                 prefill_chunk: int, step_prompt_tokens: int | None = None) -> None:
-        """step_prompt_tokens: the most prompt tokens one step carries (at least one chunk always goes); None:
-        chosen per step from the measured cost of steps (serving/step_cost.py)."""
+                 prefill_chunk: int) -> None:
         self.engine, self.stop_ids, self.slots, self.context = engine, stop_ids, slots, context
         self.max_queue, self.prefill_chunk = max_queue, prefill_chunk
-        self.step_prompt_tokens = step_prompt_tokens
-        self.cost = StepCost()
-        self.last_budget = prefill_chunk if step_prompt_tokens is None else step_prompt_tokens
+        self.cost = StepCost()                      # the prompt tokens a step may carry (serving/step_cost.py)
+        self.last_budget = prefill_chunk
         engine.start(slots, context)
         self.blocks = kv_blocks(engine)             # (block size, pool blocks) or None
         self.reserved = 0                           # blocks promised to admitted requests
@@ -240,8 +237,6 @@ class Scheduler:
             self._take(t, token)
 
     def _prompt_budget(self, batch: list[Ticket]) -> int:
-        if self.step_prompt_tokens is not None:
-            return self.step_prompt_tokens
         decoding = sum(t.fed >= len(t.prompt) for t in batch)
         self.last_budget = self.cost.prompt_budget(decoding, self.prefill_chunk, self.slots * self.prefill_chunk)
         return self.last_budget
