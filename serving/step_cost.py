@@ -14,8 +14,8 @@ clients) two or more chunks go per step, and rows do not sit idle waiting for th
 step, 16 clients of 128-token prompts and 64 new tokens get at most 8 new tokens per step (each request needs 8
 steps of prompt). Where every token costs (the 1B shape on two cores: 5-13 ms per token in a step of about 200 ms)
 a step carries one chunk, and the time between two tokens of a running request grows by about half while a
-newcomer's prompt goes in. The result is clamped to [`floor`, `ceiling`]; until the fit has enough varied steps, or when it
-finds no positive cost per token (noise), the budget is `floor`.
+newcomer's prompt goes in. The result is clamped to [`floor`, `ceiling`]; until the fit has enough varied steps,
+or when it finds no positive cost per token (noise), the budget is `floor`.
 """
 from __future__ import annotations
 
