@@ -4,10 +4,10 @@ Per shape (random weights: ours w4 g128 with lm_head w4 g128; llama.cpp a Q4_0 G
 benchmarks/cpu_vs_peers.py) and depth D (tokens already in the KV cache):
 * prefill tok/s of a --prompt-token prompt fed after the D cached tokens (llama-bench `-p 512 -d D`: pp512 @ dD);
 * decode: ms per token over --new_tokens tokens generated after the D cached tokens (llama-bench `-n N -d D`);
-* memory: peak RSS of the process (wait4), split into weights (ours: the packed Linears, the lm_head and the
-  embedding table; llama.cpp: the GGUF file, memory-mapped and read whole) and the KV cache (ours: the blocks the
-  paged cache holds at the end; llama.cpp: its f16 cache of D + prompt + new slots, computed: llama-bench sizes the
-  context to the test).
+* memory: peak RSS of the process (wait4), split into weights (ours: the model tensors the engine holds, i.e. the
+  packed Linears, the lm_head, the embedding table and the norms; llama.cpp: the GGUF file, memory-mapped and read
+  whole) and the KV cache (ours: the blocks the paged cache holds at the end; llama.cpp: its f16 cache of D +
+  prompt + new slots, computed: llama-bench sizes the context to the test).
 Ours runs with --kv_dtype fp16 (the element type of llama.cpp's default cache; --kv_dtypes adds others) and fills the
 first D slots with random keys and values (benchmarks/decode_at_depth.py: time does not depend on the values), so
 it skips the D-token prefill that llama-bench runs (untimed) before each test.
@@ -61,9 +61,8 @@ def ours_child(args) -> dict:
         prefill_s = time.perf_counter() - t0
     engine.lengths = np.array([depth], np.int64)                  # decode from depth D (the prompt's slots reused)
     tok_s = decode_tok_s(engine, depth, args.new_tokens + 1, vocab)
-    weights = engine.weight_bytes + engine.embed.numel() * engine.embed.element_size()
     return {"prefill_tok_s": prompt / prefill_s, "decode_ms_per_token": 1000 / tok_s,
-            "weights_bytes": weights, "kv_bytes": engine.kv.resident_bytes, "child_peak_rss_bytes": peak_rss_bytes()}
+            "weights_bytes": engine.weights_bytes, "kv_bytes": engine.kv_bytes, "child_peak_rss_bytes": peak_rss_bytes()}
 
 
 class Ours:
@@ -116,7 +115,8 @@ def main() -> None:
     ap.add_argument("--kv_dtypes", nargs="+", default=["fp16"])
     ap.add_argument("--engines", nargs="+", default=["ours", "llama.cpp"])
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "peers")
-    ap.add_argument("--out", default=None, help="also append the JSON lines to this file")
+    ap.add_argument("--out", default=None, help="also append the JSON lines to this file (each sample as it is "
+                    "measured, then the medians)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     ap.add_argument("--depth", type=int, help=argparse.SUPPRESS)
@@ -145,8 +145,10 @@ def main() -> None:
             for depth in depths:
                 for e in engines[r % len(engines):] + engines[:r % len(engines)]:
                     samples[(e.name, depth)].append(e.measure(depth, args.prompt, args.new_tokens))
-                    print(json.dumps({"shape": shape, "engine": e.name, "depth": depth, "round": r,
-                                      "sample": samples[(e.name, depth)][-1]}), file=sys.stderr, flush=True)
+                    line = {"shape": shape, "engine": e.name, "depth": depth, "round": r,
+                            "sample": samples[(e.name, depth)][-1]}
+                    print(json.dumps(line), file=sys.stderr, flush=True)
+                    append_jsonl(args.out, [line])                  # kept if a later (hours-long) test is stopped
         medians = {}
         for (name, depth), runs in samples.items():
             row = {"shape": shape, "engine": name, "depth": depth, "prompt": args.prompt, "new_tokens": args.new_tokens,

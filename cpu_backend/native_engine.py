@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..runtime.chunked_prefill import DEFAULT_PREFILL_CHUNK
+from ..runtime.held_memory import tensor_bytes
 from ..errors import UserError
 from ..kernels.kv_quant import KEY_SCALE, VALUE_SCALE
 from . import native_build
@@ -90,6 +91,8 @@ class NativeEngine:
         self.weight_bytes = sum(v.numel() * v.element_size() for k, v in t.items() if k.endswith((".lines", ".meta")))
         if head["kind"] != "quantized":
             self.weight_bytes += weight.numel() * 4
+        held = [v for k, v in t.items() if not k.startswith("rope.")]      # the model's tensors (runtime/held_memory)
+        self.weights_bytes = tensor_bytes(held + ([weight] if head["kind"] != "quantized" else []))
         if kv_block_size is None:
             if kv_max_blocks is not None:
                 raise UserError("--kv_max_blocks sizes a paged KV cache, and none was asked for.",
@@ -106,6 +109,11 @@ class NativeEngine:
         """Bytes of weights one decode step reads: every packed Linear (codes + scale/zero bytes) or the fp32
         lm_head, plus one embedding row."""
         return self.weight_bytes + self.embed.shape[1] * self.embed.element_size()
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes the KV cache holds: a contiguous cache all of it, a paged one the blocks used since `start`."""
+        return self.kv.resident_bytes
 
     def start(self, batch: int, max_seq_len: int) -> None:
         check_positions(max_seq_len, self.max_positions)

@@ -7,7 +7,8 @@ decode time / (N - 1) (one step yields B tokens), tokens/s = B / time per step a
 prefill time. One warm-up generation runs before the timed ones; each length is timed `repeats` times and the
 median is reported with the min and max. Achieved bandwidth = bytes of weights read per decode step x steps/s
 (every weight tensor once, but only one row of the embedding table). Peak RSS is measured per prompt
-length, from the start of its timed runs (VmHWM window on Linux).
+length, from the start of its timed runs (VmHWM window on Linux), with the two parts the engine knows of it: the
+model tensors it holds (`weights_bytes`) and its KV cache after the last timed run (`kv_bytes`; runtime/held_memory.py).
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ class LengthResult:
     prefill_tokens_per_s: float
     achieved_gb_s: float
     peak_rss_bytes: int
+    weights_bytes: int | None         # the model tensors the engine holds (None: the engine does not say)
+    kv_bytes: int | None              # its KV cache after the last timed run (prompt + new tokens held)
 
 
 def weight_bytes_per_token(model: nn.Module, embed: nn.Module) -> int:
@@ -110,7 +113,8 @@ def measure_length(engine, prompt: torch.Tensor, new_tokens: int, repeats: int, 
     steps_s = 1e3 / per_token
     return LengthResult(L, new_tokens, B, repeats, statistics.median(totals), min(totals), max(totals),
                         prefill, per_token, B * steps_s, B * L / (prefill / 1e3),
-                        bytes_per_token * steps_s / 1e9, peak_rss_bytes())
+                        bytes_per_token * steps_s / 1e9, peak_rss_bytes(), getattr(engine, "weights_bytes", None),
+                        getattr(engine, "kv_bytes", None))
 
 
 def warm_up(engine, prompt: torch.Tensor) -> None:

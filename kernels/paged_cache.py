@@ -56,6 +56,11 @@ class PagedKVCache:
     def blocks_in_use(self) -> int:
         return int((self.table != SCRATCH).sum())
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the pool's storage, keys and values: `max_blocks` + 1 blocks, allocated (and zeroed) whole."""
+        return self.k.nbytes + self.v.nbytes
+
     def prepare(self, start: int, key_valid: torch.Tensor) -> None:
         """Before slots [start, S) are written (key_valid (B, S): 1 for real tokens): give every row a block of its
         own for each block those slots reach where the row has a real token."""

@@ -28,6 +28,11 @@ class StaticKVCache:
     def max_seq_len(self) -> int:
         return self.k.shape[3]
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the storage (allocated whole by the constructor)."""
+        return self.k.nbytes + self.v.nbytes
+
     def fits(self, batch: int, dtype: torch.dtype) -> bool:
         return self.batch == batch and self.k.dtype == dtype
 

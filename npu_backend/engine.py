@@ -95,6 +95,16 @@ class OrtEngine:
         self.lengths: np.ndarray | None = None                         # (B,) real tokens so far per row
         self._ort = ort
 
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of the graph and its initializers on disk (model.onnx + model.onnx.data), which the session loads."""
+        return sum(f.stat().st_size for f in self.folder.glob("model.onnx*") if f.is_file())
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the cache arrays (float32, batch x kv_heads x max_seq_len x head_dim per layer, keys and values)."""
+        return sum(a.nbytes for a in self.cache_arrays)
+
     def start(self, batch: int, max_seq_len: int) -> None:
         shape = (batch, self.kv_heads, max_seq_len, self.head_dim)
         if self.cache is None or self.cache_arrays[0].shape != shape:

@@ -19,6 +19,7 @@ from ..kernels.paged_cache import PagedKVCache
 from ..kernels.static_cache import StaticKVCache
 from .chunked_prefill import DEFAULT_PREFILL_CHUNK
 from .fusion import fuse_model, head_dim
+from .held_memory import module_bytes, tensor_bytes
 from .model_loader import LoadedModel
 from .module_paths import get_module
 
@@ -30,6 +31,16 @@ class TransformersEngine:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.cache = None
+
+    @property
+    def weights_bytes(self) -> int:
+        return module_bytes(self.loaded.model)
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the dynamic cache's key and value tensors (they grow with the tokens fed)."""
+        layers = getattr(self.cache, "layers", None) or []
+        return tensor_bytes(t for layer in layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None)))
 
     def start(self, batch: int, max_seq_len: int) -> None:
         from transformers import DynamicCache
@@ -63,6 +74,15 @@ class StaticCacheEngine:
         self.rotary = get_module(m, f.rotary)
         self.windows = sorted({layer.self_attn.window for layer in self.layers}, key=lambda w: (w is None, w))
         self.cache: StaticKVCache | PagedKVCache | None = None
+
+    @property
+    def weights_bytes(self) -> int:
+        return module_bytes(self.loaded.model)
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the cache's storage (static: batch x max_seq_len slots; paged: its pool of blocks)."""
+        return 0 if self.cache is None else self.cache.held_bytes
 
     def start(self, batch: int, max_seq_len: int) -> None:
         """Reuse the cache storage when batch, dtype and capacity allow; otherwise allocate it once."""

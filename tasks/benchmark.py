@@ -192,12 +192,21 @@ def _md_table(report: dict, rows: list[dict], target: str, engine: str) -> list[
              f"{report['threads']} threads | batch {report.get('batch', 1)} | "
              f"{report['weight_bytes_per_token'] / 1e6:.2f} MB of weights per step",
              "", "| prompt | new | total ms | prefill ms (TTFT) | ms/token | tokens/s | prefill tok/s | GB/s | "
-             "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+             "peak RSS MB (weights + KV) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['prompt_tokens']} | skipped: {r['skipped']} | | | | | | | |")
             continue
         lines.append(f"| {r['prompt_tokens']} | {r['new_tokens']} | {r['total_ms']:.1f} | {r['prefill_ms']:.1f} | "
                      f"{r['time_per_token_ms']:.2f} | {r['tokens_per_s']:.1f} | {r['prefill_tokens_per_s']:.1f} | "
-                     f"{r['achieved_gb_s']:.3f} | {r['peak_rss_bytes'] / 2**20:.0f} |")
+                     f"{r['achieved_gb_s']:.3f} | {_rss_cell(r)} |")
     return lines
+
+
+def _rss_cell(row: dict) -> str:
+    """Peak RSS in MiB, with the engine's weights and KV cache in it when it reports them."""
+    mb = 2 ** 20
+    cell = f"{row['peak_rss_bytes'] / mb:.0f}"
+    if row.get("weights_bytes") is not None and row.get("kv_bytes") is not None:
+        cell += f" ({row['weights_bytes'] / mb:.0f} + {row['kv_bytes'] / mb:.0f})"
+    return cell

@@ -17,6 +17,8 @@ Softmax and SiLU use exact exp (the device's approximate modes are not emulated)
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +26,7 @@ from ..kernels.attention import attention_mask as build_mask
 from ..kernels.attention import rotate_half
 from ..runtime.chunked_prefill import DEFAULT_PREFILL_CHUNK
 from ..runtime.fusion import head_dim, layer_windows
+from ..runtime.held_memory import tensor_bytes
 from ..runtime.model_loader import LoadedModel
 from ..runtime.module_paths import get_module
 from ..runtime.rope_extension import rope_tables
@@ -77,6 +80,17 @@ class TTEngine:
         self.weight_bytes_per_token = sum(weights.stored_bytes[n] for n in weights.formats)
         self.k = self.v = None
         self.length = 0
+
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of the emulation's weight copies (float32 SrcA views of the block-float values, bf16 tensors)."""
+        srca = (t for a in self.srca.values() for t in (a.full, a.hi))
+        return tensor_bytes(itertools.chain(self.weights.tensors.values(), srca))
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the emulated cache (float32 holding the device's stored values)."""
+        return 0 if self.k is None else self.k.nbytes + self.v.nbytes
 
     def start(self, batch: int, max_seq_len: int) -> None:
         shape = (self.n_layers, batch, self.nkv, max_seq_len, self.hd)

@@ -249,3 +249,20 @@ def test_fp16_on_the_cpu_target_says_the_arithmetic_stays_float32(quantized, cap
     code, out, err = cli_run(["decode", "--model", str(quantized["qwen2"][0]), "--dtype", "fp16", "--engine", "torch",
                               "--act_dtype", "fp16", "--prompt", "Hi", "--max_new_tokens", "3"], capsys)
     assert code == 0 and "stay float32" not in err
+
+
+@pytest.mark.parametrize("variant", [0, 1], ids=["float-head", "quantized-head"])
+def test_held_memory_is_the_state_tensors_and_the_cache(quantized, variant, monkeypatch, tmp_path):
+    """weights_bytes: the packed Linears, the lm_head, the embedding table and the norms, not the RoPE tables;
+    kv_bytes: the cache (contiguous: batch x max_seq_len slots)."""
+    engine = native_engine(quantized["llama3"][variant], monkeypatch, tmp_path)
+    tensors, spec = native_state.native_state(load_model(quantized["llama3"][variant], "fp32", "fp32"))
+    norms = sum(v.nbytes for k, v in tensors.items() if k.endswith("norm"))                # 2 per layer + final
+    # the tiny llama3 ties its lm_head to the fp32 embedding: a float head is that table itself (counted once)
+    assert spec["lm_head"]["kind"] == ("tied", "quantized")[variant] and tensors["embed"].dtype == torch.float32
+    table = tensors["embed"].nbytes if variant == 1 else 0                                # else in weight_bytes
+    assert engine.weights_bytes == engine.weight_bytes + table + norms
+    ids, mask, positions = left_pad(PROMPTS, pad_id=2)
+    run(engine, ids, mask, positions, steps=1)
+    per_slot = 2 * spec["layers"] * spec["kv_heads"] * spec["head_dim"] * 4                # fp32 keys and values
+    assert engine.kv_bytes == engine.kv.resident_bytes == 3 * 64 * per_slot

@@ -14,7 +14,8 @@ from edgeawq.runtime.model_loader import load_model
 from edgeawq.tasks.benchmark import benchmark_task
 
 FIELDS = {"prompt_tokens", "new_tokens", "batch", "repeats", "total_ms", "total_ms_min", "total_ms_max", "prefill_ms",
-          "time_per_token_ms", "tokens_per_s", "prefill_tokens_per_s", "achieved_gb_s", "peak_rss_bytes"}
+          "time_per_token_ms", "tokens_per_s", "prefill_tokens_per_s", "achieved_gb_s", "peak_rss_bytes",
+          "weights_bytes", "kv_bytes"}
 
 
 @pytest.mark.parametrize("flash", [False, True])
@@ -133,3 +134,21 @@ def test_profile_of_the_native_engine_times_every_layer_step(checkpoints, tmp_pa
     with pytest.raises(UserError, match="--engine native"):
         benchmark_task("benchmark", str(tmp_path / "q"), "cpu", "fp32", "bf16", False, "8", 4, 1, "json",
                        str(tmp_path / "o.csv"), engine_options=EngineOptions(engine="onnx"))
+
+
+def test_rows_split_peak_rss_into_the_engines_weights_and_kv_cache(checkpoints, capsys):
+    """The reference engine with its paged cache (64-token blocks by default): kv_bytes = its pool, the blocks of
+    prompt + new slots and the scratch block, keys and values (fp32); weights_bytes = every parameter and buffer;
+    the table shows `peak (weights + KV)` MB."""
+    report = benchmark_task("benchmark", str(checkpoints["llama3"]), "cpu", "fp32", "bf16", True, "16", 4, 1, "md",
+                            None)
+    assert report["engine"] == "static-cache"
+    loaded = load_model(str(checkpoints["llama3"]), "fp32", "bf16")
+    c = loaded.config
+    per_slot = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    row = report["results"][0]
+    assert row["kv_bytes"] == (1 + 1) * 64 * per_slot
+    assert row["weights_bytes"] >= sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    mb = 2 ** 20
+    cell = f"| {row['peak_rss_bytes'] / mb:.0f} ({row['weights_bytes'] / mb:.0f} + {row['kv_bytes'] / mb:.0f}) |"
+    assert cell in capsys.readouterr().out

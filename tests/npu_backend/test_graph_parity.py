@@ -112,3 +112,15 @@ def test_fp16_load_exports_fp16_values_into_the_float32_graph(checkpoints, tmp_p
     for p in rounded.model.parameters():
         p.data = p.data.half().float()
     assert _compare(TransformersEngine(rounded), OrtEngine(tmp_path / "onnx", "CPU")) <= 1e-4
+
+
+def test_held_memory_is_the_exported_files_and_the_cache_arrays(checkpoints, tmp_path):
+    _, engine = _export(checkpoints["llama3"], tmp_path / "onnx")
+    assert engine.kv_bytes == 0
+    engine.start(3, 64)
+    c = load_model(checkpoints["llama3"], "fp32", "fp32").config
+    per_slot = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    assert engine.kv_bytes == 3 * 64 * per_slot
+    files = [tmp_path / "onnx" / "model.onnx", tmp_path / "onnx" / "model.onnx.data"]
+    assert engine.weights_bytes == sum(f.stat().st_size for f in files)
+    assert engine.weights_bytes > 4 * sum(p.numel() for p in load_model(checkpoints["llama3"]).model.parameters())

@@ -74,3 +74,24 @@ def test_static_cache_is_not_reallocated_during_decode(checkpoints):
     assert engine.cache.length == ids.shape[1] + 10
     engine.start(ids.shape[0], 64)  # a new generation with the same batch reuses the storage
     assert engine.cache.k.data_ptr() == k_ptr and engine.cache.length == 0
+
+
+def test_engines_report_the_weights_and_kv_cache_they_hold(checkpoints):
+    """weights_bytes: every parameter and buffer once; kv_bytes: the dynamic cache's tensors (they grow with the
+    tokens fed), a static cache's whole storage, a paged cache's whole pool."""
+    loaded = load_model(checkpoints["llama3"])
+    c = loaded.config
+    per_slot = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    ids, mask, positions = left_pad(PROMPTS, pad_id=2)                               # (3, 20)
+    dynamic = TransformersEngine(loaded)
+    dynamic.start(3, 64)
+    dynamic.forward(ids, positions, mask)
+    params = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    assert params <= dynamic.weights_bytes < params + 1024 * 1024            # the buffers: RoPE frequencies
+    assert dynamic.kv_bytes == 3 * 20 * per_slot
+    static = StaticCacheEngine(load_model(checkpoints["llama3"]))
+    static.start(3, 64)
+    assert static.kv_bytes == 3 * 64 * per_slot
+    paged = StaticCacheEngine(load_model(checkpoints["llama3"]), kv_block_size=16, kv_max_blocks=5)
+    paged.start(3, 64)
+    assert paged.kv_bytes == (5 + 1) * 16 * per_slot                         # the pool and its scratch block

@@ -116,3 +116,17 @@ def test_decode_one_token_at_a_time_matches_prefill(checkpoints, tmp_path):
              for p in range(16)]
     assert all(pcc(a, b) >= 0.9999 for a, b in zip(whole, steps))
     assert torch.equal(whole.argmax(-1), torch.stack(steps).argmax(-1))
+
+
+def test_held_memory_counts_the_emulated_cache_and_weight_copies(checkpoints, tmp_path):
+    """kv_bytes: keys and values of batch x max_seq_len slots (float32); weights_bytes: at least every stored
+    weight tensor once (SrcA views that are the tensor itself add nothing)."""
+    engine = make_tt_engine(load_model(checkpoints["llama3"], "fp32", "fp32"), "accuracy")
+    assert engine.kv_bytes == 0
+    _run(engine, steps=1)
+    c = load_model(checkpoints["llama3"], "fp32", "fp32").config
+    per_slot = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    assert engine.kv_bytes == 3 * 64 * per_slot
+    stored = sum(t.nbytes for t in engine.weights.tensors.values())
+    hi = sum(a.hi.nbytes for a in engine.srca.values() if a.hi is not None)
+    assert stored <= engine.weights_bytes <= stored + hi + sum(a.full.nbytes for a in engine.srca.values())
