@@ -215,9 +215,9 @@ benchmark_options = _stack(
                  help="Prompts decoded together (rows of every call; tokens/s counts all rows). Default: 1, or the "
                       "data-parallel groups of --mesh_shape so that every group works."),
     click.option("--random_weights", is_flag=True,
-                 help="--model names a shipped shape (llama-2-7b, llama-3.1-8b, llama-3.2-1b, qwen2.5-7b) or a "
-                      "config.json; random weights are RTN-quantized in memory with --w_bit/--group_size (and "
-                      "lm_head with --lm_head/--lm_head_group_size)."),
+                 help="--model names a shipped shape (llama-2-7b, yarn-llama-2-7b-64k, llama-3.1-8b, llama-3.2-1b, "
+                      "qwen2.5-7b, smollm2-135m) or a config.json; random weights are RTN-quantized in memory with "
+                      "--w_bit/--group_size (and lm_head with --lm_head/--lm_head_group_size)."),
     click.option("--profile", type=click.Path(dir_okay=False), default=None,
                  help="Write per-module prefill and per-token times to this CSV file (PyTorch modules, or the native "
                       "engine's per-layer steps)."),

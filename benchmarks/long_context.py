@@ -15,7 +15,7 @@ Flatness per engine: decode ms/token at the deepest depth over that at the shall
 Each round runs every (depth, engine) once, engines in rotating order, each measurement in its own process
 (2 threads). JSON lines, then a markdown table.
 
-Usage: python benchmarks/long_context.py [--plan llama-3.2-1b:512,2048,8192,32768 llama-2-7b:512,2048]
+Usage: python benchmarks/long_context.py [--plan llama-3.2-1b:512,2048,8192,32768 yarn-llama-2-7b-64k:512,2048]
        [--rounds 1] [--prompt 512] [--new_tokens 64] [--work runs/peers] [--out F.jsonl]
 """
 from __future__ import annotations
@@ -62,7 +62,8 @@ def ours_child(args) -> dict:
     engine.lengths = np.array([depth], np.int64)                  # decode from depth D (the prompt's slots reused)
     tok_s = decode_tok_s(engine, depth, args.new_tokens + 1, vocab)
     return {"prefill_tok_s": prompt / prefill_s, "decode_ms_per_token": 1000 / tok_s,
-            "weights_bytes": engine.weights_bytes, "kv_bytes": engine.kv_bytes, "child_peak_rss_bytes": peak_rss_bytes()}
+            "weights_bytes": engine.weights_bytes, "kv_bytes": engine.kv_bytes,
+            "child_peak_rss_bytes": peak_rss_bytes()}
 
 
 class Ours:
@@ -105,9 +106,34 @@ class LlamaBench:
                 "flash_attn": pp.get("flash_attn"), "type_k": pp.get("type_k")}
 
 
+def parse_plan(items: list[str], tokens_after: int) -> list[tuple[str, list[int]]]:
+    """"shape:depth,depth,..." items -> [(shape, depths)]; exits naming the problem when a depth plus the
+    `tokens_after` it (prompt + new tokens) exceeds the shape's context (before any hours-long test runs)."""
+    from types import SimpleNamespace
+
+    from edgeawq.runtime.random_model import read_shape
+    from edgeawq.runtime.rope_extension import context_limit, context_note
+
+    plan = []
+    for item in items:
+        shape, _, text = item.partition(":")
+        try:
+            depths = [int(d) for d in text.split(",")]
+        except ValueError:
+            raise SystemExit(f"--plan {item!r}: give shape:depth,depth,... (e.g. llama-3.2-1b:512,2048)")
+        config = SimpleNamespace(**read_shape(shape))
+        limit = context_limit(config)
+        if max(depths) + tokens_after > limit:
+            raise SystemExit(f"--plan {item!r}: depth {max(depths)} + {tokens_after} tokens exceeds the shape's "
+                             f"context of {limit} tokens ({context_note(config)}); use a shape whose RoPE scaling "
+                             "reaches it, e.g. yarn-llama-2-7b-64k (Llama-2-7B, yarn x16), or smaller depths.")
+        plan.append((shape, depths))
+    return plan
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plan", nargs="+", default=["llama-3.2-1b:512,2048,8192,32768", "llama-2-7b:512,2048"],
+    ap.add_argument("--plan", nargs="+", default=["llama-3.2-1b:512,2048,8192,32768", "yarn-llama-2-7b-64k:512,2048"],
                     help="shape:depth,depth,...")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--prompt", type=int, default=512)
@@ -125,11 +151,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(ours_child(args)))
         return
+    plan = parse_plan(args.plan, args.prompt + args.new_tokens)
     args.work.mkdir(parents=True, exist_ok=True)
     rows, table = [], []
-    for item in args.plan:
-        shape, depths = item.split(":")
-        depths = [int(d) for d in depths.split(",")]
+    for shape, depths in plan:
         engines = [Ours(shape, d) for d in args.kv_dtypes] if "ours" in args.engines else []
         if "llama.cpp" in args.engines:
             peer = LlamaBench(shape, args.work)
@@ -162,7 +187,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         for e in engines:
             first, last = medians[(e.name, depths[0])], medians[(e.name, depths[-1])]
-            rows.append({"shape": shape, "engine": e.name, "flatness": f"decode ms/token at {depths[-1]} over {depths[0]}",
+            rows.append({"shape": shape, "engine": e.name,
+                         "flatness": f"decode ms/token at {depths[-1]} over {depths[0]}",
                          "ratio": round(last["decode_ms_per_token"] / first["decode_ms_per_token"], 3)})
             print(json.dumps(rows[-1]), flush=True)
         table.append((shape, depths, engines, medians))

@@ -1,11 +1,12 @@
 """Random-weight quantized models of real shapes, built in memory for speed measurements (`--random_weights`).
 
-`--model` then names a shipped shape (configs/shapes/<name>.json: llama-2-7b, llama-3.1-8b, llama-3.2-1b,
-qwen2.5-7b) or a config.json path. The skeleton is built on the meta device; each decoder-layer Linear gets a
-N(0, 0.02) float weight that is RTN-quantized at once and dropped, so the float model is never materialised:
-peak memory is the quantized layers, the float embedding / head in `dtype`, and one float Linear. Norm weights
-are 1, biases N(0, 0.02). The embedded default model's tokenizer is attached (its ids fit every shipped vocabulary).
-Speed does not depend on the values; these models generate noise.
+`--model` then names a shipped shape (configs/shapes/<name>.json: llama-2-7b, yarn-llama-2-7b-64k (the
+Llama-2-7B layout with yarn RoPE scaling x16: a 64k context), llama-3.1-8b, llama-3.2-1b, qwen2.5-7b,
+smollm2-135m) or a config.json path. The skeleton is built on the meta device; each decoder-layer Linear gets a
+N(0, 0.02) float weight that is RTN-quantized at once and dropped, so the float model is never materialised: peak
+memory is the quantized layers, the float embedding / head in `dtype`, and one float Linear. Norm weights are 1,
+biases N(0, 0.02). The embedded default model's tokenizer is attached (its ids fit every shipped vocabulary). Speed
+does not depend on the values; these models generate noise.
 """
 from __future__ import annotations
 

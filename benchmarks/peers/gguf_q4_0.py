@@ -3,7 +3,9 @@
 Every 2-D weight (token_embd, attention q/k/v/output, ffn gate/up/down, output) is Q4_0: blocks of 32 weights as
 an fp16 scale d then 16 bytes of 4-bit codes (w = d * (code - 8)); here d is a random small value and the codes
 random bytes, so values are finite and speed matches a real model of the shape. Norm weights are F32 ones. The
-vocabulary is a placeholder SentencePiece list of the shape's size (llama-bench feeds random token ids).
+vocabulary is a placeholder SentencePiece list of the shape's size (llama-bench feeds random token ids). A shape
+with linear or yarn RoPE scaling gets llama.cpp's rope.scaling type / factor / original_context_length keys; other
+scaling types (llama3's frequency bands) change only the rotation angles, not the cost, and are not written.
 """
 from __future__ import annotations
 
@@ -55,6 +57,14 @@ def write_random_q4_0_gguf(config: dict, path: Path, seed: int = 0) -> Path:
     w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-5))
     w.add_rope_freq_base(float((config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta",
                                                                                                   10000.0))))
+    scaling = config.get("rope_scaling") or {}
+    kind = {"linear": gguf.RopeScalingType.LINEAR, "yarn": gguf.RopeScalingType.YARN}.get(
+        scaling.get("rope_type", scaling.get("type")))
+    if kind is not None:                                                    # the keys convert_hf_to_gguf.py writes
+        w.add_rope_scaling_type(kind)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+        if "original_max_position_embeddings" in scaling:
+            w.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
     w.add_vocab_size(V)
     w.add_tokenizer_model("llama")

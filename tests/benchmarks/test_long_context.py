@@ -48,3 +48,12 @@ def test_llama_bench_rows_are_read(tmp_path, monkeypatch):
     got = bench.measure(2048, 512, 32)
     assert got["prefill_tok_s"] == 100.0 and got["decode_ms_per_token"] == 50.0 and got["weights_bytes"] == 1000
     assert got["kv_bytes"] == 2 * 16 * 8 * 64 * 2 * (2048 + 512)      # Llama-3.2-1B: 16 layers, 8 KV heads, f16
+
+
+def test_a_plan_beyond_a_shapes_context_is_refused_before_any_test_runs():
+    assert long_context.parse_plan(["llama-3.2-1b:512,32768", "yarn-llama-2-7b-64k:512,32768"], 544) == [
+        ("llama-3.2-1b", [512, 32768]), ("yarn-llama-2-7b-64k", [512, 32768])]
+    with pytest.raises(SystemExit, match="exceeds the shape's context of 4096 tokens.*yarn-llama-2-7b-64k"):
+        long_context.parse_plan(["llama-3.2-1b:512", "llama-2-7b:512,8192"], 544)
+    with pytest.raises(SystemExit, match="shape:depth"):
+        long_context.parse_plan(["llama-2-7b:5k"], 544)

@@ -152,3 +152,17 @@ def test_rows_split_peak_rss_into_the_engines_weights_and_kv_cache(checkpoints, 
     mb = 2 ** 20
     cell = f"| {row['peak_rss_bytes'] / mb:.0f} ({row['weights_bytes'] / mb:.0f} + {row['kv_bytes'] / mb:.0f}) |"
     assert cell in capsys.readouterr().out
+
+
+def test_the_long_context_llama_2_shape_runs_to_64k():
+    """yarn-llama-2-7b-64k: the Llama-2-7B layout with yarn x16 over its 4096 trained positions (as
+    NousResearch/Yarn-Llama-2-7b-64k): a 65536-token context, where plain llama-2-7b stops at 4096."""
+    from edgeawq.kernels.quantizer import QuantSpec
+    from edgeawq.runtime.random_model import random_model_shell, read_shape
+
+    long, short = read_shape("yarn-llama-2-7b-64k"), read_shape("llama-2-7b")
+    assert {k: v for k, v in long.items() if k not in ("rope_scaling", "max_position_embeddings")} == \
+        {k: v for k, v in short.items() if k != "max_position_embeddings"}
+    args = (QuantSpec(4, 128), torch.bfloat16, torch.float32)
+    assert random_model_shell("yarn-llama-2-7b-64k", *args).max_context == 65536
+    assert random_model_shell("llama-2-7b", *args).max_context == 4096
