@@ -185,7 +185,7 @@ def main() -> None:
             medians[(name, depth)] = row
             rows.append(row)
             print(json.dumps(row), flush=True)
-        for e in engines:
+        for e in engines if len(depths) > 1 else []:
             first, last = medians[(e.name, depths[0])], medians[(e.name, depths[-1])]
             rows.append({"shape": shape, "engine": e.name,
                          "flatness": f"decode ms/token at {depths[-1]} over {depths[0]}",
