@@ -40,7 +40,8 @@ class TransformersEngine:
     def kv_bytes(self) -> int:
         """Bytes of the dynamic cache's key and value tensors (they grow with the tokens fed)."""
         layers = getattr(self.cache, "layers", None) or []
-        return tensor_bytes(t for layer in layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None)))
+        return tensor_bytes(t for layer in layers
+                            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)))
 
     def start(self, batch: int, max_seq_len: int) -> None:
         from transformers import DynamicCache
