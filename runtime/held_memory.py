@@ -5,7 +5,9 @@ Every engine exposes two properties built on these helpers:
   not RoPE tables or per-call scratch);
 * `kv_bytes`: the storage its KV cache holds now (a contiguous cache: all of it; a paged one: the blocks in use or
   ever used since `start`, as documented per engine).
-Each storage is counted once: tied weights, views and aliases of one tensor share a storage.
+Each storage is counted once: tied weights, views and aliases of one tensor share a storage. Bytes are what the
+engine holds in its address space: a memory-mapped tensor (the native engine's cached state) counts whole, though
+only the pages read are resident.
 """
 from __future__ import annotations
 
