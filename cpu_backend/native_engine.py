@@ -91,7 +91,9 @@ class NativeEngine:
         self.weight_bytes = sum(v.numel() * v.element_size() for k, v in t.items() if k.endswith((".lines", ".meta")))
         if head["kind"] != "quantized":
             self.weight_bytes += weight.numel() * 4
-        held = [v for k, v in t.items() if not k.startswith("rope.")]      # the model's tensors (runtime/held_memory)
+        # weight_bytes (above): read per decode step, for GB/s; weights_bytes: all the model tensors held (the whole
+        # embedding table too; runtime/held_memory), for the benchmark's peak-RSS split
+        held = [v for k, v in t.items() if not k.startswith("rope.")]
         self.weights_bytes = tensor_bytes(held + ([weight] if head["kind"] != "quantized" else []))
         if kv_block_size is None:
             if kv_max_blocks is not None:
