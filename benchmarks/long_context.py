@@ -11,12 +11,15 @@ benchmarks/cpu_vs_peers.py) and depth D (tokens already in the KV cache):
 Ours runs with --kv_dtype fp16 (the element type of llama.cpp's default cache; --kv_dtypes adds others) and fills the
 first D slots with random keys and values (benchmarks/decode_at_depth.py: time does not depend on the values), so
 it skips the D-token prefill that llama-bench runs (untimed) before each test.
+llama.cpp runs with llama-bench's default `-fa auto` (flash attention, on for the CPU); --llama_flash_attn off (or
+`auto off`: both, as two engines) runs `-fa off`, which is faster on our machine in prefill and decode at depth and
+makes the untimed depth prefill short enough for a 32k depth on the Llama-2-7B layout (README "Long context").
 Flatness per engine: decode ms/token at the deepest depth over that at the shallowest (1.0 = no slowdown).
 Each round runs every (depth, engine) once, engines in rotating order, each measurement in its own process
 (2 threads). JSON lines, then a markdown table.
 
 Usage: python benchmarks/long_context.py [--plan llama-3.2-1b:512,2048,8192,32768 yarn-llama-2-7b-64k:512,2048]
-       [--rounds 1] [--prompt 512] [--new_tokens 64] [--work runs/peers] [--out F.jsonl]
+       [--rounds 1] [--prompt 512] [--new_tokens 64] [--llama_flash_attn auto] [--work runs/peers] [--out F.jsonl]
 """
 from __future__ import annotations
 
@@ -78,9 +81,12 @@ class Ours:
 
 
 class LlamaBench:
-    def __init__(self, shape: str, work: Path) -> None:
+    """flash_attn: llama-bench's -fa value; "auto" (its default) names the engine plain "llama.cpp"."""
+
+    def __init__(self, shape: str, work: Path, flash_attn: str = "auto") -> None:
         self.peer = LlamaCpp(shape, work)
-        self.name = "llama.cpp"
+        self.flash_attn = flash_attn
+        self.name = "llama.cpp" if flash_attn == "auto" else f"llama.cpp (-fa {flash_attn})"
 
     def available(self) -> str | None:
         return self.peer.available()
@@ -92,7 +98,7 @@ class LlamaBench:
         from edgeawq.runtime.random_model import read_shape
 
         out, rss = run_rss([self.peer.exe, "-m", str(self.peer.gguf), "-t", str(THREADS), "-r", "1", "-o", "jsonl",
-                            "-p", str(prompt), "-n", str(new), "-d", str(depth)])
+                            "-fa", self.flash_attn, "-p", str(prompt), "-n", str(new), "-d", str(depth)])
         rows = [json.loads(line) for line in out.strip().splitlines() if line.startswith("{")]
         pp = next(r for r in rows if r["n_prompt"] == prompt and r["n_gen"] == 0)
         tg = next(r for r in rows if r["n_gen"] == new and r["n_prompt"] == 0)
@@ -140,6 +146,8 @@ def main() -> None:
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--kv_dtypes", nargs="+", default=["fp16"])
     ap.add_argument("--engines", nargs="+", default=["ours", "llama.cpp"])
+    ap.add_argument("--llama_flash_attn", nargs="+", choices=["auto", "on", "off"], default=["auto"],
+                    help="llama-bench -fa values, one llama.cpp engine each (default: auto, llama-bench's default)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "peers")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file (each sample as it is "
                     "measured, then the medians)")
@@ -156,11 +164,11 @@ def main() -> None:
     rows, table = [], []
     for shape, depths in plan:
         engines = [Ours(shape, d) for d in args.kv_dtypes] if "ours" in args.engines else []
-        if "llama.cpp" in args.engines:
-            peer = LlamaBench(shape, args.work)
+        for fa in args.llama_flash_attn if "llama.cpp" in args.engines else []:
+            peer = LlamaBench(shape, args.work, fa)
             reason = peer.available()
             if reason:
-                rows.append({"shape": shape, "engine": "llama.cpp", "skipped": reason})
+                rows.append({"shape": shape, "engine": peer.name, "skipped": reason})
                 print(json.dumps(rows[-1]), flush=True)
             else:
                 peer.prepare()

@@ -38,7 +38,7 @@ def test_llama_bench_rows_are_read(tmp_path, monkeypatch):
     fake = tmp_path / "llama-bench"
     rows = [{"n_prompt": 512, "n_gen": 0, "n_depth": 2048, "avg_ts": 100.0, "flash_attn": True, "type_k": "f16"},
             {"n_prompt": 0, "n_gen": 32, "n_depth": 2048, "avg_ts": 20.0, "flash_attn": True, "type_k": "f16"}]
-    fake.write_text("#!/bin/sh\n" + "".join(f"echo '{json.dumps(r)}'\n" for r in rows))
+    fake.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args'}\n" + "".join(f"echo '{json.dumps(r)}'\n" for r in rows))
     fake.chmod(0o755)
     monkeypatch.setenv("LLAMA_BENCH", str(fake))
     gguf = tmp_path / "llama-3.2-1b-q4_0.gguf"
@@ -48,6 +48,10 @@ def test_llama_bench_rows_are_read(tmp_path, monkeypatch):
     got = bench.measure(2048, 512, 32)
     assert got["prefill_tok_s"] == 100.0 and got["decode_ms_per_token"] == 50.0 and got["weights_bytes"] == 1000
     assert got["kv_bytes"] == 2 * 16 * 8 * 64 * 2 * (2048 + 512)      # Llama-3.2-1B: 16 layers, 8 KV heads, f16
+    assert " -fa auto -p 512 -n 32 -d 2048" in (tmp_path / "args").read_text() and bench.name == "llama.cpp"
+    off = long_context.LlamaBench("llama-3.2-1b", tmp_path, "off")
+    off.measure(2048, 512, 32)
+    assert " -fa off " in (tmp_path / "args").read_text() and off.name == "llama.cpp (-fa off)"
 
 
 def test_a_plan_beyond_a_shapes_context_is_refused_before_any_test_runs():
