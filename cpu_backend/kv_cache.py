@@ -14,12 +14,15 @@ each layer's pool).
 * `PagedKV` (`--kv_block_size`): a pool of `--kv_max_blocks` blocks shared by the rows, handed out lowest index
   first as a row's tokens reach a new block and returned when a row ends (`release_row`) or the batch restarts.
   The pool is reserved, not written: memory pages become resident when a block is first used, so resident memory
-  follows the blocks in use (their high-water mark), not batch x context. Rows hold only their real tokens (the
+  follows the blocks in use (their high-water mark), not batch x context. The pool's pages are advised for
+  transparent huge pages (`reserve_huge_pages`): residency then grows up to 2 MiB at a time per layer tensor. Rows hold only their real tokens (the
   engine compacts left padding away), so rows of different lengths waste no block on padding.
 """
 from __future__ import annotations
 
 import heapq
+import math
+import mmap
 
 import numpy as np
 import torch
@@ -33,10 +36,32 @@ def check_kv_dtype(kv_dtype: str) -> None:
         raise UserError(f"--kv_dtype {kv_dtype} is invalid.", f"Use one of: {', '.join(KV_DTYPES)}.")
 
 
+HUGE_PAGE = 2 << 20
+
+
+def reserve_huge_pages(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor in fresh anonymous memory advised for transparent huge pages (Linux MADV_HUGEPAGE,
+    2 MiB aligned; elsewhere plain torch.empty). Pages become resident as they are first written, 2 MiB at a time
+    where the kernel grants huge pages: a deep cache then costs one TLB entry per 2 MiB instead of one per 4 KiB
+    (docs/native_engine.md)."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(*shape, dtype=dtype)
+    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE)                # anonymous, not shared
+    offset = -torch.frombuffer(region, dtype=torch.uint8, count=1).data_ptr() % HUGE_PAGE
+    region.madvise(mmap.MADV_HUGEPAGE, offset, nbytes // HUGE_PAGE * HUGE_PAGE)
+    # the tensor keeps `region` alive (frombuffer holds the buffer)
+    return torch.frombuffer(region, dtype=torch.uint8, count=nbytes, offset=offset).view(dtype).view(shape)
+
+
 def _pool(layers: int, blocks: int, kv_heads: int, block: int, head_dim: int, fill_zero: bool,
           kv_dtype: str) -> tuple[list, list, list, list]:
     """-> keys, values, key_scales, value_scales (the scales empty unless int8), one tensor per layer each."""
-    make, dtype = torch.zeros if fill_zero else torch.empty, STORAGE[kv_dtype]
+    dtype = STORAGE[kv_dtype]
+
+    def make(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.zeros(*shape, dtype=dtype) if fill_zero else reserve_huge_pages(*shape, dtype=dtype)
+
     keys = [make(blocks, kv_heads, block // 16, head_dim, 16, dtype=dtype) for _ in range(layers)]
     values = [make(blocks, kv_heads, block, head_dim, dtype=dtype) for _ in range(layers)]
     n = layers if kv_dtype == "int8" else 0

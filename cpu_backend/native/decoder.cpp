@@ -663,20 +663,30 @@ QLinear make_linear(torch::Tensor lines, torch::Tensor meta, c10::optional<torch
 // ---- attention micro-kernels (a tile of queries against 16 keys / a run of value rows) ---------------------
 // Register blocking: QB query vectors share every key load (KB x 16 keys per step); QV queries x CB 16-dim chunks share every value load.
 #if EDGEAWQ_AVX512
-constexpr int kScoreQB = 8, kScoreKB = 2, kValueQV = 4, kValueCB = 4;
+// Fewer than 4 queries (a decode step of a model without grouped KV heads): kScoreKB1 x 16 keys per call and
+// kValueCB1 chunks per value load, enough independent accumulators to cover the FMA latency.
+constexpr int kScoreQB = 8, kScoreKB = 2, kValueQV = 4, kValueCB = 4, kScoreKB1 = 4, kValueCB1 = 8;
 #else
-constexpr int kScoreQB = 4, kScoreKB = 1, kValueQV = 2, kValueCB = 2;
+constexpr int kScoreQB = 4, kScoreKB = 1, kValueQV = 2, kValueCB = 2, kScoreKB1 = 2, kValueCB1 = 2;
 #endif
+constexpr int kScoreKBMost = kScoreKB1 > kScoreKB ? kScoreKB1 : kScoreKB;
 
 // dst[q * ldd + 16 b + 0:16] = (sum_i Q[q * hd + i] * key_i[b][0:16]) * mult[b][0:16] for q < QB, b < KB; kt[b]: 16
 // keys transposed (hd rows of 16 stored values: see Decoder::set_cache).
+// pf[0:npf]: tiles of hd x 16 stored values (key or value tiles) to prefetch while this runs, row i's line of
+// each at step i: a tile is 4 KB for fp16 (one page), and the hardware prefetchers stop at page boundaries, so
+// without it every tile of a deep cache starts with misses that one thread's few keys in flight cannot hide.
 template <int KIND, int QB, int KB>
 inline void score_keys(const float* Q, int64_t hd, const typename KvElem<KIND>::type* const* kt, const v16f* mult,
-                       float* dst, int64_t ldd) {
+                       float* dst, int64_t ldd, const void* const* pf = nullptr, int npf = 0) {
+    using T = typename KvElem<KIND>::type;
+    constexpr int64_t kRowBytes = 16 * sizeof(T), kRowsPerLine = kRowBytes >= 64 ? 1 : 64 / kRowBytes;
     v16f a[QB][KB];
     for (int q = 0; q < QB; ++q)
         for (int k = 0; k < KB; ++k) a[q][k] = splat(0.f);
     for (int64_t i = 0; i < hd; ++i) {
+        if (i % kRowsPerLine == 0)
+            for (int p = 0; p < npf; ++p) _mm_prefetch((const char*)pf[p] + i * kRowBytes, _MM_HINT_T0);
         v16f key[KB];
         for (int k = 0; k < KB; ++k) key[k] = load_kv16<KIND>(kt[k] + 16 * i);
         for (int q = 0; q < QB; ++q) {
@@ -1093,10 +1103,11 @@ class Decoder {
             const int64_t c0 = std::max(seg, first / 16 * 16);               // 16-aligned slots [c0, c1)
             const int64_t c1 = std::min(seg + kSegment, (last / 16 + 1) * 16), len = c1 - c0;
             const T** rows16 = (const T**)w.rows16.data();
-            const T* kt[kScoreKB];                                           // scores (nq, len)
-            v16f mult[kScoreKB];
-            for (int64_t j = c0; j < c1;) {                                  // kScoreKB x 16 keys at a time
-                const int64_t kb = std::min<int64_t>(kScoreKB, (c1 - j) / 16);
+            const T* kt[kScoreKBMost];                                       // scores (nq, len)
+            v16f mult[kScoreKBMost];
+            const int64_t step = nq < 4 ? kScoreKB1 : kScoreKB;              // 16-key tiles scored per call
+            for (int64_t j = c0; j < c1;) {                                  // step x 16 keys at a time
+                const int64_t kb = std::min<int64_t>(step, (c1 - j) / 16);
                 for (int64_t k = 0; k < kb; ++k, j += 16) {
                     const int64_t blk = rt[j / bs], base = (blk * kvh_ + kv) * bs + j % bs;
                     kt[k] = K + ((blk * kvh_ + kv) * (bs / 16) + (j % bs) / 16) * hd_ * 16;
@@ -1109,14 +1120,28 @@ class Decoder {
                 }
                 float* dst = w.p.data() + (j - 16 * kb - c0);
                 const float* Q = w.q.data();
+                const void* pf[2 * kScoreKBMost];                            // the next keys, these keys' values
+                int npf = 0;
+                for (int64_t k = 0, jn = j; k < step && jn <= last; ++k, jn += 16) {
+                    const int64_t blk = rt[jn / bs];
+                    pf[npf++] = K + ((blk * kvh_ + kv) * (bs / 16) + (jn % bs) / 16) * hd_ * 16;
+                }
+                for (int64_t k = 0; k < kb; ++k) pf[npf++] = rows16[(j - 16 * (kb - k) - c0) / 16];
                 int64_t q = 0;
-                if (kb == kScoreKB) {
-                    for (; q + kScoreQB <= nq; q += kScoreQB)
-                        score_keys<KIND, kScoreQB, kScoreKB>(Q + q * hd_, hd_, kt, mult, dst + q * kSegment, kSegment);
-                    for (; q + 4 <= nq; q += 4)                              // a decode step's group of 4 heads
-                        score_keys<KIND, 4, kScoreKB>(Q + q * hd_, hd_, kt, mult, dst + q * kSegment, kSegment);
-                    for (; q < nq; ++q)
-                        score_keys<KIND, 1, kScoreKB>(Q + q * hd_, hd_, kt, mult, dst + q * kSegment, kSegment);
+                if (kb == kScoreKB1 && step == kScoreKB1) {                  // fewer than 4 queries (MHA decode)
+                    for (; q < nq; ++q, npf = 0)
+                        score_keys<KIND, 1, kScoreKB1>(Q + q * hd_, hd_, kt, mult, dst + q * kSegment, kSegment, pf,
+                                                       npf);
+                } else if (kb == kScoreKB && step == kScoreKB) {
+                    for (; q + kScoreQB <= nq; q += kScoreQB, npf = 0)
+                        score_keys<KIND, kScoreQB, kScoreKB>(Q + q * hd_, hd_, kt, mult, dst + q * kSegment, kSegment,
+                                                             pf, npf);
+                    for (; q + 4 <= nq; q += 4, npf = 0)                     // a decode step's group of 4 heads
+                        score_keys<KIND, 4, kScoreKB>(Q + q * hd_, hd_, kt, mult, dst + q * kSegment, kSegment, pf,
+                                                      npf);
+                    for (; q < nq; ++q, npf = 0)
+                        score_keys<KIND, 1, kScoreKB>(Q + q * hd_, hd_, kt, mult, dst + q * kSegment, kSegment, pf,
+                                                      npf);
                 }
                 for (; q < nq; ++q)
                     for (int64_t k = 0; k < kb; ++k)
@@ -1175,6 +1200,10 @@ class Decoder {
                                const typename KvElem<KIND>::type* const* rows16) {
         const int64_t hd = 16 * chunks;
         int64_t c = 0;
+        if constexpr (QV == 1)
+            for (; c + kValueCB1 <= chunks; c += kValueCB1)
+                add_values<KIND, 1, kValueCB1>(w.p.data() + q * kSegment, kSegment, rows16, len, hd, c,
+                                               w.acc.data() + q * hd, hd);
         for (; c + kValueCB <= chunks; c += kValueCB)
             add_values<KIND, QV, kValueCB>(w.p.data() + q * kSegment, kSegment, rows16, len, hd, c,
                                            w.acc.data() + q * hd, hd);

@@ -3,10 +3,13 @@
 and refuse to run out of blocks with a clear error."""
 from __future__ import annotations
 
+import mmap
+
 import pytest
 import torch
 
 from edgeawq.cpu_backend import native_build
+from edgeawq.cpu_backend.kv_cache import HUGE_PAGE, _pool, reserve_huge_pages
 from edgeawq.errors import UserError
 from edgeawq.runtime.backends import BACKENDS, EngineOptions
 from edgeawq.runtime.generate import left_pad
@@ -73,13 +76,45 @@ def test_blocks_follow_the_tokens_held_not_padding_or_context(quantized, kind):
 
 
 def test_native_paged_pool_is_reserved_not_written(quantized):
-    """The native pool is torch.empty: memory becomes resident as blocks fill (the contiguous cache is zeroed)."""
+    """The native pool is reserved (kv_cache.reserve_huge_pages), not written: memory becomes resident as blocks fill
+    (the contiguous cache is zeroed)."""
     engine = make("native", quantized["llama3"], kv_block_size=32)
     run(engine, prompts([40]), 2, 256)
     assert engine.kv.resident_bytes == 2 * engine.kv.block_bytes
     contiguous = make("native", quantized["llama3"], kv_block_size=0)
     run(contiguous, prompts([40]), 2, 256)
     assert contiguous.kv.resident_bytes == 256 * engine.kv.block_bytes // 32
+
+
+def vma_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="no transparent huge pages on this OS")
+def test_the_paged_pool_is_advised_for_huge_pages():
+    """Pool tensors of 2 MiB or more start on a 2 MiB boundary of a mapping advised MADV_HUGEPAGE ("hg"), hold what
+    is written, and stay alive without the Python mapping object; smaller ones are plain tensors."""
+    keys, values, key_scales, _ = _pool(2, 64, 8, 64, 128, False, "int8")           # keys, values: 4 MiB a layer
+    assert keys[0].shape == (64, 8, 4, 128, 16) and values[1].shape == (64, 8, 64, 128)
+    assert keys[0].dtype == values[0].dtype == torch.int8 and key_scales[0].dtype == torch.float32
+    for t in keys + values:
+        assert t.data_ptr() % HUGE_PAGE == 0 and "hg" in vma_flags(t.data_ptr())
+    values[1].fill_(-3)
+    assert values[1].sum().item() == -3 * values[1].numel()
+    small = reserve_huge_pages(4, 4, dtype=torch.float16)
+    assert small.shape == (4, 4) and "hg" not in vma_flags(small.data_ptr())
+    zeroed = _pool(1, 64, 8, 64, 128, True, "fp16")[0][0]                         # the contiguous cache: zeros
+    assert not zeroed.any()
 
 
 def test_a_released_row_takes_a_new_sequence_in_freed_blocks(quantized):

@@ -14,7 +14,8 @@ from edgeawq.runtime.engines import StaticCacheEngine
 from edgeawq.runtime.generate import left_pad
 from edgeawq.runtime.model_loader import load_model
 
-from ..conftest import ISAS, TINY, rtn_default_checkpoint, rtn_tiny, use_isa
+from ..conftest import (ISAS, TINY, make_config, quantize_tiny, rtn_default_checkpoint, rtn_tiny, use_isa,
+                        write_model)
 from .test_kv_cache import run
 from .test_native_engine import native_math_forward
 
@@ -23,7 +24,14 @@ DTYPES = ["fp32", "bf16", "fp16", "int8"]
 
 @pytest.fixture(scope="module")
 def quantized(checkpoints, tmp_path_factory) -> dict:
-    return rtn_tiny(checkpoints, tmp_path_factory.mktemp("kvdtype"), ("llama3", "qwen2"))
+    """llama3 and qwen2 (grouped KV heads, head_dim 16), and llama2-hd128: multi-head attention with Llama-2-7B's
+    head_dim, whose decode step scores and sums one query per KV head (the kernels' widest register blocking)."""
+    root = tmp_path_factory.mktemp("kvdtype")
+    out = rtn_tiny(checkpoints, root, ("llama3", "qwen2"))
+    out["llama2-hd128"] = root / "llama2-hd128"
+    quantize_tiny(write_model(root / "llama2-hd128-src", make_config("llama2", head_dim=128)), out["llama2-hd128"],
+                  algorithm="pergrp", awq_mode="none")
+    return out
 
 
 def native(path, **options):
@@ -61,7 +69,7 @@ def test_round_trip_formats():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("family", ["llama3", "qwen2"])
+@pytest.mark.parametrize("family", ["llama3", "qwen2", "llama2-hd128"])
 @pytest.mark.parametrize("kv_dtype", DTYPES)
 def test_native_cache_equals_the_reference_holding_the_same_values(quantized, family, kv_dtype, isa, monkeypatch):
     """The native engine's stored codes (bf16 / fp16 bits, int8 codes with slot scales) against the reference
