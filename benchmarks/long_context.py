@@ -11,15 +11,17 @@ benchmarks/cpu_vs_peers.py) and depth D (tokens already in the KV cache):
 Ours runs with --kv_dtype fp16 (the element type of llama.cpp's default cache; --kv_dtypes adds others) and fills the
 first D slots with random keys and values (benchmarks/decode_at_depth.py: time does not depend on the values), so
 it skips the D-token prefill that llama-bench runs (untimed) before each test.
-llama.cpp runs with llama-bench's default `-fa auto` (flash attention, on for the CPU); --llama_flash_attn off (or
-`auto off`: both, as two engines) runs `-fa off`, which is faster on our machine in prefill and decode at depth and
-makes the untimed depth prefill short enough for a 32k depth on the Llama-2-7B layout (README "Long context").
+llama.cpp runs with llama-bench's defaults (`-fa auto`: flash attention, on for the CPU; `-ub 512`); --llama_args
+adds options, one llama.cpp engine per string (`"" "-fa off"`: both). `-fa off` is faster on our machine in
+prefill and decode at depth, and makes the untimed depth prefill short enough for a 32k depth on the Llama-2-7B
+layout; there its attention scores of a 512-token ubatch take 2 GB or more, so `-ub 128` keeps it inside the
+machine's memory (README "Long context").
 Flatness per engine: decode ms/token at the deepest depth over that at the shallowest (1.0 = no slowdown).
 Each round runs every (depth, engine) once, engines in rotating order, each measurement in its own process
 (2 threads). JSON lines, then a markdown table.
 
 Usage: python benchmarks/long_context.py [--plan llama-3.2-1b:512,2048,8192,32768 yarn-llama-2-7b-64k:512,2048]
-       [--rounds 1] [--prompt 512] [--new_tokens 64] [--llama_flash_attn auto] [--work runs/peers] [--out F.jsonl]
+       [--rounds 1] [--prompt 512] [--new_tokens 64] [--llama_args ""] [--work runs/peers] [--out F.jsonl]
 """
 from __future__ import annotations
 
@@ -81,12 +83,12 @@ class Ours:
 
 
 class LlamaBench:
-    """flash_attn: llama-bench's -fa value; "auto" (its default) names the engine plain "llama.cpp"."""
+    """extra: llama-bench options added to every test ("" = its defaults, the engine named plain "llama.cpp")."""
 
-    def __init__(self, shape: str, work: Path, flash_attn: str = "auto") -> None:
+    def __init__(self, shape: str, work: Path, extra: str = "") -> None:
         self.peer = LlamaCpp(shape, work)
-        self.flash_attn = flash_attn
-        self.name = "llama.cpp" if flash_attn == "auto" else f"llama.cpp (-fa {flash_attn})"
+        self.extra = extra.split()
+        self.name = f"llama.cpp ({' '.join(self.extra)})" if self.extra else "llama.cpp"
 
     def available(self) -> str | None:
         return self.peer.available()
@@ -98,7 +100,7 @@ class LlamaBench:
         from edgeawq.runtime.random_model import read_shape
 
         out, rss = run_rss([self.peer.exe, "-m", str(self.peer.gguf), "-t", str(THREADS), "-r", "1", "-o", "jsonl",
-                            "-fa", self.flash_attn, "-p", str(prompt), "-n", str(new), "-d", str(depth)])
+                            *self.extra, "-p", str(prompt), "-n", str(new), "-d", str(depth)])
         rows = [json.loads(line) for line in out.strip().splitlines() if line.startswith("{")]
         pp = next(r for r in rows if r["n_prompt"] == prompt and r["n_gen"] == 0)
         tg = next(r for r in rows if r["n_gen"] == new and r["n_prompt"] == 0)
@@ -109,7 +111,7 @@ class LlamaBench:
         return {"prefill_tok_s": pp["avg_ts"], "decode_ms_per_token": 1000 / tg["avg_ts"],
                 "weights_bytes": self.peer.gguf.stat().st_size,
                 "kv_bytes": 2 * c["num_hidden_layers"] * kv_heads * head_dim * 2 * slots, "peak_rss_bytes": rss,
-                "flash_attn": pp.get("flash_attn"), "type_k": pp.get("type_k")}
+                "flash_attn": pp.get("flash_attn"), "n_ubatch": pp.get("n_ubatch"), "type_k": pp.get("type_k")}
 
 
 def parse_plan(items: list[str], tokens_after: int) -> list[tuple[str, list[int]]]:
@@ -146,8 +148,9 @@ def main() -> None:
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--kv_dtypes", nargs="+", default=["fp16"])
     ap.add_argument("--engines", nargs="+", default=["ours", "llama.cpp"])
-    ap.add_argument("--llama_flash_attn", nargs="+", choices=["auto", "on", "off"], default=["auto"],
-                    help="llama-bench -fa values, one llama.cpp engine each (default: auto, llama-bench's default)")
+    ap.add_argument("--llama_args", nargs="+", default=[""],
+                    help='llama-bench options, one llama.cpp engine per string (default "": its defaults), e.g. '
+                    '"-fa off -ub 128"')
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "peers")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file (each sample as it is "
                     "measured, then the medians)")
@@ -164,8 +167,8 @@ def main() -> None:
     rows, table = [], []
     for shape, depths in plan:
         engines = [Ours(shape, d) for d in args.kv_dtypes] if "ours" in args.engines else []
-        for fa in args.llama_flash_attn if "llama.cpp" in args.engines else []:
-            peer = LlamaBench(shape, args.work, fa)
+        for extra in args.llama_args if "llama.cpp" in args.engines else []:
+            peer = LlamaBench(shape, args.work, extra)
             reason = peer.available()
             if reason:
                 rows.append({"shape": shape, "engine": peer.name, "skipped": reason})

@@ -48,10 +48,11 @@ def test_llama_bench_rows_are_read(tmp_path, monkeypatch):
     got = bench.measure(2048, 512, 32)
     assert got["prefill_tok_s"] == 100.0 and got["decode_ms_per_token"] == 50.0 and got["weights_bytes"] == 1000
     assert got["kv_bytes"] == 2 * 16 * 8 * 64 * 2 * (2048 + 512)      # Llama-3.2-1B: 16 layers, 8 KV heads, f16
-    assert " -fa auto -p 512 -n 32 -d 2048" in (tmp_path / "args").read_text() and bench.name == "llama.cpp"
-    off = long_context.LlamaBench("llama-3.2-1b", tmp_path, "off")
+    assert (tmp_path / "args").read_text().endswith(" -o jsonl -p 512 -n 32 -d 2048\n") and bench.name == "llama.cpp"
+    off = long_context.LlamaBench("llama-3.2-1b", tmp_path, "-fa off  -ub 128")
     off.measure(2048, 512, 32)
-    assert " -fa off " in (tmp_path / "args").read_text() and off.name == "llama.cpp (-fa off)"
+    assert " -o jsonl -fa off -ub 128 -p 512 " in (tmp_path / "args").read_text()
+    assert off.name == "llama.cpp (-fa off -ub 128)"
 
 
 def test_a_plan_beyond_a_shapes_context_is_refused_before_any_test_runs():
