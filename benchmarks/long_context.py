@@ -16,6 +16,8 @@ adds options, one llama.cpp engine per string (`"" "-fa off"`: both). `-fa off` 
 prefill and decode at depth, and makes the untimed depth prefill short enough for a 32k depth on the Llama-2-7B
 layout; there its attention scores of a 512-token ubatch take 2 GB or more, so `-ub 128` keeps it inside the
 machine's memory (README "Long context").
+`--engines llama-server` measures llama.cpp through `llama-server` instead (LlamaServerAtDepth: llama-bench keeps
+a second copy of a depth's KV state, which at 32k on the 7B layout does not fit 24 GiB).
 Flatness per engine: decode ms/token at the deepest depth over that at the shallowest (1.0 = no slowdown).
 Each round runs every (depth, engine) once, engines in rotating order, each measurement in its own process
 (2 threads). JSON lines, then a markdown table.
@@ -104,14 +106,93 @@ class LlamaBench:
         rows = [json.loads(line) for line in out.strip().splitlines() if line.startswith("{")]
         pp = next(r for r in rows if r["n_prompt"] == prompt and r["n_gen"] == 0)
         tg = next(r for r in rows if r["n_gen"] == new and r["n_prompt"] == 0)
-        c = read_shape(self.peer.shape)
-        kv_heads = c.get("num_key_value_heads", c["num_attention_heads"])
-        head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
         slots = depth + max(prompt, new)                                # the larger of the two tests' contexts
         return {"prefill_tok_s": pp["avg_ts"], "decode_ms_per_token": 1000 / tg["avg_ts"],
                 "weights_bytes": self.peer.gguf.stat().st_size,
-                "kv_bytes": 2 * c["num_hidden_layers"] * kv_heads * head_dim * 2 * slots, "peak_rss_bytes": rss,
+                "kv_bytes": f16_cache_bytes(read_shape(self.peer.shape), slots), "peak_rss_bytes": rss,
                 "flash_attn": pp.get("flash_attn"), "n_ubatch": pp.get("n_ubatch"), "type_k": pp.get("type_k")}
+
+
+class LlamaServerAtDepth:
+    """llama.cpp at a depth through `llama-server` (one slot, context depth + prompt + new): where llama-bench cannot
+    go. llama-bench keeps a copy of the sequence's KV state after its depth prefill (to reuse across repetitions),
+    so a depth needs twice its cache in memory: the 7B layout's f16 cache at 32k is 17.4 GB, twice that does not fit
+    24 GiB. Here the cache is held once (`--cache-ram 0`: no host copies of prompts either).
+
+    Request 1 (/completion, token ids, greedy, ignore_eos): the D depth tokens, then --new_tokens generated:
+    decode ms/token = predicted_ms / (predicted_n - 1) (the first token comes from the prompt's logits, each later
+    one from a decode step at depth D and up). Request 2: the same D tokens plus --prompt new ones, 1 token generated:
+    the slot's cache keeps the D-token prefix (cache_prompt), so the server prefills exactly the --prompt new tokens
+    (checked: timings.prompt_n), its prompt_per_second being llama-bench's pp512 at dD. The depth prefill's own rate
+    is recorded too. Peak RSS: the server's VmHWM."""
+
+    def __init__(self, shape: str, work: Path, extra: str = "") -> None:
+        from serve_load import llama_server_exe
+
+        self.peer = LlamaCpp(shape, work)
+        self.exe = llama_server_exe()
+        self.extra = extra.split()
+        self.name = f"llama-server ({' '.join(self.extra)})" if self.extra else "llama-server"
+
+    def available(self) -> str | None:
+        return None if self.exe else "llama-server not found (bash scripts/build_llama_cpp.sh builds it)"
+
+    def prepare(self) -> None:
+        self.peer.prepare()
+
+    def measure(self, depth: int, prompt: int, new: int) -> dict:
+        import random
+
+        from serve_load import ServerProcess, free_port, rss_mb
+        from edgeawq.runtime.random_model import read_shape
+
+        c = read_shape(self.peer.shape)
+        ids = random.Random(depth).choices(range(3, c["vocab_size"]), k=depth + prompt)
+        context = depth + prompt + new
+        port = free_port()
+        server = ServerProcess(self.name, [self.exe, "-m", str(self.peer.gguf), "--host", "127.0.0.1", "--port",
+                                           str(port), "-t", str(THREADS), "-tb", str(THREADS), "-np", "1",
+                                           "-c", str(context), "--cache-ram", "0", "--no-webui", *self.extra], port)
+        try:
+            first = complete(port, ids[:depth], new)
+            second = complete(port, ids, 1)
+            peak = rss_mb(server.proc.pid)
+        finally:
+            server.stop()
+        if second["prompt_n"] != prompt or first["predicted_n"] != new:
+            raise RuntimeError(f"{self.name}: expected {prompt} prompt tokens after the cached {depth} and {new} "
+                               f"generated, got timings {first} / {second}")
+        if peak is None:
+            raise RuntimeError(f"{self.name}: no peak RSS in /proc/{server.proc.pid}/status")
+        return {"prefill_tok_s": second["prompt_per_second"],
+                "decode_ms_per_token": first["predicted_ms"] / (first["predicted_n"] - 1),
+                "depth_prefill_tok_s": first["prompt_per_second"], "weights_bytes": self.peer.gguf.stat().st_size,
+                "kv_bytes": f16_cache_bytes(c, context), "peak_rss_bytes": int(peak * 2 ** 20)}
+
+
+def f16_cache_bytes(c: dict, slots: int) -> int:
+    """llama.cpp's default KV cache (f16 keys and values) of `slots` slots for shape config `c`."""
+    kv_heads = c.get("num_key_value_heads", c["num_attention_heads"])
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    return 2 * c["num_hidden_layers"] * kv_heads * head_dim * 2 * slots
+
+
+def complete(port: int, ids: list[int], new: int) -> dict:
+    """POST /completion with token ids, greedy, `new` tokens (end of sequence ignored) -> the reply's timings."""
+    import http.client
+
+    body = json.dumps({"prompt": ids, "n_predict": new, "ignore_eos": True, "temperature": 0.0,
+                       "cache_prompt": True})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=6 * 3600)      # a 32k depth prefill takes hours
+    try:
+        conn.request("POST", "/completion", body=body, headers={"content-type": "application/json"})
+        reply = conn.getresponse()
+        data = json.loads(reply.read())
+        if reply.status != 200:
+            raise RuntimeError(f"llama-server /completion failed ({reply.status}): {data}")
+        return data["timings"]
+    finally:
+        conn.close()
 
 
 def parse_plan(items: list[str], tokens_after: int) -> list[tuple[str, list[int]]]:
@@ -147,7 +228,9 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new_tokens", type=int, default=64)
     ap.add_argument("--kv_dtypes", nargs="+", default=["fp16"])
-    ap.add_argument("--engines", nargs="+", default=["ours", "llama.cpp"])
+    ap.add_argument("--engines", nargs="+", default=["ours", "llama.cpp"], choices=["ours", "llama.cpp", "llama-server"],
+                    help="llama.cpp: llama-bench; llama-server: llama.cpp through its server, for depths whose KV "
+                    "cache llama-bench would need twice in memory")
     ap.add_argument("--llama_args", nargs="+", default=[""],
                     help='llama-bench options, one llama.cpp engine per string (default "": its defaults), e.g. '
                     '"-fa off -ub 128"')
@@ -167,8 +250,10 @@ def main() -> None:
     rows, table = [], []
     for shape, depths in plan:
         engines = [Ours(shape, d) for d in args.kv_dtypes] if "ours" in args.engines else []
-        for extra in args.llama_args if "llama.cpp" in args.engines else []:
-            peer = LlamaBench(shape, args.work, extra)
+        peers = [(LlamaBench, e) for e in args.llama_args if "llama.cpp" in args.engines] + [
+            (LlamaServerAtDepth, e) for e in args.llama_args if "llama-server" in args.engines]
+        for cls, extra in peers:
+            peer = cls(shape, args.work, extra)
             reason = peer.available()
             if reason:
                 rows.append({"shape": shape, "engine": peer.name, "skipped": reason})

@@ -62,3 +62,66 @@ def test_a_plan_beyond_a_shapes_context_is_refused_before_any_test_runs():
         long_context.parse_plan(["llama-3.2-1b:512", "llama-2-7b:512,8192"], 544)
     with pytest.raises(SystemExit, match="shape:depth"):
         long_context.parse_plan(["llama-2-7b:5k"], 544)
+
+
+FAKE_SERVER = '''#!{python}
+"""A stand-in llama-server: /health, and /completion replying with timings as llama-server's (a one-slot cache that
+keeps the last request's prompt plus its generated tokens, so a prompt extending it prefills only the rest)."""
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+args = sys.argv[1:]
+port = int(args[args.index("--port") + 1])
+open({log!r}, "a").write(json.dumps(args) + "\\n")
+held = []
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def reply(self, data):
+        body = json.dumps(data).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.reply({{"status": "ok"}})
+
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        open({log!r}, "a").write(json.dumps(req) + "\\n")
+        global held
+        ids, n = req["prompt"], req["n_predict"]
+        same = 0
+        while same < min(len(ids), len(held)) and ids[same] == held[same]:
+            same += 1
+        held = ids + [7] * n
+        self.reply({{"timings": {{"prompt_n": len(ids) - same, "prompt_ms": 1.0,
+                                 "prompt_per_second": 1000.0 * (len(ids) - same), "predicted_n": n,
+                                 "predicted_ms": 20.0 * (n - 1)}}}})
+
+HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+'''
+
+
+def test_llama_server_at_a_depth(tmp_path, monkeypatch):
+    """The server engine: request 1 holds the depth and decodes; request 2 extends the same ids by the prompt, so only
+    the prompt is prefilled (the reply's prompt_n); decode ms/token over the steps after the first token."""
+    log = tmp_path / "log"
+    fake = tmp_path / "llama-server"
+    fake.write_text(FAKE_SERVER.format(python=sys.executable, log=str(log)))
+    fake.chmod(0o755)
+    monkeypatch.setenv("LLAMA_SERVER", str(fake))
+    (tmp_path / "llama-3.2-1b-q4_0.gguf").write_bytes(b"x" * 1000)
+    server = long_context.LlamaServerAtDepth("llama-3.2-1b", tmp_path, "-fa off")
+    assert server.available() is None and server.name == "llama-server (-fa off)"
+    got = server.measure(300, 64, 8)
+    args, first, second = (json.loads(line) for line in log.read_text().splitlines())
+    assert " ".join(args).endswith("-np 1 -c 372 --cache-ram 0 --no-webui -fa off")
+    assert len(first["prompt"]) == 300 and first["n_predict"] == 8 and first["ignore_eos"] and first["cache_prompt"]
+    assert second["prompt"][:300] == first["prompt"] and len(second["prompt"]) == 364 and second["n_predict"] == 1
+    assert got["prefill_tok_s"] == 64000.0 and got["depth_prefill_tok_s"] == 300000.0
+    assert got["decode_ms_per_token"] == 20.0 and got["weights_bytes"] == 1000
+    assert got["kv_bytes"] == 2 * 16 * 8 * 64 * 2 * 372 and got["peak_rss_bytes"] > 0
