@@ -15,8 +15,9 @@ each layer's pool).
   first as a row's tokens reach a new block and returned when a row ends (`release_row`) or the batch restarts.
   The pool is reserved, not written: memory pages become resident when a block is first used, so resident memory
   follows the blocks in use (their high-water mark), not batch x context. The pool's pages are advised for
-  transparent huge pages (`reserve_huge_pages`): residency then grows up to 2 MiB at a time per layer tensor. Rows hold only their real tokens (the
-  engine compacts left padding away), so rows of different lengths waste no block on padding.
+  transparent huge pages (`reserve_huge_pages`): residency then grows up to 2 MiB at a time per layer tensor.
+  Rows hold only their real tokens (the engine compacts left padding away), so rows of different lengths waste no
+  block on padding.
 """
 from __future__ import annotations
 
