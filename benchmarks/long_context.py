@@ -14,8 +14,8 @@ it skips the D-token prefill that llama-bench runs (untimed) before each test.
 llama.cpp runs with llama-bench's defaults (`-fa auto`: flash attention, on for the CPU; `-ub 512`); --llama_args
 adds options, one llama.cpp engine per string (`"" "-fa off"`: both). `-fa off` is faster on our machine in
 prefill and decode at depth, and makes the untimed depth prefill short enough for a 32k depth on the Llama-2-7B
-layout; there its attention scores of a 512-token ubatch take 2 GB or more, so `-ub 128` keeps it inside the
-machine's memory (README "Long context").
+layout; there its attention scores of a 512-token ubatch take 2 GB or more, and `-ub 128` cuts them to a quarter
+for a machine of 24 GiB (README "Long context").
 `--engines llama-server` measures llama.cpp through `llama-server` instead (LlamaServerAtDepth: llama-bench keeps
 a second copy of a depth's KV state, which at 32k on the 7B layout does not fit 24 GiB).
 Flatness per engine: decode ms/token at the deepest depth over that at the shallowest (1.0 = no slowdown).
@@ -84,13 +84,18 @@ class Ours:
         return {**row, "peak_rss_bytes": rss}
 
 
+def engine_name(base: str, extra: list[str]) -> str:
+    """A llama.cpp engine's name: `base`, with its added options in parentheses when there are any."""
+    return f"{base} ({' '.join(extra)})" if extra else base
+
+
 class LlamaBench:
     """extra: llama-bench options added to every test ("" = its defaults, the engine named plain "llama.cpp")."""
 
     def __init__(self, shape: str, work: Path, extra: str = "") -> None:
         self.peer = LlamaCpp(shape, work)
         self.extra = extra.split()
-        self.name = f"llama.cpp ({' '.join(self.extra)})" if self.extra else "llama.cpp"
+        self.name = engine_name("llama.cpp", self.extra)
 
     def available(self) -> str | None:
         return self.peer.available()
@@ -132,7 +137,7 @@ class LlamaServerAtDepth:
         self.peer = LlamaCpp(shape, work)
         self.exe = llama_server_exe()
         self.extra = extra.split()
-        self.name = f"llama-server ({' '.join(self.extra)})" if self.extra else "llama-server"
+        self.name = engine_name("llama-server", self.extra)
 
     def available(self) -> str | None:
         return None if self.exe else "llama-server not found (bash scripts/build_llama_cpp.sh builds it)"
@@ -232,8 +237,8 @@ def main() -> None:
                     help="llama.cpp: llama-bench; llama-server: llama.cpp through its server, for depths whose KV "
                     "cache llama-bench would need twice in memory")
     ap.add_argument("--llama_args", nargs="+", default=[""],
-                    help='llama-bench options, one llama.cpp engine per string (default "": its defaults), e.g. '
-                    '"-fa off -ub 128"')
+                    help='llama.cpp options for llama-bench and llama-server, one engine per string (default "": '
+                    'their defaults), e.g. "-fa off -ub 128"')
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "peers")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file (each sample as it is "
                     "measured, then the medians)")
