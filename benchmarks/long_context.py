@@ -31,6 +31,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -129,15 +130,24 @@ class LlamaServerAtDepth:
     one from a decode step at depth D and up). Request 2: the same D tokens plus --prompt new ones, 1 token generated:
     the slot's cache keeps the D-token prefix (cache_prompt), so the server prefills exactly the --prompt new tokens
     (checked: timings.prompt_n), its prompt_per_second being llama-bench's pp512 at dD. The depth prefill's own rate
-    is recorded too. Peak RSS: the server's VmHWM."""
+    is recorded too. Peak RSS: the server's VmHWM.
 
-    def __init__(self, shape: str, work: Path, extra: str = "") -> None:
+    depth="restore": instead of prefilling the D tokens (about 4 hours at 32k on the 7B layout here, which no
+    session can wait for), the slot restores them from a sequence state file of D zero keys and values
+    (llama_state_file.py; `--slot-save-path`, `POST /slots/0?action=restore`), with the same token ids, so request 1
+    finds all D cached and evaluates only the last one again (checked: prompt_n == 1). Its restore time is recorded
+    instead of the depth prefill rate. The engine's name says "restored depth"."""
+
+    def __init__(self, shape: str, work: Path, extra: str = "", depth: str = "prefill") -> None:
         from serve_load import llama_server_exe
 
+        if depth not in ("prefill", "restore"):
+            raise ValueError(f"depth must be 'prefill' or 'restore', not {depth!r}")
         self.peer = LlamaCpp(shape, work)
         self.exe = llama_server_exe()
         self.extra = extra.split()
-        self.name = engine_name("llama-server", self.extra)
+        self.restore = depth == "restore"
+        self.name = engine_name("llama-server", self.extra) + (", restored depth" if self.restore else "")
 
     def available(self) -> str | None:
         return None if self.exe else "llama-server not found (bash scripts/build_llama_cpp.sh builds it)"
@@ -155,24 +165,53 @@ class LlamaServerAtDepth:
         ids = random.Random(depth).choices(range(3, c["vocab_size"]), k=depth + prompt)
         context = depth + prompt + new
         port = free_port()
-        server = ServerProcess(self.name, [self.exe, "-m", str(self.peer.gguf), "--host", "127.0.0.1", "--port",
-                                           str(port), "-t", str(THREADS), "-tb", str(THREADS), "-np", "1",
-                                           "-c", str(context), "--cache-ram", "0", "--no-webui", *self.extra], port)
-        try:
-            first = complete(port, ids[:depth], new)
-            second = complete(port, ids, 1)
-            peak = rss_mb(server.proc.pid)
-        finally:
-            server.stop()
-        if second["prompt_n"] != prompt or first["predicted_n"] != new:
+        with tempfile.TemporaryDirectory(prefix="llama-depth-") as slots:
+            restore = ["--slot-save-path", slots] if self.restore else []
+            server = ServerProcess(self.name, [self.exe, "-m", str(self.peer.gguf), "--host", "127.0.0.1", "--port",
+                                               str(port), "-t", str(THREADS), "-tb", str(THREADS), "-np", "1",
+                                               "-c", str(context), "--cache-ram", "0", "--no-webui", *restore,
+                                               *self.extra], port)
+            try:
+                restored = self.restore_depth(port, Path(slots), c, ids[:depth]) if self.restore else None
+                first = complete(port, ids[:depth], new)
+                second = complete(port, ids, 1)
+                peak = rss_mb(server.proc.pid)
+            finally:
+                server.stop()
+        if second["prompt_n"] != prompt or first["predicted_n"] != new or (restored and first["prompt_n"] != 1):
             raise RuntimeError(f"{self.name}: expected {prompt} prompt tokens after the cached {depth} and {new} "
-                               f"generated, got timings {first} / {second}")
+                               f"generated{' (1 token evaluated after the restored depth)' if restored else ''}, "
+                               f"got timings {first} / {second}")
         if peak is None:
             raise RuntimeError(f"{self.name}: no peak RSS in /proc/{server.proc.pid}/status")
+        depth_cost = ({"depth_restore_ms": restored["timings"]["restore_ms"]} if restored else
+                      {"depth_prefill_tok_s": first["prompt_per_second"]})
         return {"prefill_tok_s": second["prompt_per_second"],
-                "decode_ms_per_token": first["predicted_ms"] / (first["predicted_n"] - 1),
-                "depth_prefill_tok_s": first["prompt_per_second"], "weights_bytes": self.peer.gguf.stat().st_size,
-                "kv_bytes": f16_cache_bytes(c, context), "peak_rss_bytes": int(peak * 2 ** 20)}
+                "decode_ms_per_token": first["predicted_ms"] / (first["predicted_n"] - 1), **depth_cost,
+                "weights_bytes": self.peer.gguf.stat().st_size, "kv_bytes": f16_cache_bytes(c, context),
+                "peak_rss_bytes": int(peak * 2 ** 20)}
+
+    def restore_depth(self, port: int, slots: Path, c: dict, ids: list[int]) -> dict:
+        """Write the state file of `ids` cached (zero keys and values) and restore it into slot 0 -> the reply."""
+        from llama_state_file import write_depth_state
+
+        kv_heads = c.get("num_key_value_heads", c["num_attention_heads"])
+        head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+        write_depth_state(slots / "depth.bin", ids, c["num_hidden_layers"], kv_heads * head_dim,
+                          v_trans=not flash_attention(self.extra))
+        reply = post_json(port, "/slots/0?action=restore", {"filename": "depth.bin"})
+        if reply.get("n_restored") != len(ids):
+            raise RuntimeError(f"{self.name}: restoring {len(ids)} cached tokens gave {reply}")
+        return reply
+
+
+def flash_attention(extra: list[str]) -> bool:
+    """Whether llama.cpp runs with flash attention under options `extra`: `-fa`/`--flash-attn` off disables it; on
+    and auto (the default) enable it on the CPU. Without it, llama.cpp stores V transposed in its cache."""
+    for i, arg in enumerate(extra[:-1]):
+        if arg in ("-fa", "--flash-attn"):
+            return extra[i + 1] not in ("off", "0", "false")
+    return True
 
 
 def f16_cache_bytes(c: dict, slots: int) -> int:
@@ -184,18 +223,22 @@ def f16_cache_bytes(c: dict, slots: int) -> int:
 
 def complete(port: int, ids: list[int], new: int) -> dict:
     """POST /completion with token ids, greedy, `new` tokens (end of sequence ignored) -> the reply's timings."""
+    return post_json(port, "/completion", {"prompt": ids, "n_predict": new, "ignore_eos": True, "temperature": 0.0,
+                                           "cache_prompt": True})["timings"]
+
+
+def post_json(port: int, path: str, request: dict) -> dict:
+    """POST `request` as JSON to llama-server's `path` -> its JSON reply (an error names the reply)."""
     import http.client
 
-    body = json.dumps({"prompt": ids, "n_predict": new, "ignore_eos": True, "temperature": 0.0,
-                       "cache_prompt": True})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=6 * 3600)      # a 32k depth prefill takes hours
     try:
-        conn.request("POST", "/completion", body=body, headers={"content-type": "application/json"})
+        conn.request("POST", path, body=json.dumps(request), headers={"content-type": "application/json"})
         reply = conn.getresponse()
         data = json.loads(reply.read())
         if reply.status != 200:
-            raise RuntimeError(f"llama-server /completion failed ({reply.status}): {data}")
-        return data["timings"]
+            raise RuntimeError(f"llama-server {path} failed ({reply.status}): {data}")
+        return data
     finally:
         conn.close()
 
@@ -239,6 +282,10 @@ def main() -> None:
     ap.add_argument("--llama_args", nargs="+", default=[""],
                     help='llama.cpp options for llama-bench and llama-server, one engine per string (default "": '
                     'their defaults), e.g. "-fa off -ub 128"')
+    ap.add_argument("--llama_depth", nargs="+", choices=["prefill", "restore"], default=["prefill"],
+                    help="how llama-server gets its cached depth, one engine per choice: prefill the tokens "
+                    "(untimed; about 4 hours at 32k on the Llama-2-7B layout here) or restore a state file of them "
+                    "with zero keys and values (seconds; time per token does not depend on the values)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "peers")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file (each sample as it is "
                     "measured, then the medians)")
@@ -255,10 +302,10 @@ def main() -> None:
     rows, table = [], []
     for shape, depths in plan:
         engines = [Ours(shape, d) for d in args.kv_dtypes] if "ours" in args.engines else []
-        peers = [(LlamaBench, e) for e in args.llama_args if "llama.cpp" in args.engines] + [
-            (LlamaServerAtDepth, e) for e in args.llama_args if "llama-server" in args.engines]
-        for cls, extra in peers:
-            peer = cls(shape, args.work, extra)
+        peers = [LlamaBench(shape, args.work, e) for e in args.llama_args if "llama.cpp" in args.engines] + [
+            LlamaServerAtDepth(shape, args.work, e, how) for e in args.llama_args for how in args.llama_depth
+            if "llama-server" in args.engines]
+        for peer in peers:
             reason = peer.available()
             if reason:
                 rows.append({"shape": shape, "engine": peer.name, "skipped": reason})

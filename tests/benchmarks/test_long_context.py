@@ -67,7 +67,7 @@ def test_a_plan_beyond_a_shapes_context_is_refused_before_any_test_runs():
 FAKE_SERVER = '''#!{python}
 """A stand-in llama-server: /health, and /completion replying with timings as llama-server's (a one-slot cache that
 keeps the last request's prompt plus its generated tokens, so a prompt extending it prefills only the rest)."""
-import json, sys
+import json, struct, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 args = sys.argv[1:]
@@ -93,10 +93,16 @@ class Handler(BaseHTTPRequestHandler):
         req = json.loads(self.rfile.read(int(self.headers["content-length"])))
         open({log!r}, "a").write(json.dumps(req) + "\\n")
         global held
+        if self.path == "/slots/0?action=restore":            # the token list of a state file becomes the cache
+            data = open(args[args.index("--slot-save-path") + 1] + "/" + req["filename"], "rb").read()
+            magic, version, n = struct.unpack_from("<III", data)
+            held = list(struct.unpack_from(f"<{{n}}i", data, 12)) if (magic, version) == (0x67677371, 3) else []
+            return self.reply({{"n_restored": len(held), "timings": {{"restore_ms": 5.0}}}})
         ids, n = req["prompt"], req["n_predict"]
         same = 0
         while same < min(len(ids), len(held)) and ids[same] == held[same]:
             same += 1
+        same = min(same, len(ids) - 1)                         # a prompt all cached: its last token is evaluated again
         held = ids + [7] * n
         self.reply({{"timings": {{"prompt_n": len(ids) - same, "prompt_ms": 1.0,
                                  "prompt_per_second": 1000.0 * (len(ids) - same), "predicted_n": n,
@@ -125,3 +131,31 @@ def test_llama_server_at_a_depth(tmp_path, monkeypatch):
     assert got["prefill_tok_s"] == 64000.0 and got["depth_prefill_tok_s"] == 300000.0
     assert got["decode_ms_per_token"] == 20.0 and got["weights_bytes"] == 1000
     assert got["kv_bytes"] == 2 * 16 * 8 * 64 * 2 * 372 and got["peak_rss_bytes"] > 0
+
+
+def test_llama_server_with_a_restored_depth(tmp_path, monkeypatch):
+    """depth="restore": the server gets --slot-save-path, slot 0 restores a state file holding the depth's token ids
+    before request 1, which then evaluates only the last of them again; the restore time replaces the depth
+    prefill rate. A server that did not keep the restored tokens fails the measurement."""
+    log = tmp_path / "log"
+    fake = tmp_path / "llama-server"
+    fake.write_text(FAKE_SERVER.format(python=sys.executable, log=str(log)))
+    fake.chmod(0o755)
+    monkeypatch.setenv("LLAMA_SERVER", str(fake))
+    (tmp_path / "llama-3.2-1b-q4_0.gguf").write_bytes(b"x" * 1000)
+    server = long_context.LlamaServerAtDepth("llama-3.2-1b", tmp_path, "-fa off", depth="restore")
+    assert server.name == "llama-server (-fa off), restored depth"
+    got = server.measure(300, 64, 8)
+    args, restore, first, second = (json.loads(line) for line in log.read_text().splitlines())
+    assert "--slot-save-path" in args and restore == {"filename": "depth.bin"}
+    assert len(first["prompt"]) == 300 and second["prompt"][:300] == first["prompt"]
+    assert got["depth_restore_ms"] == 5.0 and "depth_prefill_tok_s" not in got
+    assert got["prefill_tok_s"] == 64000.0 and got["decode_ms_per_token"] == 20.0
+    with pytest.raises(ValueError, match="prefill' or 'restore"):
+        long_context.LlamaServerAtDepth("llama-3.2-1b", tmp_path, depth="load")
+
+
+def test_flash_attention_from_llama_options():
+    assert long_context.flash_attention([]) and long_context.flash_attention(["-fa", "auto", "-ub", "128"])
+    assert not long_context.flash_attention(["-fa", "off", "-ub", "128"])
+    assert not long_context.flash_attention(["--flash-attn", "off"]) and long_context.flash_attention(["-fa", "on"])
