@@ -17,13 +17,17 @@ prefill and decode at depth, and makes the untimed depth prefill short enough fo
 layout; there its attention scores of a 512-token ubatch take 2 GB or more, and `-ub 128` cuts them to a quarter
 for a machine of 24 GiB (README "Long context").
 `--engines llama-server` measures llama.cpp through `llama-server` instead (LlamaServerAtDepth: llama-bench keeps
-a second copy of a depth's KV state, which at 32k on the 7B layout does not fit 24 GiB).
+a second copy of a depth's KV state, which at 32k on the 7B layout does not fit 24 GiB). Its depth is prefilled
+(`--llama_depth prefill`: about 4 hours at 32k on that layout here, longer than a working session) or restored
+from a state file of zero keys and values (`--llama_depth restore`, benchmarks/llama_state_file.py: seconds), as
+ours skips its depth prefill; `--llama_depth prefill restore` measures both, to compare them.
 Flatness per engine: decode ms/token at the deepest depth over that at the shallowest (1.0 = no slowdown).
 Each round runs every (depth, engine) once, engines in rotating order, each measurement in its own process
 (2 threads). JSON lines, then a markdown table.
 
 Usage: python benchmarks/long_context.py [--plan llama-3.2-1b:512,2048,8192,32768 yarn-llama-2-7b-64k:512,2048]
-       [--rounds 1] [--prompt 512] [--new_tokens 64] [--llama_args ""] [--work runs/peers] [--out F.jsonl]
+       [--rounds 1] [--prompt 512] [--new_tokens 64] [--llama_args ""] [--llama_depth prefill]
+       [--work runs/peers] [--out F.jsonl]
 """
 from __future__ import annotations
 
