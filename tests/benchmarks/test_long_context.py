@@ -112,15 +112,22 @@ HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 '''
 
 
-def test_llama_server_at_a_depth(tmp_path, monkeypatch):
-    """The server engine: request 1 holds the depth and decodes; request 2 extends the same ids by the prompt, so only
-    the prompt is prefilled (the reply's prompt_n); decode ms/token over the steps after the first token."""
+def fake_llama_server(tmp_path: Path, monkeypatch) -> Path:
+    """Put the stand-in llama-server (and a 1000-byte GGUF of llama-3.2-1b) in tmp_path -> the file it logs to: its
+    arguments, then each request's JSON, one line each."""
     log = tmp_path / "log"
     fake = tmp_path / "llama-server"
     fake.write_text(FAKE_SERVER.format(python=sys.executable, log=str(log)))
     fake.chmod(0o755)
     monkeypatch.setenv("LLAMA_SERVER", str(fake))
     (tmp_path / "llama-3.2-1b-q4_0.gguf").write_bytes(b"x" * 1000)
+    return log
+
+
+def test_llama_server_at_a_depth(tmp_path, monkeypatch):
+    """The server engine: request 1 holds the depth and decodes; request 2 extends the same ids by the prompt, so only
+    the prompt is prefilled (the reply's prompt_n); decode ms/token over the steps after the first token."""
+    log = fake_llama_server(tmp_path, monkeypatch)
     server = long_context.LlamaServerAtDepth("llama-3.2-1b", tmp_path, "-fa off")
     assert server.available() is None and server.name == "llama-server (-fa off)"
     got = server.measure(300, 64, 8)
@@ -137,12 +144,7 @@ def test_llama_server_with_a_restored_depth(tmp_path, monkeypatch):
     """depth="restore": the server gets --slot-save-path, slot 0 restores a state file holding the depth's token ids
     before request 1, which then evaluates only the last of them again; the restore time replaces the depth
     prefill rate. A server that did not keep the restored tokens fails the measurement."""
-    log = tmp_path / "log"
-    fake = tmp_path / "llama-server"
-    fake.write_text(FAKE_SERVER.format(python=sys.executable, log=str(log)))
-    fake.chmod(0o755)
-    monkeypatch.setenv("LLAMA_SERVER", str(fake))
-    (tmp_path / "llama-3.2-1b-q4_0.gguf").write_bytes(b"x" * 1000)
+    log = fake_llama_server(tmp_path, monkeypatch)
     server = long_context.LlamaServerAtDepth("llama-3.2-1b", tmp_path, "-fa off", depth="restore")
     assert server.name == "llama-server (-fa off), restored depth"
     got = server.measure(300, 64, 8)
