@@ -18,7 +18,7 @@ layout; there its attention scores of a 512-token ubatch take 2 GB or more, and 
 for a machine of 24 GiB (README "Long context").
 `--engines llama-server` measures llama.cpp through `llama-server` instead (LlamaServerAtDepth: llama-bench keeps
 a second copy of a depth's KV state, which at 32k on the 7B layout does not fit 24 GiB). Its depth is prefilled
-(`--llama_depth prefill`: about 4 hours at 32k on that layout here, longer than a working session) or restored
+(`--llama_depth prefill`: 2.5 hours or more at 32k on that layout here, longer than a working session) or restored
 from a state file of zero keys and values (`--llama_depth restore`, benchmarks/llama_state_file.py: seconds), as
 ours skips its depth prefill; `--llama_depth prefill restore` measures both, to compare them.
 Flatness per engine: decode ms/token at the deepest depth over that at the shallowest (1.0 = no slowdown).
@@ -136,8 +136,8 @@ class LlamaServerAtDepth:
     (checked: timings.prompt_n), its prompt_per_second being llama-bench's pp512 at dD. The depth prefill's own rate
     is recorded too. Peak RSS: the server's VmHWM.
 
-    depth="restore": instead of prefilling the D tokens (about 4 hours at 32k on the 7B layout here, which no
-    session can wait for), the slot restores them from a sequence state file of D zero keys and values
+    depth="restore": instead of prefilling the D tokens (2.5 hours or more at 32k on the 7B layout here, which
+    no session can wait for), the slot restores them from a sequence state file of D zero keys and values
     (llama_state_file.py; `--slot-save-path`, `POST /slots/0?action=restore`), with the same token ids, so request 1
     finds all D cached and evaluates only the last one again (checked: prompt_n == 1). Its restore time is recorded
     instead of the depth prefill rate. The engine's name says "restored depth"."""
@@ -288,7 +288,7 @@ def main() -> None:
                     'their defaults), e.g. "-fa off -ub 128"')
     ap.add_argument("--llama_depth", nargs="+", choices=["prefill", "restore"], default=["prefill"],
                     help="how llama-server gets its cached depth, one engine per choice: prefill the tokens "
-                    "(untimed; about 4 hours at 32k on the Llama-2-7B layout here) or restore a state file of them "
+                    "(untimed; 2.5 hours or more at 32k on the Llama-2-7B layout here) or restore a state file of them "
                     "with zero keys and values (seconds; time per token does not depend on the values)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "peers")
     ap.add_argument("--out", default=None, help="also append the JSON lines to this file (each sample as it is "
