@@ -199,9 +199,7 @@ class LlamaServerAtDepth:
         """Write the state file of `ids` cached (zero keys and values) and restore it into slot 0 -> the reply."""
         from llama_state_file import write_depth_state
 
-        kv_heads = c.get("num_key_value_heads", c["num_attention_heads"])
-        head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-        write_depth_state(slots / "depth.bin", ids, c["num_hidden_layers"], kv_heads * head_dim,
+        write_depth_state(slots / "depth.bin", ids, c["num_hidden_layers"], kv_width(c),
                           v_trans=not flash_attention(self.extra))
         reply = post_json(port, "/slots/0?action=restore", {"filename": "depth.bin"})
         if reply.get("n_restored") != len(ids):
@@ -218,11 +216,15 @@ def flash_attention(extra: list[str]) -> bool:
     return True
 
 
+def kv_width(c: dict) -> int:
+    """Elements of one token's keys (or values) in one layer for shape config `c`: KV heads x head_dim."""
+    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    return c.get("num_key_value_heads", c["num_attention_heads"]) * head_dim
+
+
 def f16_cache_bytes(c: dict, slots: int) -> int:
     """llama.cpp's default KV cache (f16 keys and values) of `slots` slots for shape config `c`."""
-    kv_heads = c.get("num_key_value_heads", c["num_attention_heads"])
-    head_dim = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
-    return 2 * c["num_hidden_layers"] * kv_heads * head_dim * 2 * slots
+    return 2 * c["num_hidden_layers"] * kv_width(c) * 2 * slots
 
 
 def complete(port: int, ids: list[int], new: int) -> dict:
